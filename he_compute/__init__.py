@@ -1,0 +1,83 @@
+"""he_compute: private compute with homomorphic encryption on untrusted workers.
+
+The public surface::
+
+    bundle = he_compute.compile(model, X_calib, scheme="tfhe")   # or "ckks"
+    bundle.save("model.hec");  bundle = he_compute.load_bundle("model.hec")
+    client = he_compute.Client.keygen(bundle, "keys/")           # secret keys stay in keys/
+    enc = client.encrypt(X)                                       # a ciphertexts container
+    evaluator = he_compute.Evaluator(bundle.server_part())        # what a worker holds
+    res = evaluator.evaluate(enc, evaluator.load_keys(he_compute.read_evaluation_keys(client.evaluation_keys_path)))
+    y = client.decrypt(res)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from .bundle import Bundle, load_bundle
+from .client import Client
+from .container import Container
+from .container import read as read_container
+from .errors import (
+    FormatError,
+    HECError,
+    InputError,
+    IntegrityError,
+    JobFailed,
+    KeyMismatchError,
+    QueueError,
+    SecurityError,
+    UnsafeArtifactError,
+    UnsupportedModelError,
+)
+from .evaluator import Evaluator
+from .keys import read_evaluation_keys
+
+__all__ = [
+    "Bundle",
+    "Client",
+    "Container",
+    "Evaluator",
+    "FormatError",
+    "HECError",
+    "InputError",
+    "IntegrityError",
+    "JobFailed",
+    "KeyMismatchError",
+    "QueueError",
+    "SecurityError",
+    "UnsafeArtifactError",
+    "UnsupportedModelError",
+    "__version__",
+    "compile",
+    "import_concrete",
+    "load_bundle",
+    "read_container",
+    "read_evaluation_keys",
+]
+
+
+def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -> Bundle:  # noqa: A001
+    """Compile ``model`` for ``scheme`` ("tfhe" or "ckks") using calibration data ``X_calib``.
+
+    Accepts Concrete ML built-in models, scikit-learn linear models and trees,
+    torch modules and ONNX models (objects or ``.onnx`` paths).  Scheme options
+    (``n_bits``, ``rounding_threshold_bits``, ... for TFHE) pass through.
+
+    Example::
+
+        bundle = he_compute.compile(tree, X_train, scheme="tfhe")
+    """
+    from . import schemes
+
+    return schemes.get(scheme).compile(model, X_calib, **options)
+
+
+def import_concrete(directory: Any) -> Bundle:
+    """Bundle an existing Concrete ML deployment directory (``client.zip`` + ``server.zip``)."""
+    from .schemes import tfhe
+
+    return tfhe.import_deployment(directory)

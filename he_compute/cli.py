@@ -1,0 +1,259 @@
+"""The ``hec`` command line: a thin skin over the Python API.
+
+Each command opens its files, calls the matching library function and turns a
+:class:`~he_compute.errors.HECError` into a one-line ``Error: ...`` and exit
+status 1.  ``hec --debug CMD`` shows tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import HECError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Maps library errors to one-line messages unless ``--debug`` is on."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HECError as exc:
+            if ctx.meta.get("hec.debug"):
+                raise
+            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # an unexpected failure still gets one line
+            if ctx.meta.get("hec.debug"):
+                raise
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {exc} (re-run with hec --debug for the traceback)"
+            ) from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="he_compute")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """he_compute: run models on encrypted data on untrusted workers.
+
+    \b
+    Typical flow:
+      hec compile model.onnx --scheme tfhe --calibration X.npy -o model.hec
+      hec keygen model.hec --keys keys/
+      hec encrypt model.hec X.csv --keys keys/ -o x.enc
+      hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
+      hec decrypt y.enc --keys keys/ -o y.csv
+    """
+    ctx.meta["hec.debug"] = debug
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
+@click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
+@click.option("--n-bits", type=click.IntRange(2, 16), default=None, help="TFHE: quantization bits (default 6).")
+@click.option("--rounding-bits", type=click.IntRange(2, 16), default=None,
+              help="TFHE: round accumulators to this many bits (default 6).")
+@click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
+def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bits: int | None,
+                rounding_bits: int | None, no_rounding: bool) -> None:
+    """Compile an ONNX model into a bundle.
+
+    Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
+    """
+    import he_compute
+    from .data import read_input
+
+    if model.suffix.lower() != ".onnx":
+        raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
+    if not model.is_file():
+        raise HECError(f"{model} does not exist")
+    X = read_input(calibration)
+    options: dict[str, Any] = {}
+    if n_bits is not None:
+        options["n_bits"] = n_bits
+    if scheme == "tfhe":
+        if no_rounding:
+            options["rounding_threshold_bits"] = None
+        elif rounding_bits is not None:
+            options["rounding_threshold_bits"] = rounding_bits
+    start = time.perf_counter()
+    bundle = he_compute.compile(model, X, scheme=scheme, **options)
+    bundle.save(output)
+    _echo(f"wrote {output} ({bundle.scheme}, model {bundle.model_id[:12]}, "
+          f"{bundle.manifest['security_level']}-bit security) in {time.perf_counter() - start:.1f}s")
+
+
+@main.command("import-concrete")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
+def import_concrete_cmd(directory: Path, output: Path) -> None:
+    """Bundle a Concrete ML deployment directory (client.zip + server.zip from FHEModelDev.save()).
+
+    Example: hec import-concrete deployment/ -o model.hec
+    """
+    import he_compute
+
+    bundle = he_compute.import_concrete(directory)
+    bundle.save(output)
+    _echo(f"wrote {output} ({bundle.manifest['model_type']}, model {bundle.model_id[:12]})")
+
+
+@main.command("keygen")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Key directory to create (mode 0700).")
+@click.option("--force", is_flag=True, help="Replace keys already in the directory.")
+def keygen_cmd(bundle: Path, keys_dir: Path, force: bool) -> None:
+    """Generate secret keys into DIR and export the shareable evaluation keys.
+
+    Example: hec keygen model.hec --keys keys/
+    """
+    from .bundle import load_bundle
+    from .client import Client
+
+    b = load_bundle(bundle)
+    start = time.perf_counter()
+    _echo(f"generating {b.scheme} keys for model {b.model_id[:12]} ...")
+    client = Client.keygen(b, keys_dir, force=force)
+    size = client.evaluation_keys_path.stat().st_size
+    _echo(f"secret keys in {keys_dir} (0700); evaluation keys {client.evaluation_keys_path} "
+          f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s")
+
+
+@main.command("encrypt")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path, output: Path) -> None:
+    """Encrypt INPUT (.npy or .csv, rows = samples) for BUNDLE with the keys in DIR.
+
+    Example: hec encrypt model.hec X.csv --keys keys/ -o x.enc
+    """
+    from .bundle import load_bundle
+    from .client import Client
+    from .data import read_input
+    from .progress import progress
+
+    b = load_bundle(bundle)
+    client = Client(keys_dir)
+    client.check_bundle(b)
+    X = read_input(input_path)
+    with progress("encrypt", len(X)) as advance:
+        enc = client.encrypt(X, source=str(input_path), progress=advance)
+    enc.save(output)
+    _echo(f"wrote {output}: {enc.meta['n_samples']} samples in {len(enc.sections)} chunk(s), "
+          f"{_size(output.stat().st_size)}")
+
+
+@main.command("eval")
+@click.argument("encrypted", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--bundle", "server", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle or server part; only its server part is used.")
+@click.option("--eval-keys", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Evaluation-key file (never the key directory).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def eval_cmd(encrypted: Path, server: Path, eval_keys: Path, output: Path) -> None:
+    """Evaluate encrypted inputs exactly as a worker does: server part + evaluation keys only.
+
+    Example: hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
+    """
+    from . import container
+    from .evaluator import Evaluator
+    from .keys import read_evaluation_keys
+    from .progress import progress
+
+    enc = container.read(encrypted, expect="ciphertexts")
+    evaluator = Evaluator.from_file(server)
+    keys = evaluator.load_keys(read_evaluation_keys(eval_keys))
+    start = time.perf_counter()
+    with progress("evaluate", enc.meta["n_samples"]) as advance:
+        result = evaluator.evaluate(enc, keys, progress=advance)
+    result.save(output)
+    elapsed = time.perf_counter() - start
+    _echo(f"wrote {output}: {enc.meta['n_samples']} samples in {elapsed:.1f}s "
+          f"({elapsed / max(1, enc.meta['n_samples']):.2f}s/sample)")
+
+
+@main.command("decrypt")
+@click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file, .npy or .csv (samples × outputs).")
+def decrypt_cmd(result: Path, keys_dir: Path, output: Path) -> None:
+    """Decrypt an encrypted RESULT with the keys in DIR.
+
+    Example: hec decrypt y.enc --keys keys/ -o y.csv
+    """
+    from . import container
+    from .client import Client
+    from .data import SUFFIXES, write_output
+
+    if output.suffix.lower() not in SUFFIXES:
+        raise HECError(f"{output}: unsupported output type; use .npy or .csv")
+    res = container.read(result, expect="results")
+    client = Client(keys_dir)
+    values = client.decrypt(res)
+    write_output(output, values)
+    _echo(f"wrote {output}: {values.shape[0]} samples × {values.shape[1]} outputs")
+
+
+@main.command("info")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def info_cmd(path: Path, as_json: bool) -> None:
+    """Describe a he_compute file: kind, scheme, model id, key id, shapes, sizes, security level.
+
+    Example: hec info model.hec
+    """
+    from . import container
+
+    c = container.read(path)
+    meta = {k: v for k, v in c.meta.items() if k != "client_digests"}
+    desc = {
+        "file": str(path),
+        "kind": c.kind,
+        "scheme": c.scheme,
+        "size": path.stat().st_size,
+        "sections": {name: len(data) for name, data in c.sections.items()},
+        **meta,
+    }
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, default=str))
+        return
+    for key, value in desc.items():
+        if key == "sections":
+            value = f"{len(value)} ({_size(sum(value.values()))})"
+        elif key == "size":
+            value = _size(int(value))
+        click.echo(f"{key:>18}: {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

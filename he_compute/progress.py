@@ -1,0 +1,35 @@
+"""Progress reporting: a rich bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+@contextmanager
+def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; draws a bar on a TTY, prints a line per ~10% otherwise."""
+    if not enabled or total <= 0:
+        yield lambda n: None
+        return
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda n: bar.advance(task, n)
+        return
+    done, step, start = 0, max(1, total // 10), time.monotonic()
+    last = 0
+
+    def advance(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if done - last >= step or done >= total:
+            last = done
+            print(f"{label}: {done}/{total} ({time.monotonic() - start:.1f}s)", file=sys.stderr, flush=True)
+
+    yield advance

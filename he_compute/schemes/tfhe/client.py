@@ -1,0 +1,90 @@
+"""Client side of the TFHE scheme: quantize, encrypt, decrypt, de-quantize, post-process.
+
+It follows Concrete ML's ``FHEModelClient`` step for step, but rebuilds the
+model from checked plain JSON instead of skops/pickle, and keeps the keyset
+in memory so that :mod:`he_compute.keys` decides where it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import FormatError, UnsafeArtifactError
+from .artifacts import check_processing
+
+
+@dataclass
+class TFHEKeys:
+    """Secret keyset and shareable evaluation keys, both serialized."""
+
+    secret: bytes
+    evaluation: bytes
+
+
+def _allowed_model_classes() -> dict[str, type]:
+    from concrete.ml.quantization import QuantizedModule
+    from concrete.ml.sklearn import _get_sklearn_all_models
+
+    classes = [*_get_sklearn_all_models(), QuantizedModule]
+    return {f"{c.__module__}.{c.__name__}": c for c in classes}
+
+
+def build_model(processing_json: bytes) -> Any:
+    """Recreate the Concrete ML pre/post-processing object from the checked processing JSON."""
+    from concrete.ml.common.serialization.loaders import loads
+
+    processing = json.loads(processing_json)
+    check_processing(processing)
+    cls = _allowed_model_classes().get(processing.pop("model_class", ""))
+    if cls is None:
+        raise UnsafeArtifactError("processing.json names a model class that is not a Concrete ML model")
+    if processing.get("ciphertext_format", "concrete") != "concrete":
+        raise FormatError("only Concrete's own ciphertext format is supported (not TFHE-rs interop)")
+    loaded = loads(json.dumps(processing))
+    model = cls()
+    model.input_quantizers = loaded["input_quantizers"]
+    model.output_quantizers = loaded["output_quantizers"]
+    if "is_fitted" in loaded:
+        model._is_fitted = loaded["is_fitted"]
+    model.post_processing_params = loaded["model_post_processing_params"]
+    return model
+
+
+class TFHEClient:
+    """Holds the (optional) secret keyset for one bundle."""
+
+    def __init__(self, sections: dict[str, bytes], secret: bytes | None):
+        from concrete import fhe
+
+        self._fhe = fhe
+        self._client = fhe.Client(fhe.ClientSpecs.deserialize(sections["client.specs.json"]))
+        self._model = build_model(sections["processing.json"])
+        if secret is not None:
+            self._client.keys = fhe.Keys.deserialize(secret)
+
+    def keygen(self) -> TFHEKeys:
+        """Generate a fresh keyset (secret + evaluation keys)."""
+        self._client.keygen(force=True)
+        return TFHEKeys(secret=self._client.keys.serialize(), evaluation=self._client.evaluation_keys.serialize())
+
+    def encrypt(self, X: np.ndarray) -> list[tuple[int, bytes]]:
+        """One payload per sample: Concrete ML circuits take one sample at a time."""
+        payloads = []
+        for row in X:
+            quantized = self._model.quantize_input(row[np.newaxis, ...])
+            payloads.append((1, self._client.encrypt(quantized).serialize()))
+        return payloads
+
+    def decrypt(self, payload: bytes, n_samples: int) -> np.ndarray:
+        """Decrypt, de-quantize and post-process one sample's result."""
+        try:
+            value = self._fhe.Value.deserialize(payload)
+        except Exception as exc:
+            raise FormatError(f"result ciphertext is unreadable: {exc}") from exc
+        quantized = self._client.decrypt(value)
+        out = self._model.post_processing(self._model.dequantize_output(quantized))
+        return np.asarray(out, dtype=np.float64).reshape(n_samples, -1)

@@ -1,0 +1,157 @@
+"""Build TFHE bundles from Concrete ML models, scikit-learn models, torch modules and ONNX graphs.
+
+Every path ends in Concrete ML's own deployment format (``FHEModelDev.save``
+with ``via_mlir=True``), which :mod:`.artifacts` then converts into checked,
+plain-data sections: the same code serves ``hec compile`` and
+``hec import-concrete``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...bundle import Bundle
+from ...errors import FormatError, UnsupportedModelError
+from .artifacts import sections_from_deployment
+from .client import build_model
+
+# Post-training quantization defaults for torch/ONNX models, chosen from bench/bench_tfhe_defaults.py
+# (see README): 6-bit weights/activations with accumulators rounded to 6 bits.
+DEFAULT_N_BITS = 6
+DEFAULT_ROUNDING_THRESHOLD_BITS = 6
+
+
+def _library_versions() -> dict[str, str]:
+    import he_compute
+
+    return {
+        "he_compute": he_compute.__version__,
+        "concrete-ml": version("concrete-ml"),
+        "concrete-python": version("concrete-python"),
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+
+
+def _circuit_shape(specs: dict[str, Any], side: str) -> list[int]:
+    (circuit,) = specs["circuits"]
+    (value,) = circuit[side]
+    return list(value["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"])
+
+
+def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None = None) -> Bundle:
+    """Convert a Concrete ML deployment directory (client.zip + server.zip) into a bundle."""
+    client, server, versions = sections_from_deployment(Path(directory))
+    specs = json.loads(client["client.specs.json"])
+    config = json.loads(server["configuration.json"])
+    try:
+        in_shape, out_circuit = _circuit_shape(specs, "inputs"), _circuit_shape(specs, "outputs")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FormatError(f"{directory}: client.specs.json describes no single-input, single-output circuit") from exc
+    model = build_model(client["processing.json"])
+    probe = model.post_processing(model.dequantize_output(np.zeros(out_circuit, dtype=np.int64)))
+    manifest = {
+        "model_type": type(model).__name__,
+        "task": "classifier" if hasattr(model, "predict_proba") else "regressor",
+        "input_shape": in_shape[1:],
+        "input_dtype": "float64",
+        "output_shape": list(np.asarray(probe).shape[1:]),
+        "library_versions": _library_versions(),
+        "source_versions": versions,
+        "security_level": int(config.get("security_level", 128)),
+        "tfhe": {"p_error": config.get("p_error"), "global_p_error": config.get("global_p_error")},
+    }
+    manifest |= extra or {}
+    return Bundle.create("tfhe", manifest, client, server)
+
+
+def _as_concrete_model(model: Any, X: np.ndarray, n_bits: int | None) -> Any:
+    """Return a fitted Concrete ML built-in model for a Concrete ML or scikit-learn model."""
+    import concrete.ml.sklearn as cml
+
+    if type(model).__module__.startswith("concrete.ml."):
+        if not getattr(model, "is_fitted", False):
+            raise UnsupportedModelError(f"{type(model).__name__} is not fitted: call fit() before compiling")
+        return model
+    counterpart = getattr(cml, type(model).__name__, None)
+    if counterpart is None or not hasattr(counterpart, "from_sklearn_model"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no Concrete ML counterpart: use a linear model, a tree or a torch/ONNX model"
+        )
+    kwargs = {"n_bits": n_bits} if n_bits is not None else {}
+    return counterpart.from_sklearn_model(model, X=X, **kwargs)
+
+
+def compile(  # noqa: A001 - mirrors he_compute.compile
+    model: Any,
+    X_calib: np.ndarray,
+    *,
+    n_bits: int | None = None,
+    rounding_threshold_bits: int | None = DEFAULT_ROUNDING_THRESHOLD_BITS,
+    p_error: float | None = None,
+) -> Bundle:
+    """Compile ``model`` for TFHE and return its bundle.
+
+    Concrete ML and scikit-learn models keep their own quantization (``n_bits``
+    overrides it for scikit-learn models); torch modules and ONNX graphs use
+    post-training quantization with ``n_bits`` (default 6) and accumulator
+    rounding to ``rounding_threshold_bits`` (default 6; ``None`` disables it).
+    """
+    from concrete.ml.deployment import FHEModelDev
+
+    X = np.asarray(X_calib, dtype=np.float64)
+    extra: dict[str, Any] = {}
+    compile_kwargs = {"p_error": p_error} if p_error is not None else {}
+    if _is_torch(model) or _is_onnx(model):
+        from concrete.ml.torch.compile import compile_onnx_model, compile_torch_model
+
+        bits = DEFAULT_N_BITS if n_bits is None else n_bits
+        compile_fn = compile_torch_model if _is_torch(model) else compile_onnx_model
+        onnx_model = _load_onnx(model) if _is_onnx(model) else model
+        try:
+            compiled = compile_fn(
+                onnx_model, X, n_bits=bits, rounding_threshold_bits=rounding_threshold_bits, **compile_kwargs
+            )
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise UnsupportedModelError(f"Concrete ML cannot compile this model: {exc}") from exc
+        extra["quantization"] = {"n_bits": bits, "rounding_threshold_bits": rounding_threshold_bits}
+    else:
+        compiled = _as_concrete_model(model, X, n_bits)
+        compiled.compile(X, **compile_kwargs)
+        extra["quantization"] = {"n_bits": _jsonable(getattr(compiled, "n_bits", None))}
+    with tempfile.TemporaryDirectory(prefix="hec-deploy-") as tmp:
+        FHEModelDev(tmp, compiled).save(via_mlir=True)
+        return bundle_from_deployment(tmp, extra)
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (int, dict, type(None))) else str(value)
+
+
+def _is_torch(model: Any) -> bool:
+    return "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module)
+
+
+def _is_onnx(model: Any) -> bool:
+    if isinstance(model, (str, Path)):
+        return str(model).endswith(".onnx")
+    return type(model).__name__ == "ModelProto"
+
+
+def _load_onnx(model: Any) -> Any:
+    import onnx
+
+    if not isinstance(model, (str, Path)):
+        return model
+    try:
+        return onnx.load(str(model))
+    except FileNotFoundError:
+        raise FormatError(f"{model} does not exist") from None
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise FormatError(f"{model} is not a readable ONNX model: {exc}") from exc

@@ -1,0 +1,72 @@
+"""Worker side of the TFHE scheme: compile the checked MLIR and run it on ciphertexts.
+
+This module never sees a secret key: it gets the server sections (already
+checked by :func:`~.artifacts.check_server_sections`), serialized evaluation
+keys and serialized ciphertexts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...errors import FormatError, KeyMismatchError
+from .artifacts import PINNED_OPTIONS, check_server_sections
+
+
+def _configuration(plain: dict[str, Any]) -> Any:
+    from concrete.fhe.compilation import configuration as cfg
+
+    values = dict(plain)
+    values.update(PINNED_OPTIONS)
+    if "rounding_exactness" in values:
+        values["rounding_exactness"] = cfg.Exactness(values["rounding_exactness"])
+    if "security_level" in values:
+        values["security_level"] = cfg.SecurityLevel(values["security_level"])
+    if isinstance(values.get("approximate_rounding_config"), dict):
+        values["approximate_rounding_config"] = cfg.ApproximateRoundingConfig(**values["approximate_rounding_config"])
+    try:
+        return cfg.Configuration().fork(**values)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"configuration.json is not a valid Concrete configuration: {exc}") from exc
+
+
+class TFHEServer:
+    """Evaluates one compiled Concrete circuit; build it once per bundle and reuse it."""
+
+    def __init__(self, sections: dict[str, bytes]):
+        check_server_sections(sections)
+        from concrete import fhe
+        from concrete.fhe.compilation.composition import CompositionClause, CompositionRule
+
+        rules = json.loads(sections["composition_rules.json"]) or None
+        if rules:
+            rules = [CompositionRule(CompositionClause(*a), CompositionClause(*b)) for a, b in rules]
+        specs = fhe.ClientSpecs.deserialize(sections["client.specs.json"])
+        self._fhe = fhe
+        self._server = fhe.Server.create(
+            sections["circuit.mlir"].decode(),
+            _configuration(json.loads(sections["configuration.json"])),
+            False,
+            composition_rules=rules,
+            tfhers_specs=specs.tfhers_specs,
+        )
+
+    def load_keys(self, evaluation: bytes) -> Any:
+        """Deserialize evaluation keys once; pass the result to :meth:`evaluate`."""
+        try:
+            return self._fhe.EvaluationKeys.deserialize(evaluation)
+        except Exception as exc:  # Concrete raises bare RuntimeError on bad bytes
+            raise FormatError(f"evaluation keys are unreadable: {exc}") from exc
+
+    def evaluate(self, payload: bytes, keys: Any) -> bytes:
+        """Run the circuit on one serialized encrypted sample."""
+        try:
+            value = self._fhe.Value.deserialize(payload)
+        except Exception as exc:
+            raise FormatError(f"ciphertext is unreadable: {exc}") from exc
+        try:
+            result = self._server.run(value, evaluation_keys=keys)
+        except Exception as exc:
+            raise KeyMismatchError(f"evaluation failed (keys or ciphertext do not fit this circuit): {exc}") from exc
+        return result.serialize()
