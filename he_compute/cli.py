@@ -255,5 +255,9 @@ def info_cmd(path: Path, as_json: bool) -> None:
         click.echo(f"{key:>18}: {value}")
 
 
+from .cli_jobs import register as _register_jobs  # noqa: E402
+
+_register_jobs(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
