@@ -13,14 +13,13 @@ The public surface::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 __version__ = "0.1.0"
 
-from .bundle import Bundle, load_bundle
-from .client import Client
-from .container import Container
-from .container import read as read_container
 from .errors import (
     FormatError,
     HECError,
@@ -33,8 +32,30 @@ from .errors import (
     UnsafeArtifactError,
     UnsupportedModelError,
 )
-from .evaluator import Evaluator
-from .keys import read_evaluation_keys
+
+# Roles are imported on first use (PEP 562), so that a worker process that
+# imports he_compute.evaluator never loads the client's secret-key code.
+_LAZY = {
+    "Bundle": ("bundle", "Bundle"),
+    "load_bundle": ("bundle", "load_bundle"),
+    "Client": ("client", "Client"),
+    "Container": ("container", "Container"),
+    "read_container": ("container", "read"),
+    "Evaluator": ("evaluator", "Evaluator"),
+    "read_evaluation_keys": ("evalkeys", "read"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Bundle",
@@ -60,7 +81,7 @@ __all__ = [
 ]
 
 
-def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -> Bundle:  # noqa: A001
+def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -> "Bundle":  # noqa: A001
     """Compile ``model`` for ``scheme`` ("tfhe" or "ckks") using calibration data ``X_calib``.
 
     Accepts Concrete ML built-in models, scikit-learn linear models and trees,
@@ -76,7 +97,7 @@ def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -
     return schemes.get(scheme).compile(model, X_calib, **options)
 
 
-def import_concrete(directory: Any) -> Bundle:
+def import_concrete(directory: Any) -> "Bundle":
     """Bundle an existing Concrete ML deployment directory (``client.zip`` + ``server.zip``)."""
     from .schemes import tfhe
 

@@ -186,7 +186,7 @@ def eval_cmd(encrypted: Path, server: Path, eval_keys: Path, output: Path) -> No
     """
     from . import container
     from .evaluator import Evaluator
-    from .keys import read_evaluation_keys
+    from .evalkeys import read as read_evaluation_keys
     from .progress import progress
 
     enc = container.read(encrypted, expect="ciphertexts")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import container, schemes
+from . import evalkeys as evalkeys_mod
 from .bundle import from_container, verify_server_part
 from .container import Container, chunk_name, sha256_hex
 from .errors import FormatError, KeyMismatchError
@@ -57,13 +58,9 @@ class Evaluator:
 
     def load_keys(self, evalkeys: Container) -> LoadedKeys:
         """Deserialize evaluation keys made for this model."""
-        if evalkeys.kind != "evalkeys":
-            raise FormatError(f"expected evaluation keys, got a {evalkeys.kind} file")
+        key_id = evalkeys_mod.verify(evalkeys)
         if evalkeys.meta.get("model_id") != self.model_id:
             raise KeyMismatchError("evaluation keys were made for another model than this bundle")
-        key_id = sha256_hex(evalkeys.sections["keys"])
-        if key_id != evalkeys.meta.get("key_id"):
-            raise FormatError("evaluation keys do not match their key id")
         return LoadedKeys(key_id, self.model_id, self._backend.load_keys(evalkeys.sections["keys"]))
 
     def check_inputs(self, ciphertexts: Container, keys: LoadedKeys) -> None:

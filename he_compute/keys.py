@@ -5,9 +5,7 @@ Layout of ``DIR`` (created 0700, files 0600)::
     keyinfo.json      scheme, model id, key id
     secret.keys       container "secretkeys": the secret key material (never leaves DIR)
     client.hec        container "client": the bundle's client part, so decrypt needs no bundle
-    evaluation.keys   container "evalkeys": the shareable evaluation keys, named by key id
-
-The key id is the sha256 of the serialized evaluation keys.
+    evaluation.keys   container "evalkeys": the shareable evaluation keys (see :mod:`he_compute.evalkeys`)
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import container
-from .container import Container, sha256_hex
+from . import container, evalkeys
+from .container import Container
 from .errors import FormatError, KeyMismatchError, SecurityError
 
 KEYINFO, SECRET, CLIENT, EVALUATION = "keyinfo.json", "secret.keys", "client.hec", "evaluation.keys"
@@ -34,20 +32,6 @@ class KeyInfo:
     key_id: str
 
 
-def evaluation_container(scheme: str, model_id: str, evaluation: bytes) -> Container:
-    """Wrap serialized evaluation keys; the key id is their sha256."""
-    meta = {"model_id": model_id, "key_id": sha256_hex(evaluation)}
-    return Container("evalkeys", scheme, meta, {"keys": evaluation})
-
-
-def read_evaluation_keys(path: str | os.PathLike[str]) -> Container:
-    """Read and verify an evaluation-key file (its key id must match its content)."""
-    c = container.read(path, expect="evalkeys")
-    if sha256_hex(c.sections.get("keys", b"")) != c.meta.get("key_id"):
-        raise FormatError(f"{path}: evaluation keys do not match their key id")
-    return c
-
-
 def prepare(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Create (or, with ``force``, reuse) a private key directory."""
     p = Path(path)
@@ -60,10 +44,11 @@ def prepare(path: str | os.PathLike[str], *, force: bool = False) -> Path:
 
 def write(path: Path, scheme: str, model_id: str, client_part: Container, secret: bytes, evaluation: bytes) -> KeyInfo:
     """Store freshly generated keys; the secret file is written 0600 before anything else."""
-    info = KeyInfo(scheme, model_id, sha256_hex(evaluation))
+    evk = evalkeys.new_container(scheme, model_id, evaluation)
+    info = KeyInfo(scheme, model_id, evk.meta["key_id"])
     container.atomic_write(path / SECRET, Container("secretkeys", scheme, {"model_id": model_id}, {"secret": secret}).to_bytes(), 0o600)
     container.atomic_write(path / CLIENT, client_part.to_bytes(), 0o600)
-    container.atomic_write(path / EVALUATION, evaluation_container(scheme, model_id, evaluation).to_bytes(), 0o600)
+    container.atomic_write(path / EVALUATION, evk.to_bytes(), 0o600)
     container.atomic_write(path / KEYINFO, json.dumps(info.__dict__, indent=2).encode(), 0o600)
     return info
 

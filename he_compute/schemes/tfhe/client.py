@@ -42,8 +42,8 @@ def build_model(processing_json: bytes) -> Any:
     cls = _allowed_model_classes().get(processing.pop("model_class", ""))
     if cls is None:
         raise UnsafeArtifactError("processing.json names a model class that is not a Concrete ML model")
-    if processing.get("ciphertext_format", "concrete") != "concrete":
-        raise FormatError("only Concrete's own ciphertext format is supported (not TFHE-rs interop)")
+    if processing.get("ciphertext_format") not in (None, "concrete"):
+        raise FormatError(f"ciphertext format {processing.get('ciphertext_format')!r} is not supported: only Concrete's own")
     loaded = loads(json.dumps(processing))
     model = cls()
     model.input_quantizers = loaded["input_quantizers"]

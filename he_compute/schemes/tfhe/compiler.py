@@ -113,7 +113,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
 
         bits = DEFAULT_N_BITS if n_bits is None else n_bits
         compile_fn = compile_torch_model if _is_torch(model) else compile_onnx_model
-        onnx_model = _load_onnx(model) if _is_onnx(model) else model
+        onnx_model = _onnx_opset_14(_load_onnx(model)) if _is_onnx(model) else model
         try:
             compiled = compile_fn(
                 onnx_model, X, n_bits=bits, rounding_threshold_bits=rounding_threshold_bits, **compile_kwargs
@@ -142,6 +142,22 @@ def _is_onnx(model: Any) -> bool:
     if isinstance(model, (str, Path)):
         return str(model).endswith(".onnx")
     return type(model).__name__ == "ModelProto"
+
+
+def _onnx_opset_14(model: Any) -> Any:
+    """Concrete ML reads ONNX opset 14 only; convert other opsets (torch exports 17 by default)."""
+    import onnx
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset == 14:
+        return model
+    try:
+        return version_converter.convert_version(model, 14)
+    except Exception as exc:  # the converter raises several unrelated types
+        raise UnsupportedModelError(
+            f"ONNX opset {opset} could not be converted to 14 ({exc}): export with opset_version=14"
+        ) from exc
 
 
 def _load_onnx(model: Any) -> Any:

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmarks: timing, tables, result files."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def timer() -> Iterator[list[float]]:
+    """``with timer() as t: ...`` then ``t[0]`` holds the elapsed seconds."""
+    box: list[float] = []
+    start = time.perf_counter()
+    yield box
+    box.append(time.perf_counter() - start)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write(name: str, text: str) -> Path:
+    """Print ``text`` and save it as bench/results/NAME.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text + "\n")
+    print(text, flush=True)
+    return path
+
+
+def mb(n: int) -> str:
+    """Bytes as MB with two decimals."""
+    return f"{n / 1e6:.2f} MB"
