@@ -42,6 +42,8 @@ _LAZY = {
     "Container": ("container", "Container"),
     "read_container": ("container", "read"),
     "Evaluator": ("evaluator", "Evaluator"),
+    "EncryptedModel": ("api", "EncryptedModel"),
+    "EncryptedJob": ("api", "EncryptedJob"),
     "read_evaluation_keys": ("evalkeys", "read"),
 }
 
@@ -61,6 +63,8 @@ __all__ = [
     "Bundle",
     "Client",
     "Container",
+    "EncryptedJob",
+    "EncryptedModel",
     "Evaluator",
     "FormatError",
     "HECError",

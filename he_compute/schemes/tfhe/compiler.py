@@ -125,6 +125,9 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         compiled = _as_concrete_model(model, X, n_bits)
         compiled.compile(X, **compile_kwargs)
         extra["quantization"] = {"n_bits": _jsonable(getattr(compiled, "n_bits", None))}
+        classes = getattr(compiled, "classes_", None)
+        if classes is not None:
+            extra["classes"] = np.asarray(classes).tolist()
     with tempfile.TemporaryDirectory(prefix="hec-deploy-") as tmp:
         FHEModelDev(tmp, compiled).save(via_mlir=True)
         return bundle_from_deployment(tmp, extra)

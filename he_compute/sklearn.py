@@ -1,0 +1,83 @@
+"""A scikit-learn estimator whose predictions run encrypted, for the last step of a ``Pipeline``.
+
+Clear preprocessing runs on the client as usual; :class:`EncryptedPredictor`
+fits its wrapped estimator in the clear (on the client, which owns the
+training data), compiles it, generates keys, and from then on every
+``predict`` encrypts, evaluates on workers and decrypts.
+
+Example::
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from concrete.ml.sklearn import LogisticRegression
+    from he_compute.sklearn import EncryptedPredictor
+
+    pipe = make_pipeline(StandardScaler(), EncryptedPredictor(LogisticRegression(), in_process=True))
+    pipe.fit(X_train, y_train).predict(X_test)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+
+from .api import EncryptedModel
+
+
+class EncryptedPredictor(ClassifierMixin, BaseEstimator):
+    """Fit in the clear, predict under encryption.
+
+    ``estimator``: a Concrete ML model, scikit-learn linear model or tree, or
+    torch module (then pass ``bundle`` instead of fitting); ``bundle``: a
+    precompiled bundle path (``fit`` then only records the classes).
+    ``keys``: key directory (default: a fresh private temporary directory).
+    Queue options are those of :class:`~he_compute.EncryptedModel`.
+    """
+
+    def __init__(self, estimator: Any = None, *, bundle: Any = None, scheme: str = "tfhe", keys: Any = None,
+                 queue: str | None = None, local_workers: int = 0, in_process: bool = False,
+                 compile_options: dict[str, Any] | None = None):
+        self.estimator = estimator
+        self.bundle = bundle
+        self.scheme = scheme
+        self.keys = keys
+        self.queue = queue
+        self.local_workers = local_workers
+        self.in_process = in_process
+        self.compile_options = compile_options
+
+    def fit(self, X: Any, y: Any) -> EncryptedPredictor:
+        """Fit the wrapped estimator on clear data, compile it and generate keys."""
+        import he_compute
+
+        X = np.asarray(X, dtype=np.float64)
+        if self.bundle is not None:
+            bundle = self.bundle if isinstance(self.bundle, he_compute.Bundle) else he_compute.load_bundle(self.bundle)
+        else:
+            if self.estimator is None:
+                raise ValueError("EncryptedPredictor needs an estimator to fit or a precompiled bundle")
+            fitted = clone(self.estimator).fit(X, y)
+            bundle = he_compute.compile(fitted, X, scheme=self.scheme, **(self.compile_options or {}))
+        keys = self.keys or tempfile.mkdtemp(prefix="hec-keys-")
+        self.model_ = EncryptedModel(bundle, keys, queue=self.queue, local_workers=self.local_workers,
+                                     in_process=self.in_process)
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Encrypted class probabilities."""
+        return self.model_.predict_proba(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Encrypted raw model outputs."""
+        return self.model_.decision_function(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Encrypted predictions, mapped to the labels seen in ``fit``."""
+        out = self.model_.decision_function(X)
+        index = (out[:, 0] > 0.5).astype(int) if out.shape[1] == 1 else out.argmax(axis=1)
+        return self.classes_[index]
