@@ -1,12 +1,196 @@
 """Queue-facing commands (``hec run / worker / status / jobs / cancel``), registered on the main group.
 
 Kept apart from :mod:`he_compute.cli` so the client-only commands stay small.
+Each command opens the queue, calls one library function and prints; library
+errors become one ``Error: ...`` line through the main group.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
 import click
+
+from .errors import HECError
+
+_QUEUE_HELP = "Queue URL: sqlite:///PATH/queue.db or redis://HOST:PORT/DB (default $HEC_QUEUE, else ./.hec/queue.db)."
+_BLOBS_HELP = "Blob store URL: file://DIR, redis://HOST:PORT/DB or s3://BUCKET/PREFIX (default: next to the queue)."
+
+
+def _queue_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--queue", "queue_url", default=None, metavar="URL", help=_QUEUE_HELP)(fn)
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _progress(job: Any) -> str:
+    total = sum(job.spec.get("counts", [])) if isinstance(job.spec, dict) else 0
+    done = total if job.state.value == "done" else int(job.progress.get("done", 0))
+    return f"{done}/{total}"
 
 
 def register(group: click.Group) -> None:
-    """Add the queue commands to ``group`` (filled in by the queue issue)."""
+    """Add the queue commands to ``group``."""
+
+    @group.command("run")
+    @click.argument("encrypted", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Bundle or server part; only its server part is uploaded.")
+    @click.option("--eval-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Evaluation-key file (default: DIR/evaluation.keys with --keys).")
+    @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Key directory; only its evaluation.keys is read (never the secret keys).")
+    @_queue_option
+    @click.option("--blobs", "blobs_url", default=None, metavar="URL", help=_BLOBS_HELP)
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Encrypted result to write (read by hec decrypt).")
+    @click.option("--local-workers", type=click.IntRange(0, 256), default=0, show_default=True,
+                  help="Start N worker processes for this run and stop them after.")
+    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Give up after S seconds (jobs stay queued).")
+    @click.option("--samples-per-job", type=click.IntRange(1), default=None,
+                  help="Ciphertext chunks per job (default: split into at most 64 jobs).")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+    def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
+                queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
+                timeout: float | None, samples_per_job: int | None, as_json: bool) -> None:
+        """Evaluate ENCRYPTED on queue workers and write the encrypted result.
+
+        Uploads what the blob store lacks (server part, evaluation keys, ciphertexts),
+        submits one job per chunk of samples, waits and verifies every result digest.
+
+        Example: hec run x.enc --bundle model.hec --keys keys/ -o y.enc --local-workers 2
+        """
+        from . import container
+        from .evalkeys import read as read_evaluation_keys
+        from .runner import run
+
+        if eval_keys is None:
+            if keys_dir is None:
+                raise HECError("pass --eval-keys FILE or --keys DIR so workers get the evaluation keys")
+            eval_keys = keys_dir / "evaluation.keys"
+        enc = container.read(encrypted, expect="ciphertexts")
+        part = container.read(bundle_path, expect=("bundle", "server"))
+        report = run(enc, part, read_evaluation_keys(eval_keys), queue=queue_url, blobs=blobs_url,
+                     local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job)
+        report.result.save(output)
+        n = enc.meta["n_samples"]
+        if as_json:
+            click.echo(json.dumps({"output": str(output), **report.to_json()}, indent=2))
+        _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s), {report.seconds['total']:.1f}s "
+              f"({report.seconds['total'] / max(1, n):.2f}s/sample); uploaded {sum(report.uploaded.values())} "
+              f"blob(s), reused {sum(report.reused.values())}")
+
+    @group.command("worker")
+    @_queue_option
+    @click.option("--blobs", "blobs_url", default=None, metavar="URL", help=_BLOBS_HELP)
+    @click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
+                  help="Jobs at once (worker processes); default: one per core, one thread each.")
+    @click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                  help="Threads per job (OMP_NUM_THREADS); default: cores / concurrency.")
+    @click.option("--burst", is_flag=True, help="Exit once the queue has no job for this worker.")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                  help="Jobs to take: cuda needs Concrete's CUDA build and a GPU.")
+    @click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Seconds a claim lasts without heartbeat (default 30).")
+    def worker_cmd(queue_url: str | None, blobs_url: str | None, concurrency: int | None, threads: int | None,
+                   burst: bool, device: str, lease: float | None) -> None:
+        """Run a worker: claim jobs, evaluate on ciphertexts, store encrypted results.
+
+        The worker holds evaluation keys only. SIGTERM lets the job in hand finish its
+        current sample and releases the rest to other workers.
+
+        Example: hec worker --queue redis://10.0.0.5:6379/0 --concurrency 4
+        """
+        from .worker import serve
+
+        status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
+                       burst=burst, lease_s=lease)
+        if status:
+            raise click.exceptions.Exit(status)
+
+    @group.command("status")
+    @click.argument("job_id", metavar="[JOB]", required=False)
+    @_queue_option
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    def status_cmd(job_id: str | None, queue_url: str | None, as_json: bool) -> None:
+        """Show one job (state, attempts, progress, last error), or job counts by state.
+
+        Example: hec status j3f2a... --queue sqlite:///srv/hec/queue.db
+        """
+        from . import queue
+
+        q = queue.connect(queue_url)
+        if job_id:
+            job = q.status(job_id)
+            if as_json:
+                click.echo(json.dumps(job.to_json(), indent=2))
+                return
+            rows = {"job": job.id, "state": job.state.value, "device": job.device,
+                    "attempts": f"{job.attempts}/{job.max_attempts}", "progress": _progress(job),
+                    "worker": job.worker or "-", "created": _when(job.created), "updated": _when(job.updated),
+                    "error": job.error or "-"}
+            for key, value in rows.items():
+                click.echo(f"{key:>9}: {value}")
+            return
+        counts: dict[str, int] = {}
+        for job in q.jobs(limit=10**9):
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        if as_json:
+            click.echo(json.dumps({"queue": q.url, "counts": counts}, indent=2))
+            return
+        click.echo(f"{q.url}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"))
+
+    @group.command("jobs")
+    @_queue_option
+    @click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "cancelled"]), default=None,
+                  help="Only jobs in this state (failed = the dead letter).")
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    def jobs_cmd(queue_url: str | None, state: str | None, as_json: bool) -> None:
+        """List jobs, oldest first.
+
+        Example: hec jobs --state failed
+        """
+        from . import queue
+
+        q = queue.connect(queue_url)
+        jobs = q.jobs(queue.JobState(state) if state else None)
+        if as_json:
+            click.echo(json.dumps([j.to_json() for j in jobs], indent=2))
+            return
+        if not jobs:
+            _echo(f"no jobs in {q.url}")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("job", "state", "attempts", "progress", "device", "updated", "error")
+        for j in jobs:
+            table.add_row(j.id, j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
+                          _when(j.updated), (j.error or "")[:60])
+        Console().print(table)
+
+    @group.command("cancel")
+    @click.argument("job_id", metavar="JOB")
+    @_queue_option
+    def cancel_cmd(job_id: str, queue_url: str | None) -> None:
+        """Cancel a queued or running job (its worker stops at the next heartbeat).
+
+        Example: hec cancel j3f2a...
+        """
+        from . import queue
+
+        q = queue.connect(queue_url)
+        if q.cancel(job_id):
+            _echo(f"cancelled {job_id}")
+        else:
+            raise HECError(f"job {job_id} already ended ({q.status(job_id).state.value}); nothing to cancel")

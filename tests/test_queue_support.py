@@ -118,3 +118,34 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.1, what: str = "
 
 
 PYTHON = sys.executable
+
+
+def submit_samples(q, store, compiled, X, *, per_job: int = 1, max_attempts: int = 3, server_part=None):
+    """Encrypt ``X`` with the compiled model's client, upload everything, submit jobs; return (job ids, enc)."""
+    import he_compute
+    from he_compute.container import chunk_name
+    from he_compute.queue import Task
+
+    enc = compiled.client.encrypt(compiled.prepare(X))
+    part = server_part or compiled.bundle.server_part()
+    evk = he_compute.read_evaluation_keys(compiled.client.evaluation_keys_path)
+    server, keys = store.put(part.to_bytes()), store.put(evk.to_bytes())
+    inputs = [store.put(enc.sections[chunk_name(i)]) for i in range(len(enc.sections))]
+    counts = enc.meta["chunks"]
+    ids = []
+    for i in range(0, len(inputs), per_job):
+        task = Task("tfhe", part.meta["model_id"], server, keys, evk.meta["key_id"],
+                    tuple(inputs[i : i + per_job]), tuple(counts[i : i + per_job]))
+        ids.append(q.submit(task.to_json(), max_attempts=max_attempts))
+    return ids, enc
+
+
+def decrypt_jobs(q, store, compiled, job_ids):
+    """Decrypt the outputs of finished jobs, in order, into one array."""
+    import numpy as np
+
+    rows = []
+    for job_id in job_ids:
+        for digest in q.status(job_id).result["outputs"]:
+            rows.append(compiled.client._backend.decrypt(store.get(digest), 1))
+    return np.concatenate(rows)
