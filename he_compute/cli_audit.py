@@ -1,0 +1,119 @@
+"""``hec audit ...``: check and read the tamper-evident log of submissions and receipts.
+
+Registered on the main group by :func:`register`.  Each command opens the log
+kept with the queue (``DIR/audit.jsonl`` next to ``sqlite://DIR/queue.db``, or
+the Redis server of a Redis queue) or the one named by ``--log``, calls one
+method of :class:`he_compute.verify.AuditLog` and prints; a broken log exits
+with one ``Error: ...`` line naming the first bad entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import click
+
+_QUEUE_HELP = "Queue URL whose audit log to read (default $HEC_QUEUE, else ./.hec/queue.db)."
+
+
+def _log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--log", "log_path", default=None, metavar="PATH|URL",
+                      help="Audit log to read instead of the queue's (a .jsonl file or redis:// URL).")(fn)
+    return click.option("--queue", "queue_url", default=None, metavar="URL", help=_QUEUE_HELP)(fn)
+
+
+def _open(queue_url: str | None, log_path: str | None) -> Any:
+    from .errors import HECError
+    from .queue import default_url
+    from .verify.audit import AuditLog, location_for_queue
+
+    location = log_path or location_for_queue(queue_url or default_url())
+    if not location.startswith(("redis://", "rediss://", "unix://")):
+        from pathlib import Path
+
+        if not Path(location).exists():
+            raise HECError(f"no audit log at {location}: runs with verification write one there")
+    return AuditLog.open(location)
+
+
+def register(group: click.Group) -> None:
+    """Add the ``audit`` command group to ``group``."""
+
+    @group.group("audit")
+    def audit() -> None:
+        """Check and read the tamper-evident audit log of job submissions and worker receipts."""
+
+    @audit.command("verify")
+    @_log_options
+    @click.option("--size", type=click.IntRange(0), default=None, help="Checkpoint: entries the log had.")
+    @click.option("--root", default=None, metavar="HEX", help="Checkpoint: Merkle root it had then (with --size).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the head as JSON on stdout.")
+    def verify_cmd(queue_url: str | None, log_path: str | None, size: int | None, root: str | None,
+                   as_json: bool) -> None:
+        """Check every entry, the hash chain, the head and an optional checkpoint.
+
+        Reports the first rewritten, deleted or reordered entry by its index.
+
+        Example: hec audit verify --queue sqlite:///srv/hec/queue.db --size 120 --root 3fa1...
+        """
+        from .errors import HECError
+
+        if (size is None) != (root is None):
+            raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
+        log = _open(queue_url, log_path)
+        head = log.verify(checkpoint=(size, root) if size is not None else None)
+        if as_json:
+            click.echo(json.dumps({"log": log.location, **head.to_json()}, indent=2))
+        click.echo(f"{log.location}: {head.size} entries intact; checkpoint --size {head.size} --root {head.root}",
+                   err=as_json)
+
+    @audit.command("show")
+    @click.argument("job_id", metavar="JOB")
+    @_log_options
+    @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+    def show_cmd(job_id: str, queue_url: str | None, log_path: str | None, as_json: bool) -> None:
+        """Show the submission and receipts recorded for JOB (the log is verified first).
+
+        Example: hec audit show j3f2a...
+        """
+        from .errors import HECError
+
+        log = _open(queue_url, log_path)
+        log.verify()
+        entries = log.show(job_id)
+        if as_json:
+            click.echo(json.dumps(entries, indent=2))
+            return
+        if not entries:
+            raise HECError(f"the audit log has no entry for job {job_id}")
+        for e in entries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["t"] / 1000))
+            body = e["body"]
+            if e["kind"] == "receipt":
+                what = (f"receipt from worker {str(body.get('worker'))[:16]}: {len(body.get('outputs', []))} "
+                        f"output(s), eval {body.get('timings', {}).get('eval_ms', '?')} ms")
+            else:
+                spec = body.get("spec", {})
+                what = f"submitted {len(spec.get('inputs', []))} input(s) for model {str(spec.get('model_id'))[:12]}"
+            click.echo(f"#{e['i']:<6} {when}  {e['kind']:<8} {what}")
+
+    @audit.command("worker-key")
+    @click.option("--state", "state_dir", default=None, metavar="DIR",
+                  help="Worker state directory (default $HEC_WORKER_STATE).")
+    def worker_key_cmd(state_dir: str | None) -> None:
+        """Print a worker's public key as an allow-list line (creating the identity on first use).
+
+        Example: hec audit worker-key --state /var/lib/hec-worker >> workers.allow
+        """
+        import os
+
+        from .errors import HECError
+        from .verify.identity import STATE_ENV, WorkerIdentity
+
+        state_dir = state_dir or os.environ.get(STATE_ENV)
+        if not state_dir:
+            raise HECError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
+        me = WorkerIdentity.load_or_create(state_dir)
+        click.echo(me.public_line(f"worker {me.short_id}"))

@@ -1,0 +1,45 @@
+"""Canonical JSON: the one byte form that receipts are signed in and audit entries are hashed in.
+
+Keys sorted, no whitespace, ASCII only, and no floats at all: a float can be
+printed in several ways (``1e-05`` vs ``0.00001``) and may not round-trip
+between languages, so a signature over one would be ambiguous.  Timings are
+integer milliseconds or nanoseconds instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _check(obj: Any, path: str) -> None:
+    if obj is None or isinstance(obj, (bool, str)):
+        return
+    if isinstance(obj, int):
+        return
+    if isinstance(obj, float):
+        raise ValueError(f"canonical JSON has no floats ({path} = {obj!r}): use integers, e.g. milliseconds")
+    if isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            _check(item, f"{path}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ValueError(f"canonical JSON keys are strings ({path} has key {key!r})")
+            _check(value, f"{path}.{key}")
+        return
+    raise ValueError(f"{path} is a {type(obj).__name__}, which canonical JSON cannot hold")
+
+
+def canonical(obj: Any) -> bytes:
+    """Serialize ``obj`` (dicts, lists, strings, ints, bools, None) to canonical JSON bytes.
+
+    Raises :class:`ValueError` for floats and other values with no single form.
+
+    Example::
+
+        canonical({"b": 1, "a": [True, None]}) == b'{"a":[true,null],"b":1}'
+    """
+    _check(obj, "$")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()

@@ -1,0 +1,292 @@
+"""The audit log: intact logs verify; an edited, a deleted and a reordered entry are caught by index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from he_compute.verify import AuditError, AuditLog, WorkerIdentity, sign_receipt, verify_inclusion
+from he_compute.verify.audit import location_for_queue, merkle_root
+
+
+@pytest.fixture
+def cli():
+    from he_compute.cli import main
+    from he_compute.cli_audit import register
+
+    if "audit" not in main.commands:  # until cli.py registers the group itself
+        register(main)
+    return main
+
+
+def _fill(path, n=8):
+    log = AuditLog.open(path)
+    me = WorkerIdentity.generate()
+    for i in range(n):
+        job = f"job-{i // 2}"
+        if i % 2 == 0:
+            log.append("submit", job, {"spec": {"inputs": ["sha256:" + "a" * 64], "model_id": "m" * 64}})
+        else:
+            log.append("receipt", job, sign_receipt(me, job_id=job, model_id="m" * 64, key_id="k" * 64,
+                                                    inputs=["sha256:" + "a" * 64], outputs=["sha256:" + "b" * 64],
+                                                    timings={"eval_ms": i}))
+    return log
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_an_intact_log_verifies_and_shows_a_job(tmp_path):
+    log = _fill(tmp_path / "audit.jsonl")
+    head = log.verify()
+    assert head.size == 8 and head.root == log.root() and len(head.chain) == 64
+    assert [e["kind"] for e in log.show("job-1")] == ["submit", "receipt"]
+    assert log.verify(checkpoint=(5, log.root(5))) == head
+
+
+def test_an_edited_entry_is_reported_by_index(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    lines = _lines(path)
+    entry = json.loads(lines[3])
+    entry["body"]["outputs"] = ["sha256:" + "c" * 64]
+    lines[3] = json.dumps(entry)
+    _write(path, lines)
+    with pytest.raises(AuditError, match="entry 3 was rewritten") as info:
+        log.verify()
+    assert info.value.index == 3
+
+
+def test_an_edit_with_recomputed_hashes_is_caught_by_the_head_and_checkpoint(tmp_path):
+    from he_compute.verify.audit import leaf_hash
+
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    checkpoint = log.verify()
+    lines = _lines(path)
+    # A careful forger recomputes the leaf and every later chain hash.
+    entries = [json.loads(line) for line in lines]
+    entries[2]["body"]["spec"]["model_id"] = "z" * 64
+    prev = bytes(32)
+    import hashlib
+
+    for e in entries:
+        e["leaf"] = leaf_hash(e)
+        e["chain"] = hashlib.sha256(prev + bytes.fromhex(e["leaf"])).hexdigest()
+        prev = bytes.fromhex(e["chain"])
+    _write(path, [json.dumps(e) for e in entries])
+    with pytest.raises(AuditError, match="does not match the log's head"):
+        log.verify()
+    (tmp_path / "audit.jsonl.head").write_text(json.dumps({"size": 8, "chain": entries[-1]["chain"]}))
+    log.verify()  # the forger also rewrote the head: only a checkpoint kept elsewhere can tell
+    with pytest.raises(AuditError, match="do not match the checkpoint root"):
+        log.verify(checkpoint=(checkpoint.size, checkpoint.root))
+
+
+def test_a_deleted_entry_is_reported_by_index(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    lines = _lines(path)
+    del lines[4]
+    _write(path, lines)
+    with pytest.raises(AuditError, match="entry 4 is missing.*deleted") as info:
+        log.verify()
+    assert info.value.index == 4
+
+
+def test_a_deleted_tail_is_reported_against_the_head(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    _write(path, _lines(path)[:6])
+    with pytest.raises(AuditError, match="head records 8: entries from 6 on were deleted") as info:
+        log.verify()
+    assert info.value.index == 6
+
+
+def test_a_reordered_entry_is_reported_by_index(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    lines = _lines(path)
+    lines[2], lines[5] = lines[5], lines[2]
+    _write(path, lines)
+    with pytest.raises(AuditError, match="entry 2 is out of place.*reordered") as info:
+        log.verify()
+    assert info.value.index == 2
+
+
+def test_a_renumbered_reorder_still_breaks_the_chain(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    entries = [json.loads(line) for line in _lines(path)]
+    entries[2], entries[3] = entries[3], entries[2]
+    entries[2]["i"], entries[3]["i"] = 2, 3
+    _write(path, [json.dumps(e) for e in entries])
+    with pytest.raises(AuditError, match="entry 2") as info:
+        log.verify()
+    assert info.value.index == 2
+
+
+def test_garbage_line_is_reported(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    lines = _lines(path)
+    lines[1] = lines[1][:-5]
+    _write(path, lines)
+    with pytest.raises(AuditError, match="entry 1 is not valid JSON"):
+        log.verify()
+
+
+def test_concurrent_appends_keep_one_chain(tmp_path):
+    path = tmp_path / "audit.jsonl"
+
+    def work(k):
+        log = AuditLog.open(path)
+        for i in range(20):
+            log.append("submit", f"job-{k}-{i}", {"k": k})
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert AuditLog.open(path).verify().size == 80
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=1, max_value=40), st.data())
+def test_inclusion_proofs_verify_for_every_size_and_fail_for_another_leaf(n, data):
+    import hashlib
+
+    leaves = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
+    root = merkle_root(leaves).hex()
+    index = data.draw(st.integers(min_value=0, max_value=n - 1))
+    from he_compute.verify.audit import _path
+
+    proof = [p.hex() for p in _path(index, leaves)]
+    verify_inclusion(leaves[index].hex(), index, n, proof, root)
+    wrong = (index + 1) % n
+    if wrong != index:
+        with pytest.raises(AuditError):
+            verify_inclusion(leaves[wrong].hex(), index, n, proof, root)
+
+
+def test_inclusion_proof_from_a_log(tmp_path):
+    log = _fill(tmp_path / "audit.jsonl", 11)
+    e = log.entries()[6]
+    verify_inclusion(e["leaf"], 6, 11, log.inclusion_proof(6), log.root())
+    with pytest.raises(AuditError):
+        verify_inclusion(e["leaf"], 6, 11, log.inclusion_proof(5), log.root())
+
+
+def test_the_log_lives_next_to_the_embedded_queue():
+    assert location_for_queue("sqlite:///srv/hec/queue.db") == "/srv/hec/audit.jsonl"
+    assert location_for_queue("sqlite://.hec/queue.db?lease_s=5") == ".hec/audit.jsonl"
+    assert location_for_queue("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_cli_verify_detects_edit_delete_and_reorder(tmp_path, cli):
+    runner = CliRunner()
+    path = tmp_path / "audit.jsonl"
+    _fill(path)
+    queue = f"sqlite://{tmp_path}/queue.db"
+    ok = runner.invoke(cli, ["audit", "verify", "--queue", queue])
+    assert ok.exit_code == 0, ok.output
+    assert "8 entries intact" in ok.output
+    pristine = _lines(path)
+    cases = {
+        "edited": (lambda ls: ls.__setitem__(3, ls[3].replace('"eval_ms":3', '"eval_ms":4')), "entry 3 was rewritten"),
+        "deleted": (lambda ls: ls.__delitem__(5), "entry 5 is missing"),
+        "reordered": (lambda ls: ls.insert(1, ls.pop(6)), "entry 1 is out of place"),
+    }
+    for name, (mangle, message) in cases.items():
+        lines = list(pristine)
+        mangle(lines)
+        _write(path, lines)
+        res = runner.invoke(cli, ["audit", "verify", "--log", str(path)])
+        assert res.exit_code == 1, name
+        assert res.output.startswith(f"Error: audit {message}"), (name, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+    _write(path, pristine)
+    assert runner.invoke(cli, ["audit", "verify", "--log", str(path)]).exit_code == 0
+
+
+def test_cli_verify_checkpoint_and_show(tmp_path, cli):
+    runner = CliRunner()
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path)
+    res = runner.invoke(cli, ["audit", "verify", "--log", str(path), "--size", "4", "--root", log.root(4)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["audit", "verify", "--log", str(path), "--size", "4", "--root", "0" * 64])
+    assert res.exit_code == 1 and "checkpoint root" in res.output
+    res = runner.invoke(cli, ["audit", "show", "job-2", "--log", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "submit" in res.output and "receipt from worker" in res.output
+    shown = json.loads(runner.invoke(cli, ["audit", "show", "job-2", "--log", str(path), "--json"]).output)
+    assert [e["i"] for e in shown] == [4, 5]
+    res = runner.invoke(cli, ["audit", "show", "job-9", "--log", str(path)])
+    assert res.exit_code == 1 and res.output == "Error: the audit log has no entry for job job-9\n"
+    res = runner.invoke(cli, ["audit", "verify", "--log", str(tmp_path / "none.jsonl")])
+    assert res.exit_code == 1 and "no audit log" in res.output
+
+
+def test_cli_worker_key_prints_an_allow_list_line(tmp_path, cli):
+    from he_compute.verify import AllowList
+
+    res = CliRunner().invoke(cli, ["audit", "worker-key", "--state", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    me = WorkerIdentity.load(tmp_path / "w")
+    assert AllowList.from_text(res.output).check(me.public_raw) == me.worker_id
+
+
+def test_every_audit_command_has_help_with_an_example(cli):
+    group = cli.commands["audit"]
+    for name, cmd in group.commands.items():
+        assert cmd.help and "Example:" in cmd.help, name
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_the_redis_store_detects_a_rewrite(tmp_path):
+    import socket
+    import time
+
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}/0"
+        log = AuditLog.for_queue(url)
+        for i in range(5):
+            log.append("submit", f"job-{i}", {"n": i})
+        assert log.verify().size == 5
+        entry = json.loads(r.lindex("hec:audit", 2))
+        entry["job"] = "job-x"
+        r.lset("hec:audit", 2, json.dumps(entry))
+        with pytest.raises(AuditError, match="entry 2 was rewritten"):
+            log.verify()
+        log.close()
+    finally:
+        proc.terminate()
+        proc.wait()
