@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import blobs as blob_stores
 from . import queue as job_queue
@@ -104,13 +104,15 @@ def run(
     max_attempts: int = job_queue.DEFAULT_MAX_ATTEMPTS,
     show_progress: bool = True,
     worker_env: dict[str, str] | None = None,
+    on_submit: Callable[[list[str]], None] | None = None,
 ) -> RunReport:
     """Evaluate ``ciphertexts`` through the queue and return the encrypted result.
 
     ``queue``/``blobs`` are URLs or opened engines (default ``$HEC_QUEUE`` or
     the embedded queue under ``./.hec/``, blobs next to it).  With
     ``local_workers=N``, N worker processes run for the duration of the call.
-    Raises :class:`JobFailed` when a job ends in the dead letter or is
+    ``on_submit`` receives the job ids as soon as they are queued (for
+    progress and cancellation handles).  Raises :class:`JobFailed` when a job ends in the dead letter or is
     cancelled (the other jobs are cancelled), :class:`QueueError` on timeout.
 
     Example::
@@ -143,6 +145,8 @@ def run(
                   evalkeys.meta["key_id"], tuple(inputs[i : i + per_job]), tuple(counts[i : i + per_job]))
              for i in range(0, len(counts), per_job)]
     report.job_ids = [q.submit(t.to_json(), device=device, max_attempts=max_attempts) for t in tasks]
+    if on_submit is not None:
+        on_submit(list(report.job_ids))
 
     procs: list[Any] = []
     if local_workers > 0:
