@@ -1,0 +1,85 @@
+"""The framed binary format of one CKKS payload (a chunk of encrypted samples or results).
+
+Layout (big-endian)::
+
+    magic       6 bytes  b"HECKKS"
+    version     u16      PAYLOAD_VERSION
+    header_len  u32
+    header      JSON {"role": "input"|"output", "packing": "batch"|"single", "n_samples", "n_ciphertexts"}
+    n_ciphertexts times:
+        length  u64
+        data    a serialized TenSEAL CKKSVector (protobuf, no code)
+
+Nothing here is unpickled; the ciphertexts are parsed by TenSEAL's protobuf loader.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from ...errors import FormatError
+
+MAGIC = b"HECKKS"
+PAYLOAD_VERSION = 1
+_PREFIX = struct.Struct(">6sHI")
+_LEN = struct.Struct(">Q")
+_MAX_HEADER = 1 << 16
+PACKINGS = ("batch", "single")
+
+
+@dataclass
+class Payload:
+    """A decoded payload: its header fields and the raw ciphertext bytes."""
+
+    role: str
+    packing: str
+    n_samples: int
+    ciphertexts: list[bytes]
+
+
+def pack(p: Payload) -> bytes:
+    """Serialize a payload."""
+    header = json.dumps(
+        {"role": p.role, "packing": p.packing, "n_samples": p.n_samples, "n_ciphertexts": len(p.ciphertexts)},
+        sort_keys=True,
+    ).encode()
+    parts = [_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(header)), header]
+    for ct in p.ciphertexts:
+        parts += [_LEN.pack(len(ct)), ct]
+    return b"".join(parts)
+
+
+def unpack(data: bytes, *, role: str) -> Payload:
+    """Parse and check a payload of the expected ``role``; raise :class:`FormatError` otherwise."""
+    if len(data) < _PREFIX.size:
+        raise FormatError("CKKS payload is truncated: re-encrypt the input")
+    magic, ver, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC or ver != PAYLOAD_VERSION:
+        raise FormatError("not a CKKS payload of a supported version: encrypt with this he_compute version")
+    if hlen > _MAX_HEADER or _PREFIX.size + hlen > len(data):
+        raise FormatError("CKKS payload header is truncated or oversized")
+    try:
+        header = json.loads(data[_PREFIX.size : _PREFIX.size + hlen])
+        got_role, packing = header["role"], header["packing"]
+        n_samples, count = int(header["n_samples"]), int(header["n_ciphertexts"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"CKKS payload header is invalid: {exc}") from exc
+    if got_role != role:
+        raise FormatError(f"expected a CKKS {role} payload, got a {got_role} payload")
+    if packing not in PACKINGS or n_samples < 1 or count < 1:
+        raise FormatError(f"CKKS payload header is invalid: packing {packing!r}, {n_samples} samples, {count} ciphertexts")
+    pos, cts = _PREFIX.size + hlen, []
+    for _ in range(count):
+        if pos + _LEN.size > len(data):
+            raise FormatError("CKKS payload is truncated: re-encrypt the input")
+        (size,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        if pos + size > len(data):
+            raise FormatError("CKKS payload is truncated: re-encrypt the input")
+        cts.append(data[pos : pos + size])
+        pos += size
+    if pos != len(data):
+        raise FormatError("CKKS payload has trailing bytes")
+    return Payload(got_role, packing, n_samples, cts)
