@@ -56,3 +56,14 @@ def test_sklearn_pipeline_with_encrypted_last_step(cancer, tmp_path):
     np.testing.assert_array_equal(pipe.predict(X), clear.predict(X))
     assert pipe.score(X, y_test[:15]) == pytest.approx(clear.score(X, y_test[:15]))
     assert pipe.predict_proba(X).shape == (15, 2)
+
+
+def test_encrypted_model_through_the_embedded_queue(compiled, cancer, tmp_path):
+    _, X_test, _, _ = cancer
+    c = compiled("linear")
+    queue = f"sqlite://{tmp_path}/q/queue.db"
+    with he_compute.EncryptedModel(c.bundle, keys=tmp_path / "k", queue=queue, local_workers=1, timeout=300) as model:
+        job = model.submit(X_test[:4])
+        out = job.result(timeout=300)
+        assert len(job.job_ids) >= 1 and job.progress() == 1.0
+    np.testing.assert_allclose(out, c.model.predict_proba(X_test[:4], fhe="disable"), atol=1e-9)
