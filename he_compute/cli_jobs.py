@@ -173,11 +173,14 @@ def register(group: click.Group) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("job", "state", "attempts", "progress", "device", "updated", "error")
+        table = Table()
+        for col in ("job", "state", "attempts", "progress", "device", "updated"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("error")
         for j in jobs:
             table.add_row(j.id, j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
                           _when(j.updated), (j.error or "")[:60])
-        Console().print(table)
+        Console(width=160 if not click.get_text_stream("stdout").isatty() else None).print(table)
 
     @group.command("cancel")
     @click.argument("job_id", metavar="JOB")
