@@ -80,8 +80,10 @@ def _size(n: int) -> str:
 @click.option("--rounding-bits", type=click.IntRange(2, 16), default=None,
               help="TFHE: round accumulators to this many bits (default 6).")
 @click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
+@click.option("--packing", type=click.Choice(["auto", "batch", "single"]), default=None,
+              help="CKKS: samples across slots (batch, throughput) or one sample per ciphertext (single, latency).")
 def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bits: int | None,
-                rounding_bits: int | None, no_rounding: bool) -> None:
+                rounding_bits: int | None, no_rounding: bool, packing: str | None) -> None:
     """Compile an ONNX model into a bundle.
 
     Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
@@ -89,6 +91,12 @@ def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bit
     import he_compute
     from .data import read_input
 
+    tfhe_only = {"--n-bits": n_bits is not None, "--rounding-bits": rounding_bits is not None, "--no-rounding": no_rounding}
+    misplaced = [flag for flag, given in tfhe_only.items() if given and scheme != "tfhe"]
+    if packing is not None and scheme != "ckks":
+        misplaced.append("--packing")
+    if misplaced:
+        raise HECError(f"{', '.join(misplaced)} do(es) not apply to --scheme {scheme}: drop it or change the scheme")
     if model.suffix.lower() != ".onnx":
         raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
     if not model.is_file():
@@ -97,11 +105,12 @@ def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bit
     options: dict[str, Any] = {}
     if n_bits is not None:
         options["n_bits"] = n_bits
-    if scheme == "tfhe":
-        if no_rounding:
-            options["rounding_threshold_bits"] = None
-        elif rounding_bits is not None:
-            options["rounding_threshold_bits"] = rounding_bits
+    if no_rounding:
+        options["rounding_threshold_bits"] = None
+    elif rounding_bits is not None:
+        options["rounding_threshold_bits"] = rounding_bits
+    if packing is not None:
+        options["packing"] = packing
     start = time.perf_counter()
     bundle = he_compute.compile(model, X, scheme=scheme, **options)
     bundle.save(output)

@@ -138,3 +138,10 @@ def test_every_command_has_help_with_an_example():
     for name, command in main.commands.items():
         result = _run(name, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, name
+
+
+def test_scheme_specific_flags_are_checked(files):
+    _one_line_error(_run("compile", files / "m.onnx", "--scheme", "ckks", "--n-bits", 4, "--calibration",
+                         files / "good.csv", "-o", files / "b.hec"), "--n-bits do(es) not apply to --scheme ckks")
+    _one_line_error(_run("compile", files / "m.onnx", "--packing", "batch", "--calibration",
+                         files / "good.csv", "-o", files / "b.hec"), "--packing do(es) not apply to --scheme tfhe")
