@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -43,7 +44,10 @@ def register(group: click.Group) -> None:
 
     @group.group("audit")
     def audit() -> None:
-        """Check and read the tamper-evident audit log of job submissions and worker receipts."""
+        """Check and read the tamper-evident audit log of job submissions and worker receipts.
+
+        Example: hec audit verify --queue sqlite:///srv/hec/queue.db
+        """
 
     @audit.command("verify")
     @_log_options
@@ -117,3 +121,47 @@ def register(group: click.Group) -> None:
             raise HECError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
         me = WorkerIdentity.load_or_create(state_dir)
         click.echo(me.public_line(f"worker {me.short_id}"))
+
+
+def verify_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``hec run`` options of verification; they arrive as keyword arguments for :func:`verify_kwargs`."""
+    options = [
+        click.option("--replicas", type=click.IntRange(1, 16), default=1, show_default=True,
+                     help="Run every job on K distinct workers and accept the majority result."),
+        click.option("--canaries", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Mix in this fraction of canary chunks with known answers (needs --keys and "
+                          "--canary-inputs; the secret keys encrypt and check them on this machine)."),
+        click.option("--canary-inputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Known samples (.npy/.csv) to make canaries from."),
+        click.option("--canary-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Their known outputs (default: evaluate the canaries once on this machine)."),
+        click.option("--allow-workers", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Accept results only from the worker public keys in FILE (hec audit worker-key)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def verify_kwargs(opts: dict[str, Any], *, keys_dir: Any, server_part: Any, evalkeys: Any) -> dict[str, Any]:
+    """Turn the :func:`verify_options` values into keyword arguments of :func:`he_compute.runner.run`."""
+    from .errors import HECError
+
+    out: dict[str, Any] = {"replicas": opts["replicas"], "canaries": opts["canaries"],
+                           "allowed_workers": opts["allow_workers"]}
+    if opts["canaries"]:
+        if keys_dir is None or opts["canary_inputs"] is None:
+            raise HECError("--canaries needs --keys DIR (to encrypt and check them) and --canary-inputs FILE")
+        from .client import Client
+        from .data import read_input
+        from .verify.canaries import KnownAnswers
+
+        Y = read_input(opts["canary_outputs"]) if opts["canary_outputs"] else None
+        part = server_part
+        if part.kind == "bundle":
+            from .bundle import from_container
+
+            part = from_container(part).server_part()
+        out["known_answers"] = KnownAnswers(Client(keys_dir), read_input(opts["canary_inputs"]), Y,
+                                            server_part=part, evalkeys=evalkeys)
+    return out

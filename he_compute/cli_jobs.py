@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import click
 
+from .cli_audit import verify_options
 from .errors import HECError
 
 _QUEUE_HELP = "Queue URL: sqlite:///PATH/queue.db or redis://HOST:PORT/DB (default $HEC_QUEUE, else ./.hec/queue.db)."
@@ -60,9 +61,10 @@ def register(group: click.Group) -> None:
     @click.option("--samples-per-job", type=click.IntRange(1), default=None,
                   help="Ciphertext chunks per job (default: split into at most 64 jobs).")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+    @verify_options
     def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
                 queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
-                timeout: float | None, samples_per_job: int | None, as_json: bool) -> None:
+                timeout: float | None, samples_per_job: int | None, as_json: bool, **verify: Any) -> None:
         """Evaluate ENCRYPTED on queue workers and write the encrypted result.
 
         Uploads what the blob store lacks (server part, evaluation keys, ciphertexts),
@@ -80,8 +82,12 @@ def register(group: click.Group) -> None:
             eval_keys = keys_dir / "evaluation.keys"
         enc = container.read(encrypted, expect="ciphertexts")
         part = container.read(bundle_path, expect=("bundle", "server"))
-        report = run(enc, part, read_evaluation_keys(eval_keys), queue=queue_url, blobs=blobs_url,
-                     local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job)
+        from .cli_audit import verify_kwargs
+
+        evk = read_evaluation_keys(eval_keys)
+        report = run(enc, part, evk, queue=queue_url, blobs=blobs_url,
+                     local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job,
+                     **verify_kwargs(verify, keys_dir=keys_dir, server_part=part, evalkeys=evk))
         report.result.save(output)
         n = enc.meta["n_samples"]
         if as_json:
@@ -89,6 +95,11 @@ def register(group: click.Group) -> None:
         _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s), {report.seconds['total']:.1f}s "
               f"({report.seconds['total'] / max(1, n):.2f}s/sample); uploaded {sum(report.uploaded.values())} "
               f"blob(s), reused {sum(report.reused.values())}")
+        if report.verification:
+            v = report.verification
+            _echo(f"verified: {v['replicas']} replica(s), {v['canaries']} canaries, {v['tie_breakers']} "
+                  f"tie-breaker(s); flagged: {', '.join(v['flagged']) or 'none'}; audit root {v['audit']['root']}"
+                  if "audit" in v else f"verified: flagged {', '.join(v['flagged']) or 'none'}")
 
     @group.command("worker")
     @_queue_option
@@ -102,8 +113,11 @@ def register(group: click.Group) -> None:
                   help="Jobs to take: cuda needs Concrete's CUDA build and a GPU.")
     @click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=None,
                   help="Seconds a claim lasts without heartbeat (default 30).")
+    @click.option("--state", "state_dir", default=None, metavar="DIR",
+                  help="State directory keeping the worker's signing identity (default $HEC_WORKER_STATE; "
+                       "without either, a throwaway identity).")
     def worker_cmd(queue_url: str | None, blobs_url: str | None, concurrency: int | None, threads: int | None,
-                   burst: bool, device: str, lease: float | None) -> None:
+                   burst: bool, device: str, lease: float | None, state_dir: str | None) -> None:
         """Run a worker: claim jobs, evaluate on ciphertexts, store encrypted results.
 
         The worker holds evaluation keys only. SIGTERM lets the job in hand finish its
@@ -114,7 +128,7 @@ def register(group: click.Group) -> None:
         from .worker import serve
 
         status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
-                       burst=burst, lease_s=lease)
+                       burst=burst, lease_s=lease, state_dir=state_dir)
         if status:
             raise click.exceptions.Exit(status)
 

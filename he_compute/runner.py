@@ -50,11 +50,13 @@ class RunReport:
     reused: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     worker_stats: list[dict[str, Any]] = field(default_factory=list)
+    verification: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Summary for ``hec run --json``."""
         return {"jobs": self.job_ids, "uploaded": self.uploaded, "reused": self.reused, "seconds": self.seconds,
-                "n_samples": self.result.meta["n_samples"], "workers": self.worker_stats}
+                "n_samples": self.result.meta["n_samples"], "workers": self.worker_stats,
+                **({"verification": self.verification} if self.verification else {})}
 
 
 def _check(ciphertexts: Container, server_part: Container, evalkeys: Container) -> None:
@@ -105,6 +107,11 @@ def run(
     show_progress: bool = True,
     worker_env: dict[str, str] | None = None,
     on_submit: Callable[[list[str]], None] | None = None,
+    replicas: int = 1,
+    canaries: float = 0.0,
+    known_answers: Any = None,
+    allowed_workers: Any = None,
+    audit: bool = True,
 ) -> RunReport:
     """Evaluate ``ciphertexts`` through the queue and return the encrypted result.
 
@@ -114,6 +121,13 @@ def run(
     ``on_submit`` receives the job ids as soon as they are queued (for
     progress and cancellation handles).  Raises :class:`JobFailed` when a job ends in the dead letter or is
     cancelled (the other jobs are cancelled), :class:`QueueError` on timeout.
+
+    Verification (:mod:`he_compute.verify`): with ``replicas=K``, a fraction
+    ``canaries`` of canary chunks (from ``known_answers``, a
+    :class:`~he_compute.verify.KnownAnswers`) or ``allowed_workers`` (an
+    :class:`~he_compute.verify.AllowList` or its file), every result must carry a
+    valid signed receipt, K distinct workers must agree, and the run is
+    recorded in the audit log next to the queue (``report.verification``).
 
     Example::
 
@@ -141,6 +155,18 @@ def run(
 
     per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
     device = str(server_part.meta.get("device", "cpu"))
+    if replicas > 1 or canaries or allowed_workers is not None:
+        from .verify.supervisor import run_verified
+
+        def make_spec(ins: list[str], cs: list[int]) -> dict[str, Any]:
+            return Task(server_part.scheme, server_part.meta["model_id"], server_digest, keys_digest,
+                        evalkeys.meta["key_id"], tuple(ins), tuple(cs)).to_json()
+
+        return run_verified(report, ciphertexts, inputs, counts, make_spec, q=q, store=store, device=device,
+                            per_job=per_job, replicas=replicas, canaries=canaries, known_answers=known_answers,
+                            allowed_workers=allowed_workers, audit=audit, max_attempts=max_attempts,
+                            timeout=timeout, local_workers=local_workers, worker_env=worker_env,
+                            show_progress=show_progress, log_dir=_log_dir(q.url), t0=t0)
     tasks = [Task(server_part.scheme, server_part.meta["model_id"], server_digest, keys_digest,
                   evalkeys.meta["key_id"], tuple(inputs[i : i + per_job]), tuple(counts[i : i + per_job]))
              for i in range(0, len(counts), per_job)]

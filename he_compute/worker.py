@@ -44,6 +44,8 @@ from . import queue as job_queue
 from .errors import HECError, KeyMismatchError, QueueError
 from .evaluator import Evaluator, LoadedKeys
 from .queue import JobState, Lease, Task
+from .verify.identity import STATE_ENV, WorkerIdentity, routed_device
+from .verify.receipts import sign_receipt
 
 FAULT_ENV = "HEC_TEST_FAULT"
 DEVICES = ("auto", "cpu", "cuda")
@@ -207,9 +209,12 @@ class Worker:
     """
 
     def __init__(self, queue: Any, blobs: Any, *, devices: Iterable[str] = ("cpu",), name: str | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, identity: WorkerIdentity | None = None):
         self.queue, self.blobs = queue, blobs
         self.devices = list(devices)
+        # Signs a receipt for every completed job; also routes jobs tagged for this worker (tie-breakers, re-runs).
+        self.identity = identity or WorkerIdentity.generate()
+        self.routes = [routed_device(d, self.identity.worker_id) for d in self.devices]
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.stopping = threading.Event()
         self.evaluators = ByteLRU(SERVER_CACHE_BYTES)
@@ -233,7 +238,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 self.queue.maintain()
-                lease = self.queue.claim(self.name, devices=self.devices, block_s=0 if burst else poll_s)
+                lease = self.queue.claim(self.name, devices=self.devices + self.routes, block_s=0 if burst else poll_s)
             except QueueError as exc:
                 self._log(f"queue unavailable ({exc}); retrying")
                 self.stopping.wait(min(5.0, poll_s * 2))
@@ -292,6 +297,7 @@ class Worker:
         evaluator, server_hit = self._evaluator(task)
         keys, keys_hit = self._loaded_keys(evaluator, task)
         total, done, outputs = sum(task.counts), 0, []
+        started_ms, t_eval = int(time.time() * 1000), time.perf_counter()
         for i, (digest, count) in enumerate(zip(task.inputs, task.counts)):
             if hb.lost.is_set():
                 raise _Abandoned
@@ -305,9 +311,13 @@ class Worker:
             hb.beat()
         if hb.lost.is_set():
             raise _Abandoned
-        return {"outputs": outputs, "inputs": list(task.inputs),
-                "stats": {"worker": self.name, "server": "hit" if server_hit else "miss",
-                          "keys": "hit" if keys_hit else "miss"}}
+        receipt = sign_receipt(self.identity, job_id=lease.job.id, model_id=task.model_id, key_id=task.key_id,
+                               inputs=task.inputs, outputs=outputs,
+                               timings={"started_ms": started_ms,
+                                        "eval_ms": int((time.perf_counter() - t_eval) * 1000)})
+        return {"outputs": outputs, "inputs": list(task.inputs), "receipt": receipt,
+                "stats": {"worker": self.name, "worker_id": self.identity.short_id,
+                          "server": "hit" if server_hit else "miss", "keys": "hit" if keys_hit else "miss"}}
 
     def _evaluator(self, task: Task) -> tuple[Evaluator, bool]:
         cached = self.evaluators.get(task.server)
@@ -386,8 +396,13 @@ def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 15.0) -> Non
 
 def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurrency: int | None = None,
           threads: int | None = None, device: str = "auto", burst: bool = False, lease_s: float | None = None,
-          cpus: list[int] | None = None, log: Callable[[str], None] | None = None) -> int:
+          cpus: list[int] | None = None, log: Callable[[str], None] | None = None,
+          state_dir: str | None = None) -> int:
     """Run workers until stopped: one in this process, or ``concurrency`` child processes.
+
+    ``state_dir`` (or ``$HEC_WORKER_STATE``) keeps the worker's Ed25519 identity
+    (created on first start; child processes share it: one machine, one
+    identity); without either, the identity lives only as long as the process.
 
     Threads per job go to ``OMP_NUM_THREADS`` (set before Concrete loads);
     ``cpus`` pins this process with ``sched_setaffinity``.  Returns an exit status.
@@ -403,6 +418,11 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), concurrency, threads)
     say(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
         f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
+    state_dir = state_dir or os.environ.get(STATE_ENV) or None
+    identity = WorkerIdentity.load_or_create(state_dir) if state_dir else None
+    if identity:
+        os.environ[STATE_ENV] = state_dir  # children load the same identity
+        say(f"hec worker: identity {identity.short_id} ({identity.public_line()})")
     if jobs_at_once > 1:
         procs = spawn(queue_url, blobs_url, jobs_at_once, threads=per_job, device=device, burst=burst, lease_s=lease_s)
         signal.signal(signal.SIGTERM, lambda *_: stop_all(procs))
@@ -413,7 +433,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
         os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(per_job)  # read when Concrete's runtime loads, i.e. at the first job
     worker = Worker(job_queue.connect(queue_url, lease_s=lease_s), blob_stores.connect(blobs_url),
-                    devices=devices, log=log)
+                    devices=devices, log=log, identity=identity)
     worker.install_signals()
     worker.run(burst=burst)
     return 0
@@ -432,11 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default=None, help="comma-separated cores to pin this worker to")
     p.add_argument("--lease", type=float, default=None)
     p.add_argument("--burst", action="store_true")
+    p.add_argument("--state", default=None, help="state directory holding the worker's identity key")
     a = p.parse_args(argv)
     try:
         cpus = [int(c) for c in a.cpus.split(",")] if a.cpus else None
         return serve(a.queue, a.blobs, concurrency=a.concurrency, threads=a.threads, device=a.device,
-                     burst=a.burst, lease_s=a.lease, cpus=cpus)
+                     burst=a.burst, lease_s=a.lease, cpus=cpus, state_dir=a.state)
     except HECError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

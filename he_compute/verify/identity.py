@@ -57,6 +57,16 @@ def short_id(worker_id: str) -> str:
     return worker_id[:16]
 
 
+def routed_device(device: str, worker_id: str) -> str:
+    """The queue device tag that only worker ``worker_id`` claims: ``"<device>@<short id>"``.
+
+    Every worker also claims the jobs tagged with its own id, so a client can
+    send a tie-breaker or a re-run to a chosen worker through the ordinary
+    queue interface.
+    """
+    return f"{device}@{short_id(worker_id)}"
+
+
 def public_key_line(public_raw: bytes, comment: str = "") -> str:
     """One allow-list line for ``public_raw``: ``ed25519 <base64> [comment]``."""
     line = f"{KEY_TYPE} {base64.b64encode(public_raw).decode()}"
