@@ -1,0 +1,103 @@
+"""The cost of verification: throughput with replicas 1, 2, 3 and with canaries at 5%.
+
+Real sklearn breast-cancer data, Concrete ML LogisticRegression (TFHE), the
+embedded SQLite queue and three honest in-process workers (threads running the
+real :class:`he_compute.worker.Worker`); one sample per job.  Writes markdown to
+stdout and ``bench/results/verify.md`` plus ``bench/results/verify.png``.
+
+Run: ``python -m bench.bench_verify`` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_SAMPLES = 40
+CONFIGS = [("replicas 1 (plain run)", {}), ("replicas 1 + receipts + allow-list", {"allow": True}),
+           ("replicas 2", {"replicas": 2}), ("replicas 3", {"replicas": 3}), ("canaries 5%", {"canaries": 0.05})]
+
+
+def main() -> None:
+    from concrete.ml.sklearn import LogisticRegression
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    import he_compute
+    from he_compute import blobs, queue, runner
+    from he_compute.verify import KnownAnswers
+    from he_compute.worker import Worker
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X_train, X_test, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+    model = LogisticRegression(n_bits=8).fit(X_train, y_train)
+    root = Path(tempfile.mkdtemp(prefix="hec-bench-verify-"))
+    bundle = he_compute.compile(model, X_train, scheme="tfhe")
+    client = he_compute.Client.keygen(bundle, root / "keys")
+    evk = he_compute.read_evaluation_keys(client.evaluation_keys_path)
+    Xq = X_test[:N_SAMPLES]
+    clear = model.predict_proba(Xq, fhe="disable")
+    known = KnownAnswers(client, X_train[:100], model.predict_proba(X_train[:100], fhe="disable"))
+    rows = []
+    for label, opts in CONFIGS:
+        q_url, b_url = f"sqlite://{root}/{len(rows)}/queue.db", f"file://{root}/{len(rows)}/blobs"
+        workers = [Worker(queue.connect(q_url), blobs.connect(b_url), name=f"w{i}", log=lambda m: None)
+                   for i in range(3)]
+        threads = [threading.Thread(target=w.run, kwargs={"poll_s": 0.02}, daemon=True) for w in workers]
+        for t in threads:
+            t.start()
+        enc = client.encrypt(Xq)
+        kwargs = dict(opts)
+        if kwargs.pop("allow", False):  # the verified path with one replica: receipts checked against an allow-list
+            kwargs["allowed_workers"] = _allow(workers)
+        if kwargs.get("canaries"):
+            kwargs["known_answers"] = known
+        start = time.perf_counter()
+        report = runner.run(enc, bundle.server_part(), evk, queue=q_url, blobs=b_url, samples_per_job=1,
+                            show_progress=False, timeout=600, **kwargs)
+        elapsed = time.perf_counter() - start
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(10)
+        assert np.allclose(client.decrypt(report.result), clear, atol=1e-9)
+        rows.append((label, elapsed, N_SAMPLES / elapsed, report.verification.get("submitted", N_SAMPLES)))
+    base = rows[0][2]
+    lines = ["# Verification cost", "",
+             f"{N_SAMPLES} breast-cancer samples, Concrete ML LogisticRegression (TFHE), embedded queue, 3 in-process "
+             "workers, one sample per job; results checked equal to the clear quantized model.", "",
+             "| configuration | seconds | samples/s | relative | jobs run |", "|---|---|---|---|---|"]
+    lines += [f"| {label} | {sec:.2f} | {tp:.1f} | {tp / base:.2f}x | {jobs} |" for label, sec, tp, jobs in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "verify.md").write_text(text)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.barh([r[0] for r in rows][::-1], [r[2] for r in rows][::-1])
+        ax.set_xlabel("samples / second")
+        ax.set_title("Throughput with verification")
+        fig.tight_layout()
+        fig.savefig(out / "verify.png", dpi=120)
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+
+
+def _allow(workers):
+    from he_compute.verify import AllowList
+
+    return AllowList([w.identity.public_raw for w in workers])
+
+
+if __name__ == "__main__":
+    main()
