@@ -70,3 +70,22 @@ def compiled(cancer, tmp_path_factory):
         return cache[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp(cancer):
+    """A 30-4-2 ReLU torch MLP trained briefly on standardized breast-cancer data: (net, X_train, X_test)."""
+    import torch
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, X_test, y_train, _ = cancer
+    scaler = StandardScaler().fit(X_train)
+    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.tensor(Xtr, dtype=torch.float32)), torch.tensor(y_train)).backward()
+        opt.step()
+    return net, Xtr, Xte

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,21 +27,11 @@ def _one_line_error(result, expected: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(cancer, tmp_path_factory):
-    """A small torch MLP exported to ONNX, with its calibration data on disk."""
+def onnx_model(tiny_mlp, tmp_path_factory):
+    """The tiny torch MLP exported to ONNX, with its calibration data on disk."""
     import torch
-    from sklearn.preprocessing import StandardScaler
 
-    X_train, X_test, y_train, _ = cancer
-    scaler = StandardScaler().fit(X_train)
-    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(torch.tensor(Xtr, dtype=torch.float32)), torch.tensor(y_train)).backward()
-        opt.step()
+    net, Xtr, Xte = tiny_mlp
     root = tmp_path_factory.mktemp("onnx")
     torch.onnx.export(net, torch.zeros(1, 30), root / "mlp.onnx", input_names=["x"], output_names=["y"])
     np.save(root / "calib.npy", Xtr)

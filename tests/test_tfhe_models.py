@@ -46,22 +46,11 @@ def test_bundle_round_trip_keeps_model_id(compiled, tmp_path):
     assert he_compute.load_bundle(tmp_path / "again.hec").model_id == b.model_id
 
 
-def test_torch_module_post_training_quantization(cancer, tmp_path):
-    """A torch module compiles with the default PTQ settings and matches Concrete's clear quantized run."""
-    import torch
+def test_torch_module_post_training_quantization(tiny_mlp, tmp_path):
+    """A torch module compiles with explicit PTQ settings and matches Concrete's clear quantized run."""
     from concrete.ml.torch.compile import compile_torch_model
-    from sklearn.preprocessing import StandardScaler
 
-    X_train, X_test, y_train, _ = cancer
-    scaler = StandardScaler().fit(X_train)
-    Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(torch.tensor(Xtr, dtype=torch.float32)), torch.tensor(y_train)).backward()
-        opt.step()
+    net, Xtr, Xte = tiny_mlp
     bundle = he_compute.compile(net, Xtr, scheme="tfhe", n_bits=4, rounding_threshold_bits=4)
     assert bundle.manifest["quantization"] == {"n_bits": 4, "rounding_threshold_bits": 4}
     client = he_compute.Client.keygen(bundle, tmp_path / "keys")

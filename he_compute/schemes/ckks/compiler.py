@@ -11,6 +11,7 @@ import numpy as np
 
 from ...bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
+from .._onnx import is_onnx
 from . import approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
 
@@ -29,7 +30,7 @@ def _library_versions() -> dict[str, str]:
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
     if frontend.is_torch(model):
         return (*frontend.from_onnx(frontend.torch_to_onnx(model, X)), None)
-    if frontend.is_onnx(model):
+    if is_onnx(model):
         return (*frontend.from_onnx(model), None)
     return frontend.from_sklearn(model)
 

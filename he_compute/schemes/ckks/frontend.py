@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import io
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, UnsupportedModelError
+from ...errors import UnsupportedModelError
+from .._onnx import load_onnx
 
 X = ("x",)
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "Gelu": "gelu"}
@@ -32,13 +32,6 @@ SUPPORTED = "Gemm, MatMul, Add, Conv, AveragePool, Flatten, Reshape, BatchNormal
 def is_torch(model: Any) -> bool:
     """True for a ``torch.nn.Module`` (without importing torch)."""
     return "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module)
-
-
-def is_onnx(model: Any) -> bool:
-    """True for an ``onnx.ModelProto`` or a path ending in ``.onnx``."""
-    if isinstance(model, (str, Path)):
-        return str(model).endswith(".onnx")
-    return type(model).__name__ == "ModelProto"
 
 
 def from_sklearn(model: Any) -> tuple[list[int], list[dict[str, Any]], str | None, str]:
@@ -75,20 +68,6 @@ def torch_to_onnx(model: Any, sample: np.ndarray) -> Any:
     finally:
         model.train(was_training)
     return onnx.load_from_string(buf.getvalue())
-
-
-def load_onnx(model: Any) -> Any:
-    """Return an ``onnx.ModelProto`` for a ModelProto or a path."""
-    import onnx
-
-    if not isinstance(model, (str, Path)):
-        return model
-    try:
-        return onnx.load(str(model))
-    except FileNotFoundError:
-        raise FormatError(f"{model} does not exist") from None
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise FormatError(f"{model} is not a readable ONNX model: {exc}") from exc
 
 
 class _Reader:

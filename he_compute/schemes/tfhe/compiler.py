@@ -19,6 +19,7 @@ import numpy as np
 
 from ...bundle import Bundle
 from ...errors import FormatError, UnsupportedModelError
+from .._onnx import is_onnx, load_onnx
 from .artifacts import sections_from_deployment
 from .client import build_model
 
@@ -108,12 +109,12 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     X = np.asarray(X_calib, dtype=np.float64)
     extra: dict[str, Any] = {}
     compile_kwargs = {"p_error": p_error} if p_error is not None else {}
-    if _is_torch(model) or _is_onnx(model):
+    if _is_torch(model) or is_onnx(model):
         from concrete.ml.torch.compile import compile_onnx_model, compile_torch_model
 
         bits = DEFAULT_N_BITS if n_bits is None else n_bits
         compile_fn = compile_torch_model if _is_torch(model) else compile_onnx_model
-        onnx_model = _onnx_opset_14(_load_onnx(model)) if _is_onnx(model) else model
+        onnx_model = _onnx_opset_14(load_onnx(model)) if is_onnx(model) else model
         try:
             compiled = compile_fn(
                 onnx_model, X, n_bits=bits, rounding_threshold_bits=rounding_threshold_bits, **compile_kwargs
@@ -141,15 +142,8 @@ def _is_torch(model: Any) -> bool:
     return "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module)
 
 
-def _is_onnx(model: Any) -> bool:
-    if isinstance(model, (str, Path)):
-        return str(model).endswith(".onnx")
-    return type(model).__name__ == "ModelProto"
-
-
 def _onnx_opset_14(model: Any) -> Any:
     """Concrete ML reads ONNX opset 14 only; convert other opsets (torch exports 17 by default)."""
-    import onnx
     from onnx import version_converter
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -162,15 +156,3 @@ def _onnx_opset_14(model: Any) -> Any:
             f"ONNX opset {opset} could not be converted to 14 ({exc}): export with opset_version=14"
         ) from exc
 
-
-def _load_onnx(model: Any) -> Any:
-    import onnx
-
-    if not isinstance(model, (str, Path)):
-        return model
-    try:
-        return onnx.load(str(model))
-    except FileNotFoundError:
-        raise FormatError(f"{model} does not exist") from None
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise FormatError(f"{model} is not a readable ONNX model: {exc}") from exc
