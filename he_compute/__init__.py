@@ -45,6 +45,7 @@ _LAZY = {
     "EncryptedModel": ("api", "EncryptedModel"),
     "EncryptedJob": ("api", "EncryptedJob"),
     "read_evaluation_keys": ("evalkeys", "read"),
+    "VerificationError": ("verify.errors", "VerificationError"),
 }
 
 
@@ -76,6 +77,7 @@ __all__ = [
     "SecurityError",
     "UnsafeArtifactError",
     "UnsupportedModelError",
+    "VerificationError",
     "__version__",
     "compile",
     "import_concrete",

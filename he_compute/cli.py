@@ -268,5 +268,9 @@ from .cli_jobs import register as _register_jobs  # noqa: E402
 
 _register_jobs(main)
 
+from .cli_audit import register as _register_audit  # noqa: E402
+
+_register_audit(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

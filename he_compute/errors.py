@@ -12,8 +12,11 @@ only one type::
     ├── KeyMismatchError     keys, bundle and ciphertexts do not belong together
     ├── UnsupportedModelError  the model cannot be compiled for the scheme asked for
     ├── SecurityError        parameters below the security floor
-    └── QueueError           the job queue or blob store failed or refused
-        └── JobFailed        a job ended in failure (carries the job's last error)
+    ├── QueueError           the job queue or blob store failed or refused
+    │   └── JobFailed        a job ended in failure (carries the job's last error)
+    └── VerificationError    a worker's result cannot be trusted (he_compute.verify.errors:
+                             IdentityError, ReceiptError, UntrustedWorker, NoMajority,
+                             CanaryFailed, AuditError)
 
 Messages say what is wrong and what to do about it, in one line.
 """

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,8 +31,8 @@ from typing import Any, Callable
 from . import blobs as blob_stores
 from . import queue as job_queue
 from .container import Container, chunk_name
-from .errors import FormatError, IntegrityError, JobFailed, KeyMismatchError, QueueError
-from .queue import JobState, Task
+from .errors import FormatError, KeyMismatchError
+from .queue import Task
 
 POLL_S = 0.1
 MAX_JOBS_AUTO = 64
@@ -122,21 +121,19 @@ def run(
     progress and cancellation handles).  Raises :class:`JobFailed` when a job ends in the dead letter or is
     cancelled (the other jobs are cancelled), :class:`QueueError` on timeout.
 
-    Verification (:mod:`he_compute.verify`): with ``replicas=K``, a fraction
-    ``canaries`` of canary chunks (from ``known_answers``, a
-    :class:`~he_compute.verify.KnownAnswers`) or ``allowed_workers`` (an
-    :class:`~he_compute.verify.AllowList` or its file), every result must carry a
-    valid signed receipt, K distinct workers must agree, and the run is
-    recorded in the audit log next to the queue (``report.verification``).
+    Verification (:mod:`he_compute.verify`) is always on: every result must
+    carry a valid receipt signed by its worker, naming the job, model, keys,
+    inputs and outputs, before it is accepted, and submissions and receipts go
+    to the audit log next to the queue (``audit=False`` skips the log).  On
+    top: ``replicas=K`` distinct workers must agree; a fraction ``canaries`` of
+    canary chunks (from ``known_answers``, a :class:`~he_compute.verify.KnownAnswers`)
+    is mixed in; ``allowed_workers`` (an :class:`~he_compute.verify.AllowList` or
+    its file) pins worker keys.  ``report.verification`` summarizes it.
 
     Example::
 
         report = run(enc, bundle.server_part(), evk, queue="sqlite://.hec/queue.db", local_workers=2)
     """
-    from .evaluator import inputs_digest
-    from .progress import progress
-    from .worker import spawn, stop_all
-
     if server_part.kind == "bundle":
         from .bundle import from_container
 
@@ -155,87 +152,19 @@ def run(
 
     per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
     device = str(server_part.meta.get("device", "cpu"))
-    if replicas > 1 or canaries or allowed_workers is not None:
-        from .verify.supervisor import run_verified
+    from .verify.supervisor import run_verified
 
-        def make_spec(ins: list[str], cs: list[int]) -> dict[str, Any]:
-            return Task(server_part.scheme, server_part.meta["model_id"], server_digest, keys_digest,
-                        evalkeys.meta["key_id"], tuple(ins), tuple(cs)).to_json()
+    def submitted(ids: list[str]) -> None:
+        report.job_ids = list(ids)
+        if on_submit is not None:
+            on_submit(list(ids))
 
-        return run_verified(report, ciphertexts, inputs, counts, make_spec, q=q, store=store, device=device,
-                            per_job=per_job, replicas=replicas, canaries=canaries, known_answers=known_answers,
-                            allowed_workers=allowed_workers, audit=audit, max_attempts=max_attempts,
-                            timeout=timeout, local_workers=local_workers, worker_env=worker_env,
-                            show_progress=show_progress, log_dir=_log_dir(q.url), t0=t0)
-    tasks = [Task(server_part.scheme, server_part.meta["model_id"], server_digest, keys_digest,
-                  evalkeys.meta["key_id"], tuple(inputs[i : i + per_job]), tuple(counts[i : i + per_job]))
-             for i in range(0, len(counts), per_job)]
-    report.job_ids = [q.submit(t.to_json(), device=device, max_attempts=max_attempts) for t in tasks]
-    if on_submit is not None:
-        on_submit(list(report.job_ids))
+    def make_spec(ins: list[str], cs: list[int]) -> dict[str, Any]:
+        return Task(server_part.scheme, server_part.meta["model_id"], server_digest, keys_digest,
+                    evalkeys.meta["key_id"], tuple(ins), tuple(cs)).to_json()
 
-    procs: list[Any] = []
-    if local_workers > 0:
-        logs = _log_dir(q.url)
-        logs.mkdir(parents=True, exist_ok=True)
-        log_file = open(logs / f"workers-{os.getpid()}.log", "ab")  # noqa: SIM115 - closed below
-        procs = spawn(q.url, store.url, local_workers, device=device, env=worker_env, stderr=log_file)
-    t1 = time.perf_counter()
-    try:
-        with progress("run", sum(counts), enabled=show_progress) as advance:
-            jobs = _wait(q, report.job_ids, timeout, advance, procs)
-    finally:
-        if procs:
-            stop_all(procs)
-            log_file.close()
-    report.seconds["wait"] = round(time.perf_counter() - t1, 4)
-
-    sections: dict[str, bytes] = {}
-    for task, job in zip(tasks, jobs):
-        result = job.result or {}
-        outputs = result.get("outputs")
-        if result.get("inputs") != list(task.inputs) or not isinstance(outputs, list) or len(outputs) != len(task.inputs):
-            raise IntegrityError(f"job {job.id} returned a result for other inputs than it was given: "
-                                 "run again, and check the workers")
-        for digest in outputs:
-            sections[chunk_name(len(sections))] = store.get(digest)  # verified against its digest
-        report.worker_stats.append({"job": job.id, **result.get("stats", {})})
-    meta = {k: ciphertexts.meta[k] for k in ("model_id", "key_id", "n_samples", "chunks", "output_shape")}
-    meta["inputs_digest"] = inputs_digest(ciphertexts)
-    report.result = Container("results", ciphertexts.scheme, meta, sections)
-    report.seconds["total"] = round(time.perf_counter() - t0, 4)
-    return report
-
-
-def _wait(q: Any, job_ids: list[str], timeout: float | None, advance: Any, procs: list[Any]) -> list[Any]:
-    """Poll until every job is done; report progress; raise on failure, cancellation, timeout or dead workers."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    finished: dict[str, Any] = {}
-    shown: dict[str, int] = {}
-    while True:
-        for job_id in job_ids:
-            if job_id in finished:
-                continue
-            job = q.status(job_id)
-            done = int(job.progress.get("done", 0)) if job.state != JobState.DONE else sum(job.spec["counts"])
-            if done > shown.get(job_id, 0):
-                advance(done - shown.get(job_id, 0))
-                shown[job_id] = done
-            if job.state == JobState.DONE:
-                finished[job_id] = job
-            elif job.state in (JobState.FAILED, JobState.CANCELLED):
-                for other in job_ids:
-                    if other not in finished and other != job_id:
-                        q.cancel(other)
-                what = "was cancelled" if job.state == JobState.CANCELLED else (
-                    f"failed after {job.attempts} attempt(s): {job.error}")
-                raise JobFailed(f"job {job_id} {what}")
-        if len(finished) == len(job_ids):
-            return [finished[j] for j in job_ids]
-        if procs and all(p.poll() is not None for p in procs):
-            raise QueueError(f"all {len(procs)} local workers exited (status {procs[0].returncode}) with "
-                             f"{len(job_ids) - len(finished)} job(s) left: see their log under .hec/logs")
-        if deadline is not None and time.monotonic() > deadline:
-            raise QueueError(f"timed out with {len(finished)}/{len(job_ids)} jobs done; the rest stay queued: "
-                             f"start workers (hec worker --queue {q.url}) or pass a longer --timeout")
-        time.sleep(POLL_S)
+    return run_verified(report, ciphertexts, inputs, counts, make_spec, q=q, store=store, device=device,
+                        per_job=per_job, replicas=replicas, canaries=canaries, known_answers=known_answers,
+                        allowed_workers=allowed_workers, audit=audit, max_attempts=max_attempts,
+                        timeout=timeout, local_workers=local_workers, worker_env=worker_env,
+                        show_progress=show_progress, log_dir=_log_dir(q.url), t0=t0, on_submit=submitted)

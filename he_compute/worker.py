@@ -43,7 +43,7 @@ from . import container
 from . import queue as job_queue
 from .errors import HECError, KeyMismatchError, QueueError
 from .evaluator import Evaluator, LoadedKeys
-from .queue import JobState, Lease, Task
+from .queue import Lease, Task
 from .verify.identity import STATE_ENV, WorkerIdentity, routed_device
 from .verify.receipts import sign_receipt
 

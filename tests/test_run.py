@@ -96,7 +96,8 @@ def test_hec_run_errors_are_one_line(workdir, compiled, cancer):
     assert code == 1 and err.strip() == "Error: pass --eval-keys FILE or --keys DIR so workers get the evaluation keys"
     code, _, err = _hec("run", "x.enc", "--bundle", str(lin.bundle_path), "--keys", str(lin.client.keys_dir),
                         "-o", "y.enc", "--timeout", "0.5")
-    assert code == 1 and err.strip().startswith("Error: timed out with 0/1 jobs done; the rest stay queued")
+    assert code == 1 and err.strip().startswith("Error: timed out with 0/1 jobs done (group 0: 0 result(s), 1 job(s) waiting")
+    assert "the jobs were cancelled: start workers (hec worker --queue" in err
     assert not (workdir / "y.enc").exists()
 
 

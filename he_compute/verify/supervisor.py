@@ -1,8 +1,8 @@
 """The verified run: replicas on distinct workers, receipts, tie-breakers, canaries, audit log.
 
-:func:`he_compute.runner.run` hands a run here when it asks for ``replicas``,
-``canaries`` or ``allowed_workers``.  The jobs and payloads are the same as a
-plain run's; what changes is what the client accepts:
+:func:`he_compute.runner.run` hands every run here (with ``replicas=1`` and
+no canaries by default, steps 3-5 reduce to "one valid receipt per job").
+What the client accepts:
 
 1. Chunks (real ones and canaries, shuffled together) are grouped into job
    *groups*; each group is submitted ``K`` times.
@@ -79,6 +79,7 @@ class Supervisor:
         self.targeted: dict[str, tuple[str, float]] = {}  # job id -> (worker it was routed to, when)
         self.unresponsive: set[str] = set()
         self.stats = {"submitted": 0, "tie_breakers": 0, "duplicates": 0, "invalid": 0, "reruns": 0}
+        self.job_stats: list[dict[str, Any]] = []  # what each accepted job's worker reported (cache hits, timings)
 
     # -- submission -----------------------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class Supervisor:
             return
         if r.worker_id not in self.seen:
             self.seen.append(r.worker_id)
+        self.job_stats.append({"job": job.id, **(result.get("stats") or {})})
         digest = result_digest(outputs)
         g.results[r.worker_id] = digest
         g.outputs[digest] = list(outputs)
@@ -178,11 +180,16 @@ class Supervisor:
     # -- the loop -------------------------------------------------------------------------------------------
 
     def run(self, tasks: list[tuple[list[int], dict[str, Any]]], *, timeout: float | None, procs: list[Any],
-            advance: Any, canary_check: Any = None) -> list[_Group]:
-        """Submit every group K times and loop until all are decided and the canaries pass."""
+            advance: Any, canary_check: Any = None, on_submit: Any = None) -> list[_Group]:
+        """Submit every group K times and loop until all are decided and the canaries pass.
+
+        ``on_submit`` gets the first round of job ids (for progress and cancellation handles).
+        """
         self.groups = [_Group(i, slots, spec) for i, (slots, spec) in enumerate(tasks)]
         for g in self.groups:
             self._submit(g, self.replicas)
+        if on_submit is not None:
+            on_submit(list(self.jobs))
         deadline = None if timeout is None else time.monotonic() + timeout
         shown: set[int] = set()
         while True:
@@ -221,11 +228,12 @@ class Supervisor:
             if procs and all(p.poll() is not None for p in procs):
                 raise QueueError(f"all {len(procs)} local workers exited with jobs left: see their log under .hec/logs")
             if deadline is not None and time.monotonic() > deadline:
-                self._cancel_all()
                 stuck = next(g for g in self.groups if g.winner is None)
-                raise QueueError(f"timed out with {len(shown)}/{len(self.groups)} job groups verified (group "
-                                 f"{stuck.index}: {len(stuck.results)} result(s), {len(stuck.pending)} job(s) "
-                                 f"waiting); flagged workers: {self._flag_list() or 'none'}")
+                detail = (f"group {stuck.index}: {len(stuck.results)} result(s), {len(stuck.pending)} job(s) waiting; "
+                          f"flagged workers: {self._flag_list() or 'none'}")
+                self._cancel_all()
+                raise QueueError(f"timed out with {len(shown)}/{len(self.groups)} jobs done ({detail}); the jobs were "
+                                 f"cancelled: start workers (hec worker --queue {self.q.url}) or pass a longer --timeout")
             time.sleep(POLL_S)
 
     def _check_rerun_possible(self, g: _Group) -> None:
@@ -234,6 +242,8 @@ class Supervisor:
             return
         if any(w not in self.flagged for w in self.seen) or (self.allowed is None and not self.flagged):
             return
+        if any(h.pending for h in self.groups):
+            return  # results still to come may bring an honest worker into view
         self._cancel_all()
         reasons = "; ".join(f"worker {_name(w)} {why}" for w, why in self.flagged.items())
         raise CanaryFailed(f"cannot verify the run: {reasons}; its results were rejected and no other worker is "
@@ -303,7 +313,8 @@ def make_canary_check(source: Any, canaries: list[Canary], slot_of: dict[int, tu
 def verified_run(ciphertexts: Container, inputs: list[str], counts: list[int], make_spec: Any, *, q: Any,
                  store: Any, device: str, replicas: int, canaries: Any, canary_fraction: float,
                  allowed: AllowList | None, audit: AuditLog | None, per_job: int, max_attempts: int,
-                 timeout: float | None, procs: list[Any], advance: Any) -> tuple[dict[str, bytes], dict[str, Any]]:
+                 timeout: float | None, procs: list[Any], advance: Any,
+                 on_submit: Any = None) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Run and verify; return the result sections (real chunks, in order) and a verification summary."""
     n_real = len(inputs)
     n_canary = canary_count(n_real, canary_fraction) if canaries is not None else 0
@@ -322,7 +333,7 @@ def verified_run(ciphertexts: Container, inputs: list[str], counts: list[int], m
     sup = Supervisor(q, store, device=device, replicas=replicas, allowed=allowed, audit=audit,
                      max_attempts=max_attempts)
     check = make_canary_check(canaries, made, slot_of, store) if made else None
-    groups = sup.run(tasks, timeout=timeout, procs=procs, advance=advance, canary_check=check)
+    groups = sup.run(tasks, timeout=timeout, procs=procs, advance=advance, canary_check=check, on_submit=on_submit)
     by_slot: dict[int, str] = {}
     for g in groups:
         for pos, s in enumerate(g.slots):
@@ -330,7 +341,7 @@ def verified_run(ciphertexts: Container, inputs: list[str], counts: list[int], m
     sections = {chunk_name(i): store.get(by_slot[i]) for i in range(n_real)}
     summary = {"replicas": replicas, "canaries": n_canary, "groups": len(groups), **sup.stats,
                "flagged": {_name(w): why for w, why in sup.flagged.items()},
-               "workers": [short_id(w) for w in sup.seen]}
+               "workers": [short_id(w) for w in sup.seen], "job_stats": sup.job_stats}
     if audit:
         summary["audit"] = {"log": audit.location, **audit.verify().to_json()}
     return sections, summary
@@ -340,7 +351,7 @@ def run_verified(report: Any, ciphertexts: Container, inputs: list[str], counts:
                  q: Any, store: Any, device: str, per_job: int, replicas: int, canaries: float,
                  known_answers: Any, allowed_workers: Any, audit: bool, max_attempts: int, timeout: float | None,
                  local_workers: int, worker_env: dict[str, str] | None, show_progress: bool, log_dir: Any,
-                 t0: float) -> Any:
+                 t0: float, on_submit: Any = None) -> Any:
     """The verified branch of :func:`he_compute.runner.run`: fills and returns ``report``."""
     import os
     from pathlib import Path
@@ -371,7 +382,8 @@ def run_verified(report: Any, ciphertexts: Container, inputs: list[str], counts:
             sections, summary = verified_run(
                 ciphertexts, inputs, counts, make_spec, q=q, store=store, device=device, replicas=replicas,
                 canaries=known_answers if canaries else None, canary_fraction=canaries, allowed=allowed, audit=log,
-                per_job=per_job, max_attempts=max_attempts, timeout=timeout, procs=procs, advance=advance)
+                per_job=per_job, max_attempts=max_attempts, timeout=timeout, procs=procs, advance=advance,
+                on_submit=on_submit)
     finally:
         if procs:
             stop_all(procs)
@@ -382,5 +394,6 @@ def run_verified(report: Any, ciphertexts: Container, inputs: list[str], counts:
     meta["inputs_digest"] = inputs_digest(ciphertexts)
     report.result = Container("results", ciphertexts.scheme, meta, sections)
     report.seconds["total"] = round(time.perf_counter() - t0, 4)
+    report.worker_stats = summary.pop("job_stats")
     report.verification = summary
     return report
