@@ -91,7 +91,8 @@ class EncryptedModel:
     ``bundle`` is a :class:`Bundle` or a bundle path.  ``keys`` is a key
     directory: used if it holds keys for this bundle, created (``keygen``) if
     it does not exist.  ``queue``/``blobs`` are URLs (default ``$HEC_QUEUE`` or
-    the embedded queue under ``./.hec/``); ``local_workers=N`` starts N worker
+    the embedded queue under ``./.hec/`` *in the current directory*);
+    ``local_workers=N`` starts N worker
     processes per call; ``in_process=True`` evaluates here, without a queue.
     """
 

@@ -188,7 +188,8 @@ def register(group: click.Group) -> None:
         from rich.table import Table
 
         table = Table()
-        for col in ("job", "state", "attempts", "progress", "device", "updated"):
+        table.add_column("job", no_wrap=True, min_width=max(len(j.id) for j in jobs))
+        for col in ("state", "attempts", "progress", "device", "updated"):
             table.add_column(col, no_wrap=True)
         table.add_column("error")
         for j in jobs:

@@ -1,7 +1,12 @@
-"""Progress reporting: a rich bar on a terminal, plain lines otherwise."""
+"""Progress reporting: a rich bar on a terminal, plain lines otherwise.
+
+``HEC_PROGRESS=plain`` (or ``TERM=dumb``) forces plain lines, e.g. for ``!hec ...`` in a notebook,
+whose pseudo-terminal would otherwise get one redrawn bar per update; ``HEC_PROGRESS=off`` silences it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -11,10 +16,11 @@ from typing import Callable, Iterator
 @contextmanager
 def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; draws a bar on a TTY, prints a line per ~10% otherwise."""
-    if not enabled or total <= 0:
+    mode = os.environ.get("HEC_PROGRESS", "auto")
+    if not enabled or total <= 0 or mode == "off":
         yield lambda n: None
         return
-    if sys.stderr.isatty():
+    if mode != "plain" and os.environ.get("TERM") != "dumb" and sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

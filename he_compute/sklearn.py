@@ -38,14 +38,17 @@ class EncryptedPredictor(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, estimator: Any = None, *, bundle: Any = None, scheme: str = "tfhe", keys: Any = None,
-                 queue: str | None = None, local_workers: int = 0, in_process: bool = False,
+                 queue: str | None = None, blobs: str | None = None, local_workers: int = 0,
+                 timeout: float | None = None, in_process: bool = False,
                  compile_options: dict[str, Any] | None = None):
         self.estimator = estimator
         self.bundle = bundle
         self.scheme = scheme
         self.keys = keys
         self.queue = queue
+        self.blobs = blobs
         self.local_workers = local_workers
+        self.timeout = timeout
         self.in_process = in_process
         self.compile_options = compile_options
 
@@ -62,8 +65,8 @@ class EncryptedPredictor(ClassifierMixin, BaseEstimator):
             fitted = clone(self.estimator).fit(X, y)
             bundle = he_compute.compile(fitted, X, scheme=self.scheme, **(self.compile_options or {}))
         keys = self.keys or tempfile.mkdtemp(prefix="hec-keys-")
-        self.model_ = EncryptedModel(bundle, keys, queue=self.queue, local_workers=self.local_workers,
-                                     in_process=self.in_process)
+        self.model_ = EncryptedModel(bundle, keys, queue=self.queue, blobs=self.blobs, local_workers=self.local_workers,
+                                     timeout=self.timeout, in_process=self.in_process)
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
         return self
