@@ -36,5 +36,9 @@ def write(name: str, text: str) -> Path:
 
 
 def mb(n: int) -> str:
-    """Bytes as MB with two decimals."""
+    """Bytes in a readable unit (B, KB, MB)."""
+    if n < 1e3:
+        return f"{n} B"
+    if n < 1e6:
+        return f"{n / 1e3:.1f} KB"
     return f"{n / 1e6:.2f} MB"

@@ -76,9 +76,9 @@ def _size(n: int) -> str:
 @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
-@click.option("--n-bits", type=click.IntRange(2, 16), default=None, help="TFHE: quantization bits (default 6).")
+@click.option("--n-bits", type=click.IntRange(2, 16), default=None, help="TFHE: quantization bits for torch/ONNX models (default 5).")
 @click.option("--rounding-bits", type=click.IntRange(2, 16), default=None,
-              help="TFHE: round accumulators to this many bits (default 6).")
+              help="TFHE: round accumulators to this many bits (default 5).")
 @click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
 @click.option("--packing", type=click.Choice(["auto", "batch", "single"]), default=None,
               help="CKKS: samples across slots (batch, throughput) or one sample per ciphertext (single, latency).")
