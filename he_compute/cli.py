@@ -145,11 +145,12 @@ def keygen_cmd(bundle: Path, keys_dir: Path, force: bool) -> None:
     """
     from .bundle import load_bundle
     from .client import Client
+    from .progress import working
 
     b = load_bundle(bundle)
     start = time.perf_counter()
-    _echo(f"generating {b.scheme} keys for model {b.model_id[:12]} ...")
-    client = Client.keygen(b, keys_dir, force=force)
+    with working(f"generating {b.scheme} keys for model {b.model_id[:12]}"):
+        client = Client.keygen(b, keys_dir, force=force)
     size = client.evaluation_keys_path.stat().st_size
     _echo(f"secret keys in {keys_dir} (0700); evaluation keys {client.evaluation_keys_path} "
           f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s")
@@ -223,12 +224,14 @@ def decrypt_cmd(result: Path, keys_dir: Path, output: Path) -> None:
     from . import container
     from .client import Client
     from .data import SUFFIXES, write_output
+    from .progress import progress
 
     if output.suffix.lower() not in SUFFIXES:
         raise HECError(f"{output}: unsupported output type; use .npy or .csv")
     res = container.read(result, expect="results")
     client = Client(keys_dir)
-    values = client.decrypt(res)
+    with progress("decrypt", int(res.meta.get("n_samples", 0))) as advance:
+        values = client.decrypt(res, progress=advance)
     write_output(output, values)
     _echo(f"wrote {output}: {values.shape[0]} samples × {values.shape[1]} outputs")
 

@@ -39,3 +39,22 @@ def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callab
             print(f"{label}: {done}/{total} ({time.monotonic() - start:.1f}s)", file=sys.stderr, flush=True)
 
     yield advance
+
+
+@contextmanager
+def working(label: str) -> Iterator[None]:
+    """A spinner with elapsed time for one long step of unknown length (keygen), plain lines otherwise."""
+    mode = os.environ.get("HEC_PROGRESS", "auto")
+    if mode == "off":
+        yield
+        return
+    start = time.monotonic()
+    if mode != "plain" and os.environ.get("TERM") != "dumb" and sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"{label} ..."):
+            yield
+        return
+    print(f"{label} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"{label}: done ({time.monotonic() - start:.1f}s)", file=sys.stderr, flush=True)
