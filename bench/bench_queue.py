@@ -130,6 +130,45 @@ print(ser, (time.perf_counter() - t) / n)
     return ser, pre
 
 
+def _raw_scaling(tmp: Path, enc, client, processes: int) -> float:
+    """The hardware ceiling: samples/s of ``processes`` independent FHEModelServer.run loops, one pinned core
+    and one OpenMP thread each, no queue at all."""
+    import subprocess
+
+    script = f"""
+import os, sys, time
+core = int(sys.argv[1]); os.sched_setaffinity(0, {{core}})
+from concrete import fhe
+from concrete.ml.deployment import FHEModelServer
+from he_compute import container, evalkeys
+from he_compute.container import chunk_name
+enc = container.read({str(tmp / 'x.enc')!r})
+keys = fhe.EvaluationKeys.deserialize(evalkeys.read({str(client.evaluation_keys_path)!r}).sections["keys"])
+server = FHEModelServer({str(tmp / 'deploy')!r}); server.load()
+server.run(enc.sections[chunk_name(0)], keys)  # warm-up
+print("ready", flush=True)
+sys.stdin.readline()
+t = time.perf_counter()
+for i in range(enc.meta["n_samples"]):
+    server.run(enc.sections[chunk_name(i)], keys)
+print(time.perf_counter() - t, flush=True)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i % os.cpu_count())], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+             for i in range(processes)]
+    for p in procs:  # start the timed loops together, once every process is warm
+        while p.stdout.readline().strip() != "ready":
+            pass
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    elapsed = [float(p.stdout.readline()) for p in procs]
+    for p in procs:
+        p.wait()
+    return processes * enc.meta["n_samples"] / max(elapsed)
+
+
 def _queue_per_sample(tmp: Path, enc, bundle, client, threads: int) -> tuple[float, dict, dict]:
     """Per-sample seconds of runner.run through the embedded queue on one warm worker; plus cache evidence."""
     from he_compute import blobs, evalkeys, queue, runner
@@ -182,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = usable_cores()
     load0 = os.getloadavg()
-    lines = [f"# Queue benchmarks\n", f"Machine: {cores} usable core(s), {os.uname().machine}; model: Concrete ML "
+    lines = ["# Queue benchmarks\n", f"Machine: {cores} usable core(s), {os.uname().machine}; model: Concrete ML "
              f"DecisionTreeClassifier (depth 4, 6 bits), breast cancer; {a.samples} samples per measurement, "
              "one sample per job, warm workers.\n"]
     with tempfile.TemporaryDirectory(prefix="hec-bench-") as d:
@@ -201,8 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         for i, (label, (jobs, threads)) in enumerate(configs.items()):
             through[label] = _throughput(tmp, f"a{i}", enc, bundle, client, jobs, threads)
         base = through["1 job x 1 thread (1 core)"]
+        raw1 = _raw_scaling(tmp, enc, client, 1)
+        raw_n = _raw_scaling(tmp, enc, client, cores) if cores > 1 else raw1
         lines += ["## (a) Per-core scaling\n", "| configuration | samples/s | vs one core |", "|---|---:|---:|"]
         lines += [f"| {k} | {v:.3f} | {v / base:.2f}x |" for k, v in through.items()]
+        lines += [f"| no queue: 1 FHEModelServer.run process, 1 pinned core | {raw1:.3f} | {raw1 / base:.2f}x |",
+                  f"| no queue: {cores} FHEModelServer.run processes, 1 pinned core each | {raw_n:.3f} | "
+                  f"{raw_n / base:.2f}x |"]
+        lines.append(f"\nThe machine's own ceiling for {cores} one-core processes is {raw_n / raw1:.2f}x one "
+                     f"(no queue at all); the queue's {cores} one-core workers reach "
+                     f"{through[f'{auto_jobs} jobs x {auto_threads} thread (auto)'] / base:.2f}x.")
         best = max(through, key=through.get)
         lines.append(f"\nThe worker's automatic choice is `{auto_jobs} jobs x {auto_threads} thread` "
                      f"(`plan({cores})`); the fastest measured here: `{best}`.  Target for two one-core workers: "

@@ -47,14 +47,16 @@ def _mlp(X_tr, y_tr):
 
 
 def _models(X_tr, y_tr):
+    import torch
     from concrete.ml.sklearn import DecisionTreeClassifier, LogisticRegression, NeuralNetClassifier
 
-    nn = NeuralNetClassifier(module__n_layers=2, module__n_hidden_neurons_multiplier=1, module__n_w_bits=3,
-                             module__n_a_bits=3, module__n_accum_bits=8, max_epochs=40, verbose=0)
+    torch.manual_seed(0)
+    nn = NeuralNetClassifier(module__n_layers=2, module__n_hidden_neurons_multiplier=1, module__n_w_bits=4,
+                             module__n_a_bits=4, module__n_accum_bits=12, max_epochs=40, lr=0.01, verbose=0)
     return [
         ("LogisticRegression", LogisticRegression(n_bits=8).fit(X_tr, y_tr)),
         ("DecisionTree(depth 4)", DecisionTreeClassifier(max_depth=4, n_bits=6, random_state=0).fit(X_tr, y_tr)),
-        ("NeuralNetClassifier (QAT 3-bit)", nn.fit(X_tr.astype(np.float32), y_tr)),
+        ("NeuralNetClassifier (QAT 4-bit)", nn.fit(X_tr.astype(np.float32), y_tr)),
         ("torch MLP 30-16-2 ReLU (defaults)", _mlp(X_tr, y_tr)),
     ]
 

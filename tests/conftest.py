@@ -31,8 +31,8 @@ def _fit_model(kind: str, X, y):
 
         scaler = StandardScaler().fit(X)
         model = NeuralNetClassifier(
-            module__n_layers=2, module__n_hidden_neurons_multiplier=1, module__n_w_bits=3, module__n_a_bits=3,
-            module__n_accum_bits=8, max_epochs=15, verbose=0,
+            module__n_layers=2, module__n_hidden_neurons_multiplier=1, module__n_w_bits=4, module__n_a_bits=4,
+            module__n_accum_bits=12, max_epochs=40, lr=0.01, verbose=0,
         )
         import torch
 
