@@ -13,6 +13,7 @@ ALL = sorted(p.stem for p in HERE.glob("bench_*.py"))
 
 def main(argv: list[str]) -> int:
     names = [f"bench_{n.removeprefix('bench_')}" for n in argv] or ALL
+    sys.argv = sys.argv[:1]  # each benchmark's main() reads its own defaults, not our arguments
     for name in names:
         start = time.perf_counter()
         print(f"\n## {name}\n", flush=True)

@@ -173,7 +173,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(_one_model(name, model, X_tr, X_te, y_te, Path(tmp)))
     headers = ["model", "compile s", "keygen s", "encrypt ms/sample", "eval s/sample (he_compute)",
-               "eval s/sample (Concrete FHEModelServer.run)", "decrypt ms/sample", "eval keys",
+               "eval s/sample (Concrete FHEModelServer.run, serialized keys as in its docs)", "decrypt ms/sample", "eval keys",
                "acc float (torch)", "acc clear quantized", f"encrypted = clear ({N_SAMPLES} samples)"]
     sweep, points = _defaults_sweep(X_tr, X_te, y_te, models[-1][1])
     RESULTS.mkdir(parents=True, exist_ok=True)
