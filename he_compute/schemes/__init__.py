@@ -14,6 +14,17 @@ from ..errors import FormatError
 SCHEMES = ("tfhe", "ckks")
 
 
+def library_versions(*distributions: str) -> dict[str, str]:
+    """Versions recorded in a manifest: he_compute, Python and the given installed distributions."""
+    import sys
+    from importlib.metadata import version
+
+    from .. import __version__
+
+    found = {name: version(name) for name in distributions}
+    return {"he_compute": __version__, **found, "python": ".".join(map(str, sys.version_info[:3]))}
+
+
 def get(scheme: str) -> ModuleType:
     """Return the backend module for ``scheme`` (see :mod:`he_compute.schemes.base`)."""
     if scheme not in SCHEMES:

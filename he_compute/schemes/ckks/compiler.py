@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 
 from ...bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
+from .. import library_versions
 from .._onnx import is_onnx
 from . import approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
@@ -18,13 +17,6 @@ from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
 # Below this many samples per request, one ciphertext per sample (rotations) gives lower latency.
 SINGLE_PACKING_MAX_BATCH = 4
 POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
-
-
-def _library_versions() -> dict[str, str]:
-    import he_compute
-
-    return {"he_compute": he_compute.__version__, "tenseal": version("tenseal"),
-            "python": ".".join(map(str, sys.version_info[:3]))}
 
 
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
@@ -137,7 +129,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "input_shape": plan["input_shape"],
         "input_dtype": "float64",
         "output_shape": out_shape,
-        "library_versions": _library_versions(),
+        "library_versions": library_versions("tenseal"),
         "security_level": params.SECURITY_LEVEL,
         "ckks": ckks,
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ...bundle import Bundle
 from ...errors import FormatError, UnsupportedModelError
+from .. import library_versions
 from .._onnx import is_onnx, load_onnx
 from .artifacts import sections_from_deployment
 from .client import build_model
@@ -28,17 +28,6 @@ from .client import build_model
 # accuracy of 6/6 (0.974 vs 0.982 unrounded) at about half its latency; 4/4 was faster but lost 5 points.
 DEFAULT_N_BITS = 5
 DEFAULT_ROUNDING_THRESHOLD_BITS = 5
-
-
-def _library_versions() -> dict[str, str]:
-    import he_compute
-
-    return {
-        "he_compute": he_compute.__version__,
-        "concrete-ml": version("concrete-ml"),
-        "concrete-python": version("concrete-python"),
-        "python": ".".join(map(str, sys.version_info[:3])),
-    }
 
 
 def _circuit_shape(specs: dict[str, Any], side: str) -> list[int]:
@@ -64,7 +53,7 @@ def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None =
         "input_shape": in_shape[1:],
         "input_dtype": "float64",
         "output_shape": list(np.asarray(probe).shape[1:]),
-        "library_versions": _library_versions(),
+        "library_versions": library_versions("concrete-ml", "concrete-python"),
         "source_versions": versions,
         "security_level": int(config.get("security_level", 128)),
         "tfhe": {"p_error": config.get("p_error"), "global_p_error": config.get("global_p_error")},
