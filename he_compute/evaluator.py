@@ -34,6 +34,23 @@ def inputs_digest(c: Container) -> str:
     return sha256_hex("".join(sha256_hex(v) for v in c.sections.values()).encode())
 
 
+def check_inputs_match(ciphertexts: Container, model_id: str, key_id: str) -> None:
+    """Raise unless ``ciphertexts`` were encrypted for ``model_id`` under the keys ``key_id``.
+
+    The worker runs this before evaluating, and the runner before uploading anything.
+    """
+    if ciphertexts.kind != "ciphertexts":
+        raise FormatError(f"expected encrypted inputs, got a {ciphertexts.kind} file")
+    meta = ciphertexts.meta
+    if meta.get("model_id") != model_id:
+        raise KeyMismatchError("the ciphertexts were encrypted for another model than this bundle: "
+                               "encrypt with keys made for this bundle")
+    if meta.get("key_id") != key_id:
+        raise KeyMismatchError("the ciphertexts were encrypted under other keys than these evaluation keys")
+    if len(meta.get("chunks", [])) != len(ciphertexts.sections):
+        raise FormatError("ciphertexts container lists a different number of chunks than it holds")
+
+
 class Evaluator:
     """Evaluates one model; building it is costly (circuit compilation), so reuse it."""
 
@@ -60,20 +77,12 @@ class Evaluator:
         """Deserialize evaluation keys made for this model."""
         key_id = evalkeys_mod.verify(evalkeys)
         if evalkeys.meta.get("model_id") != self.model_id:
-            raise KeyMismatchError("evaluation keys were made for another model than this bundle")
+            raise KeyMismatchError("the evaluation keys were made for another model than this bundle")
         return LoadedKeys(key_id, self.model_id, self._backend.load_keys(evalkeys.sections["keys"]))
 
     def check_inputs(self, ciphertexts: Container, keys: LoadedKeys) -> None:
         """Raise unless the ciphertexts were made for this model and these keys."""
-        if ciphertexts.kind != "ciphertexts":
-            raise FormatError(f"expected encrypted inputs, got a {ciphertexts.kind} file")
-        meta = ciphertexts.meta
-        if meta.get("model_id") != self.model_id:
-            raise KeyMismatchError("the ciphertexts were encrypted for another model than this bundle")
-        if meta.get("key_id") != keys.key_id:
-            raise KeyMismatchError("the ciphertexts were encrypted under other keys than these evaluation keys")
-        if len(meta.get("chunks", [])) != len(ciphertexts.sections):
-            raise FormatError("ciphertexts container lists a different number of chunks than it holds")
+        check_inputs_match(ciphertexts, self.model_id, keys.key_id)
 
     def evaluate_payload(self, payload: bytes, keys: LoadedKeys) -> bytes:
         """Evaluate one encrypted chunk."""

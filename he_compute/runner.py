@@ -60,20 +60,15 @@ class RunReport:
 
 def _check(ciphertexts: Container, server_part: Container, evalkeys: Container) -> None:
     """Fail fast on the client, before anything is uploaded, if the three do not belong together."""
-    kinds = {"ciphertexts": ciphertexts.kind, "server": server_part.kind, "evalkeys": evalkeys.kind}
-    for want, got in kinds.items():
+    from .evaluator import check_inputs_match
+
+    for want, got in {"server": server_part.kind, "evalkeys": evalkeys.kind}.items():
         if want != got:
             raise FormatError(f"expected a {want} container, got a {got} file")
     model_id = server_part.meta.get("model_id")
-    if ciphertexts.meta.get("model_id") != model_id:
-        raise KeyMismatchError("the ciphertexts were encrypted for another model than this bundle: "
-                               "encrypt with keys made for this bundle")
+    check_inputs_match(ciphertexts, model_id, evalkeys.meta.get("key_id"))
     if evalkeys.meta.get("model_id") != model_id:
         raise KeyMismatchError("the evaluation keys were made for another model than this bundle")
-    if ciphertexts.meta.get("key_id") != evalkeys.meta.get("key_id"):
-        raise KeyMismatchError("the ciphertexts were encrypted under other keys than these evaluation keys")
-    if len(ciphertexts.meta.get("chunks", [])) != len(ciphertexts.sections):
-        raise FormatError("ciphertexts container lists a different number of chunks than it holds")
 
 
 def _upload(store: Any, data: bytes, name: str, report: RunReport) -> str:
