@@ -52,7 +52,7 @@ def _setup(tmp: Path, n: int):
 
 
 def _wait_done(q, ids, timeout=1800):
-    from he_compute.queue import JobState
+    from he_compute.transport.queue import JobState
 
     deadline = time.monotonic() + timeout
     while True:
@@ -66,13 +66,16 @@ def _wait_done(q, ids, timeout=1800):
 
 def _throughput(tmp: Path, name: str, enc, bundle, client, workers: int, threads: int) -> float:
     """Samples per second on warm pinned workers (start-up and first-job loading excluded)."""
-    from he_compute import blobs, evalkeys, queue, runner
-    from he_compute.worker import spawn, stop_all
+    from he_compute.client import run as runner
+    from he_compute.client.run.local import start as spawn
+    from he_compute.client.run.local import stop as stop_all
+    from he_compute.formats import evalkeys
+    from he_compute.transport import blobs, queue
 
     qurl, burl = f"sqlite://{tmp / name / 'queue.db'}", f"file://{tmp / name / 'blobs'}"
     q, store = queue.connect(qurl), blobs.connect(burl)
     evk = evalkeys.read(client.evaluation_keys_path)
-    procs = spawn(qurl, burl, workers, threads=threads, pin=True, stderr=open(tmp / f"{name}.log", "ab"))
+    procs = spawn(qurl, burl, workers, threads=threads, pin=True, log=open(tmp / f"{name}.log", "ab"))
     try:
         # Warm-up: one single-sample job per worker, until every worker has loaded the model and keys.
         warmed: set[str] = set()
@@ -89,7 +92,8 @@ def _throughput(tmp: Path, name: str, enc, bundle, client, workers: int, threads
 
 
 def _subset(enc, rows):
-    from he_compute.container import Container, chunk_name
+    from he_compute.formats.ciphertexts import chunk_name
+    from he_compute.formats.container import Container
 
     sections = {chunk_name(i): enc.sections[chunk_name(r)] for i, r in enumerate(rows)}
     meta = dict(enc.meta, n_samples=len(rows), chunks=[1] * len(rows))
@@ -107,8 +111,8 @@ def _direct(tmp: Path, enc, client, threads: int) -> tuple[float, float]:
 import sys, time
 from concrete import fhe
 from concrete.ml.deployment import FHEModelServer
-from he_compute import container, evalkeys
-from he_compute.container import chunk_name
+from he_compute.formats import container, evalkeys
+from he_compute.formats.ciphertexts import chunk_name
 enc = container.read({str(tmp / 'x.enc')!r})
 evk = evalkeys.read({str(client.evaluation_keys_path)!r}).sections["keys"]
 server = FHEModelServer({str(tmp / 'deploy')!r}); server.load()
@@ -140,8 +144,8 @@ import os, sys, time
 core = int(sys.argv[1]); os.sched_setaffinity(0, {{core}})
 from concrete import fhe
 from concrete.ml.deployment import FHEModelServer
-from he_compute import container, evalkeys
-from he_compute.container import chunk_name
+from he_compute.formats import container, evalkeys
+from he_compute.formats.ciphertexts import chunk_name
 enc = container.read({str(tmp / 'x.enc')!r})
 keys = fhe.EvaluationKeys.deserialize(evalkeys.read({str(client.evaluation_keys_path)!r}).sections["keys"])
 server = FHEModelServer({str(tmp / 'deploy')!r}); server.load()
@@ -171,13 +175,16 @@ print(time.perf_counter() - t, flush=True)
 
 def _queue_per_sample(tmp: Path, enc, bundle, client, threads: int) -> tuple[float, dict, dict]:
     """Per-sample seconds of runner.run through the embedded queue on one warm worker; plus cache evidence."""
-    from he_compute import blobs, evalkeys, queue, runner
-    from he_compute.worker import spawn, stop_all
+    from he_compute.client import run as runner
+    from he_compute.client.run.local import start as spawn
+    from he_compute.client.run.local import stop as stop_all
+    from he_compute.formats import evalkeys
+    from he_compute.transport import blobs, queue
 
     qurl, burl = f"sqlite://{tmp / 'e2e' / 'queue.db'}", f"file://{tmp / 'e2e' / 'blobs'}"
     q, store = queue.connect(qurl), blobs.connect(burl)
     evk = evalkeys.read(client.evaluation_keys_path)
-    procs = spawn(qurl, burl, 1, threads=threads, pin=True, stderr=open(tmp / "e2e.log", "ab"))
+    procs = spawn(qurl, burl, 1, threads=threads, pin=True, log=open(tmp / "e2e.log", "ab"))
     try:
         first = runner.run(_subset(enc, [0]), bundle.server_part(), evk, queue=q, blobs=store, show_progress=False,
                            timeout=600)
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="he_compute queue benchmarks")
     p.add_argument("--samples", type=int, default=6, help="encrypted samples per measurement")
     a = p.parse_args(argv)
-    from he_compute.worker import plan, usable_cores
+    from he_compute.worker.host import plan, usable_cores
 
     cores = usable_cores()
     load0 = os.getloadavg()

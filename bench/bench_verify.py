@@ -2,7 +2,7 @@
 
 Real sklearn breast-cancer data, Concrete ML LogisticRegression (TFHE), the
 embedded SQLite queue and three honest in-process workers (threads running the
-real :class:`he_compute.worker.Worker`); one sample per job.  Writes markdown to
+real :class:`he_compute.worker.loop.Worker`); one sample per job.  Writes markdown to
 stdout and ``bench/results/verify.md`` plus ``bench/results/verify.png``.
 
 Run: ``python -m bench.bench_verify`` (about a minute on 2 cores).
@@ -28,9 +28,10 @@ def main() -> None:
     from sklearn.model_selection import train_test_split
 
     import he_compute
-    from he_compute import blobs, queue, runner
-    from he_compute.verify import KnownAnswers
-    from he_compute.worker import Worker
+    from he_compute.client import run as runner
+    from he_compute.client.run import KnownAnswers
+    from he_compute.transport import blobs, queue
+    from he_compute.worker.loop import Worker
 
     X, y = load_breast_cancer(return_X_y=True)
     X_train, X_test, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
@@ -53,12 +54,12 @@ def main() -> None:
         enc = client.encrypt(Xq)
         kwargs = dict(opts)
         if kwargs.pop("allow", False):  # the verified path with one replica: receipts checked against an allow-list
-            kwargs["allowed_workers"] = _allow(workers)
+            kwargs["allowed"] = _allow(workers)
         if kwargs.get("canaries"):
             kwargs["known_answers"] = known
         start = time.perf_counter()
         report = runner.run(enc, bundle.server_part(), evk, queue=q_url, blobs=b_url, samples_per_job=1,
-                            show_progress=False, timeout=600, **kwargs)
+                            show_progress=False, timeout=600, policy=runner.Policy(**kwargs))
         elapsed = time.perf_counter() - start
         for w in workers:
             w.stop()
@@ -94,7 +95,7 @@ def main() -> None:
 
 
 def _allow(workers):
-    from he_compute.verify import AllowList
+    from he_compute.client.run import AllowList
 
     return AllowList([w.identity.public_raw for w in workers])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bundle import Bundle
+    from .formats.bundle import Bundle
 
 __version__ = "0.1.0"
 
@@ -29,23 +29,27 @@ from .errors import (
     KeyMismatchError,
     QueueError,
     SecurityError,
+    StoreError,
     UnsafeArtifactError,
     UnsupportedModelError,
+    VerificationError,
 )
 
 # Roles are imported on first use (PEP 562), so that a worker process that
 # imports he_compute.evaluator never loads the client's secret-key code.
 _LAZY = {
-    "Bundle": ("bundle", "Bundle"),
-    "load_bundle": ("bundle", "load_bundle"),
-    "Client": ("client", "Client"),
-    "Container": ("container", "Container"),
-    "read_container": ("container", "read"),
+    "Bundle": ("formats.bundle", "Bundle"),
+    "load_bundle": ("client.client", "load_bundle"),
+    "Client": ("client.client", "Client"),
+    "Container": ("formats.container", "Container"),
+    "read_container": ("formats.container", "read"),
     "Evaluator": ("evaluator", "Evaluator"),
-    "EncryptedModel": ("api", "EncryptedModel"),
-    "EncryptedJob": ("api", "EncryptedJob"),
-    "read_evaluation_keys": ("evalkeys", "read"),
-    "VerificationError": ("verify.errors", "VerificationError"),
+    "EncryptedModel": ("client.api", "EncryptedModel"),
+    "EncryptedJob": ("client.api", "EncryptedJob"),
+    "EncryptedPredictor": ("client.sklearn", "EncryptedPredictor"),
+    "read_evaluation_keys": ("formats.evalkeys", "read"),
+    "run": ("client.run", "run"),
+    "Policy": ("client.run", "Policy"),
 }
 
 
@@ -66,6 +70,7 @@ __all__ = [
     "Container",
     "EncryptedJob",
     "EncryptedModel",
+    "EncryptedPredictor",
     "Evaluator",
     "FormatError",
     "HECError",
@@ -74,7 +79,9 @@ __all__ = [
     "JobFailed",
     "KeyMismatchError",
     "QueueError",
+    "Policy",
     "SecurityError",
+    "StoreError",
     "UnsafeArtifactError",
     "UnsupportedModelError",
     "VerificationError",
@@ -84,6 +91,7 @@ __all__ = [
     "load_bundle",
     "read_container",
     "read_evaluation_keys",
+    "run",
 ]
 
 
@@ -100,11 +108,11 @@ def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -
     """
     from . import schemes
 
-    return schemes.get(scheme).compile(model, X_calib, **options)
+    return schemes.client(scheme).compile(model, X_calib, **options)
 
 
 def import_concrete(directory: Any) -> "Bundle":
     """Bundle an existing Concrete ML deployment directory (``client.zip`` + ``server.zip``)."""
-    from .schemes import tfhe
+    from .schemes.tfhe.compiler import bundle_from_deployment
 
-    return tfhe.import_deployment(directory)
+    return bundle_from_deployment(directory)

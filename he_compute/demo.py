@@ -37,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.model_selection import train_test_split
 
     import he_compute
-    from he_compute.evalkeys import read as read_evaluation_keys
-    from he_compute.runner import run
 
     console = Console()
     out = a.out
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]running {len(X_test)} encrypted samples through sqlite://{out}/queue.db "
                   f"with {a.workers} local workers[/bold]")
     t = time.perf_counter()
-    report = run(enc, bundle.server_part(), read_evaluation_keys(client.evaluation_keys_path),
+    report = he_compute.run(enc, bundle.server_part(), he_compute.read_evaluation_keys(client.evaluation_keys_path),
                  queue=f"sqlite://{out / 'queue.db'}", blobs=f"file://{out / 'blobs'}", local_workers=a.workers,
                  samples_per_job=1, timeout=1800)
     report.result.save(out / "y.enc")

@@ -2,23 +2,36 @@
 
 Every error the library raises on purpose derives from :class:`HECError`, so
 callers (and the CLI, which turns it into a one-line message) need to catch
-only one type::
+only one type.  Each class is one kind of failure::
 
     HECError
-    ├── FormatError          a file is not what it claims: bad magic, version, kind, checksum
-    │   └── IntegrityError   content does not match its sha256
-    ├── UnsafeArtifactError  an artefact would run code if loaded (pickle, jsonpickle, .so)
-    ├── InputError           user data is unusable: shape, NaN/inf, unreadable CSV
-    ├── KeyMismatchError     keys, bundle and ciphertexts do not belong together
+    ├── FormatError            a file or message is not what it claims: bad magic, version, kind, field
+    │   ├── IntegrityError     content does not match its sha256
+    │   └── LimitExceeded      a size or count from a stranger is above the configured bound
+    ├── UnsafeArtifactError    an artefact would run code if loaded (pickle, jsonpickle, .so, foreign MLIR)
+    ├── InputError             user data is unusable: shape, NaN/inf, unreadable CSV
+    ├── KeyMismatchError       keys, bundle and ciphertexts do not belong together
     ├── UnsupportedModelError  the model cannot be compiled for the scheme asked for
-    ├── SecurityError        parameters below the security floor
-    ├── QueueError           the job queue or blob store failed or refused
-    │   └── JobFailed        a job ended in failure (carries the job's last error)
-    └── VerificationError    a worker's result cannot be trusted (he_compute.verify.errors:
-                             IdentityError, ReceiptError, UntrustedWorker, NoMajority,
-                             CanaryFailed, AuditError)
+    ├── SecurityError          parameters below the security floor, or files others can read
+    ├── EvaluationError        the scheme failed while evaluating (may succeed on another attempt)
+    ├── DeviceError            the device asked for (a GPU) is not usable here
+    ├── TransportError         the plumbing failed: retrying later may help
+    │   ├── QueueError         the job queue failed or refused an operation
+    │   │   └── JobFailed      a job ended in failure (carries the job's last error)
+    │   ├── StoreError         the blob store failed or refused an operation
+    │   │   └── BlobNotFound   no blob with this digest is in the store
+    │   └── AuthError          a coordinator refused the caller's credentials or scope
+    └── VerificationError      a worker's result cannot be trusted
+        ├── IdentityError      a worker key file is missing, unreadable or too widely readable
+        ├── ReceiptError       a receipt is malformed, badly signed or does not match the job
+        │   └── UntrustedWorker  the receipt is signed by a key that is not on the allow-list
+        ├── MissingOutput      a valid receipt names output blobs that are not in the store
+        ├── NoMajority         replicas disagree and no result reaches a majority
+        ├── CanaryFailed       a worker got a canary (a job whose answer the client knows) wrong
+        └── AuditError         the audit log was rewritten, truncated or reordered
 
-Messages say what is wrong and what to do about it, in one line.
+Messages say what is wrong and what to do about it, in one line.  A check
+never returns ``False``: it raises one of these.
 """
 
 from __future__ import annotations
@@ -29,15 +42,19 @@ class HECError(Exception):
 
 
 class FormatError(HECError):
-    """A file is not a valid he_compute artefact of the expected kind."""
+    """A file or message is not a valid he_compute artefact of the expected kind."""
 
 
 class IntegrityError(FormatError):
     """Content does not match the sha256 digest that names it."""
 
 
+class LimitExceeded(FormatError):
+    """A size or count chosen by someone else exceeds the configured bound (checked before allocating)."""
+
+
 class UnsafeArtifactError(HECError):
-    """An artefact holds something executable (pickle, jsonpickle objects, shared libraries)."""
+    """An artefact holds something executable (pickle, jsonpickle objects, shared libraries, foreign MLIR)."""
 
 
 class InputError(HECError):
@@ -53,12 +70,87 @@ class UnsupportedModelError(HECError):
 
 
 class SecurityError(HECError):
-    """Encryption parameters do not reach the required security level."""
+    """Encryption parameters do not reach the required security level, or secrets are exposed."""
 
 
-class QueueError(HECError):
-    """The job queue or the blob store failed or refused an operation."""
+class EvaluationError(HECError):
+    """The scheme library failed while evaluating; another attempt (or worker) may succeed."""
+
+
+class DeviceError(HECError):
+    """The requested device cannot be used on this machine."""
+
+
+class TransportError(HECError):
+    """The queue, blob store or coordinator failed or refused; the operation may succeed later."""
+
+
+class QueueError(TransportError):
+    """The job queue failed or refused an operation."""
 
 
 class JobFailed(QueueError):
     """A job ended in failure; ``str(exc)`` carries the job's last error."""
+
+
+class StoreError(TransportError):
+    """The blob store failed or refused an operation."""
+
+
+class BlobNotFound(StoreError):
+    """No blob with this digest is in the store."""
+
+
+class AuthError(TransportError):
+    """A coordinator refused the caller: unknown, unsigned, replayed or out-of-scope request."""
+
+
+class VerificationError(HECError):
+    """A worker's result, receipt or identity, or the audit log, failed a check."""
+
+
+class IdentityError(VerificationError):
+    """A worker identity key cannot be created, read or trusted."""
+
+
+class ReceiptError(VerificationError):
+    """A receipt is malformed, badly signed, or does not describe the job it came with.
+
+    ``worker`` is the short id of the claimed signer when it could be read, else ``None``.
+    """
+
+    def __init__(self, message: str, worker: str | None = None):
+        super().__init__(message)
+        self.worker = worker
+
+
+class UntrustedWorker(ReceiptError):
+    """The receipt's signer is not on the client's allow-list."""
+
+
+class MissingOutput(VerificationError):
+    """A receipt valid for its job names output blobs the store lacks; ``worker_id`` signed it."""
+
+    def __init__(self, message: str, worker_id: str):
+        super().__init__(message)
+        self.worker_id = worker_id
+
+
+class NoMajority(VerificationError):
+    """Replicas of a job disagree and no result has a strict majority."""
+
+
+class CanaryFailed(VerificationError):
+    """Workers (``workers``, short ids) returned a wrong answer for a canary."""
+
+    def __init__(self, message: str, workers: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.workers = workers
+
+
+class AuditError(VerificationError):
+    """The audit log is not intact; ``index`` is the first bad entry (``None`` for the whole log)."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index

@@ -1,9 +1,11 @@
-"""The worker role: evaluate a model on ciphertexts with evaluation keys only.
+"""The one evaluation engine: a model's server part and evaluation keys, applied to ciphertexts.
 
 An :class:`Evaluator` is built from a *server part* (never the whole key
-directory), checked with :func:`he_compute.bundle.verify_server_part` before
-the scheme backend sees it.  This module must not import
-:mod:`he_compute.client` or :mod:`he_compute.keys`' secret side; a test checks it.
+directory), checked twice before the scheme library sees it: its structure and
+model id (:func:`he_compute.formats.bundle.check_server_part`) and its safety
+(the scheme's ``check_server_part``).  Workers, ``hec eval`` and in-process
+evaluation all use it.  It never imports the client side of a scheme; an
+import contract in the tests checks it.
 """
 
 from __future__ import annotations
@@ -12,53 +14,35 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import container, schemes
-from . import evalkeys as evalkeys_mod
-from .bundle import from_container, verify_server_part
-from .container import Container, chunk_name, sha256_hex
+from . import schemes
 from .errors import FormatError, KeyMismatchError
+from .formats import container
+from .formats import evalkeys as evalkeys_format
+from .formats.bundle import check_server_part, from_container
+from .formats.ciphertexts import check_inputs_match, chunk_name, results_container
+from .formats.container import Container
+from .schemes.base import ServerBackend
 
 
 @dataclass(frozen=True)
 class LoadedKeys:
-    """Deserialized evaluation keys, tagged with their key id and model id."""
+    """Deserialized evaluation keys, tagged with the key id recomputed from the container they came from."""
 
     key_id: str
     model_id: str
     handle: Any
 
 
-
-def inputs_digest(c: Container) -> str:
-    """Digest of a ciphertexts container's payloads, recorded in the result it produces."""
-    return sha256_hex("".join(sha256_hex(v) for v in c.sections.values()).encode())
-
-
-def check_inputs_match(ciphertexts: Container, model_id: str, key_id: str) -> None:
-    """Raise unless ``ciphertexts`` were encrypted for ``model_id`` under the keys ``key_id``.
-
-    The worker runs this before evaluating, and the runner before uploading anything.
-    """
-    if ciphertexts.kind != "ciphertexts":
-        raise FormatError(f"expected encrypted inputs, got a {ciphertexts.kind} file")
-    meta = ciphertexts.meta
-    if meta.get("model_id") != model_id:
-        raise KeyMismatchError("the ciphertexts were encrypted for another model than this bundle: "
-                               "encrypt with keys made for this bundle")
-    if meta.get("key_id") != key_id:
-        raise KeyMismatchError("the ciphertexts were encrypted under other keys than these evaluation keys")
-    if len(meta.get("chunks", [])) != len(ciphertexts.sections):
-        raise FormatError("ciphertexts container lists a different number of chunks than it holds")
-
-
 class Evaluator:
     """Evaluates one model; building it is costly (circuit compilation), so reuse it."""
 
     def __init__(self, server_part: Container):
-        sections = verify_server_part(server_part)
+        sections = check_server_part(server_part)
+        scheme = schemes.server(server_part.scheme)
+        scheme.check_server_part(server_part.meta, sections)
         self.manifest: dict[str, Any] = dict(server_part.meta)
         self.scheme = server_part.scheme
-        self._backend = schemes.get(self.scheme).open_server(self.manifest, sections)
+        self._backend: ServerBackend = scheme.open_server(self.manifest, sections)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Evaluator:
@@ -70,34 +54,32 @@ class Evaluator:
 
     @property
     def model_id(self) -> str:
-        """The model this evaluator runs."""
+        """The model this evaluator runs, as recomputed from its server part's digests."""
         return str(self.manifest["model_id"])
 
     def load_keys(self, evalkeys: Container) -> LoadedKeys:
-        """Deserialize evaluation keys made for this model."""
-        key_id = evalkeys_mod.verify(evalkeys)
+        """Deserialize evaluation keys made for this model; the key id is recomputed, never taken on trust."""
+        key_id = evalkeys_format.verify(evalkeys)
         if evalkeys.meta.get("model_id") != self.model_id:
             raise KeyMismatchError("the evaluation keys were made for another model than this bundle")
         return LoadedKeys(key_id, self.model_id, self._backend.load_keys(evalkeys.sections["keys"]))
 
-    def check_inputs(self, ciphertexts: Container, keys: LoadedKeys) -> None:
-        """Raise unless the ciphertexts were made for this model and these keys."""
-        check_inputs_match(ciphertexts, self.model_id, keys.key_id)
-
     def evaluate_payload(self, payload: bytes, keys: LoadedKeys) -> bytes:
         """Evaluate one encrypted chunk."""
+        if keys.model_id != self.model_id:
+            raise KeyMismatchError("these evaluation keys were loaded for another model")
         return self._backend.evaluate(payload, keys.handle)
 
     def evaluate(
         self, ciphertexts: Container, keys: LoadedKeys, *, progress: Callable[[int], None] | None = None
     ) -> Container:
         """Evaluate every chunk; return a ``results`` container for the client to decrypt."""
-        self.check_inputs(ciphertexts, keys)
+        check_inputs_match(ciphertexts, self.model_id, keys.key_id)
+        if ciphertexts.scheme != self.scheme:
+            raise FormatError(f"these are {ciphertexts.scheme} ciphertexts, this model is {self.scheme}")
         sections = {}
         for i, count in enumerate(ciphertexts.meta["chunks"]):
             sections[chunk_name(i)] = self.evaluate_payload(ciphertexts.sections[chunk_name(i)], keys)
             if progress:
                 progress(int(count))
-        meta = {k: ciphertexts.meta[k] for k in ("model_id", "key_id", "n_samples", "chunks", "output_shape")}
-        meta["inputs_digest"] = inputs_digest(ciphertexts)
-        return Container("results", self.scheme, meta, sections)
+        return results_container(ciphertexts, sections)

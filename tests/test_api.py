@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import he_compute
-from he_compute.sklearn import EncryptedPredictor
+from he_compute.client.sklearn import EncryptedPredictor
 
 
 def test_encrypted_model_in_process_matches_clear(compiled, cancer, tmp_path):
@@ -30,7 +30,7 @@ def test_submit_and_map_stream_in_order(compiled, cancer, tmp_path):
         job = model.submit(X_test[:3])
         np.testing.assert_allclose(job.result(timeout=300), c.model.predict_proba(X_test[:3], fhe="disable"),
                                    atol=1e-9)
-        assert job.done() and job.progress() == 1.0
+        assert job.done() and job.job_ids == []  # in-process: no queue jobs
         batches = [X_test[i:i + 4] for i in range(0, 20, 4)]
         outs = list(model.map(iter(batches), max_in_flight=2))
     assert [o.shape[0] for o in outs] == [4] * 5
@@ -59,11 +59,29 @@ def test_sklearn_pipeline_with_encrypted_last_step(cancer, tmp_path):
 
 
 def test_encrypted_model_through_the_embedded_queue(compiled, cancer, tmp_path):
+    """Progress comes from the queue's job records: 0 while no worker runs, 1 once a worker has done the jobs."""
+    import threading
+
+    from he_compute.transport import blobs, queue
+    from he_compute.worker.loop import Worker
+
+    from test_queue_support import wait_for
+
     _, X_test, _, _ = cancer
     c = compiled("linear")
-    queue = f"sqlite://{tmp_path}/q/queue.db"
-    with he_compute.EncryptedModel(c.bundle, keys=tmp_path / "k", queue=queue, local_workers=1, timeout=300) as model:
+    q_url = f"sqlite://{tmp_path}/q/queue.db"
+    with he_compute.EncryptedModel(c.bundle, keys=tmp_path / "k", queue=q_url, timeout=300) as model:
         job = model.submit(X_test[:4])
-        out = job.result(timeout=300)
-        assert len(job.job_ids) >= 1 and job.progress() == 1.0
+        wait_for(lambda: job.job_ids, 60, what="the jobs to be submitted")
+        assert job.progress() == 0.0 and not job.done()
+        with queue.connect(q_url) as q, blobs.connect(f"file://{tmp_path}/q/blobs") as store:
+            worker = Worker(q, store, log=lambda m: None)
+            thread = threading.Thread(target=worker.run, kwargs={"poll_s": 0.05}, daemon=True)
+            thread.start()
+            try:
+                out = job.result(timeout=300)
+                assert job.progress() == 1.0
+            finally:
+                worker.stop()
+                thread.join(30)
     np.testing.assert_allclose(out, c.model.predict_proba(X_test[:4], fhe="disable"), atol=1e-9)

@@ -1,22 +1,53 @@
-"""The architecture holds: workers cannot reach secret keys, the public API is what __all__ says."""
+"""The architecture holds: imports run one way (import-linter's contracts in pyproject.toml), workers cannot
+reach secret-key code, modules stay readable, and the public API is what ``__all__`` says."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import he_compute
 
-SECRET_SIDE = ["he_compute.client", "he_compute.keys", "he_compute.schemes.tfhe.client", "he_compute.schemes.ckks.client"]
-WORKER_SIDE = ["he_compute.evaluator", "he_compute.schemes.tfhe.server", "he_compute.worker"]
+ROOT = Path(he_compute.__file__).parent
+SECRET_SIDE = ["he_compute.client", "he_compute.client.keys", "he_compute.client.client",
+               "he_compute.schemes.tfhe.client", "he_compute.schemes.ckks.client"]
+WORKER_SIDE = ["he_compute.worker.loop", "he_compute.worker.host", "he_compute.worker.executor",
+               "he_compute.evaluator", "he_compute.schemes.tfhe.server", "he_compute.schemes.ckks.server"]
+MAX_LINES = 420
+
+
+def _lint_imports() -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("lint-imports")
+    cmd = [str(exe), "--no-cache"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT.parent)
+
+
+def test_import_contracts_are_kept():
+    out = _lint_imports()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 kept, 0 broken" in out.stdout
+
+
+def test_the_contracts_catch_a_worker_module_importing_a_client_module(tmp_path):
+    """Positive control: a worker module that imports the client breaks both the layers and the forbidden contract."""
+    bad = ROOT / "worker" / "_contract_probe.py"
+    bad.write_text('"""Deliberately wrong-way import, written and removed by a test."""\n'
+                   "from ..client.keys import read_info  # noqa: F401\n")
+    try:
+        out = _lint_imports()
+    finally:
+        bad.unlink()
+    assert out.returncode != 0
+    assert "he_compute.worker is not allowed to import he_compute.client" in out.stdout
+    assert "1 kept, 2 broken" in out.stdout
 
 
 def test_worker_side_never_loads_the_secret_key_code():
     code = (
-        "import importlib, importlib.util, sys\n"
+        "import importlib, sys\n"
         f"for m in {WORKER_SIDE!r}:\n"
-        "    if importlib.util.find_spec(m) is not None:\n"
-        "        importlib.import_module(m)\n"
+        "    importlib.import_module(m)\n"
         f"print(sorted(m for m in {SECRET_SIDE!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
@@ -25,9 +56,14 @@ def test_worker_side_never_loads_the_secret_key_code():
 
 def test_control_the_client_side_does_load_it():
     """Positive control for the check above."""
-    code = "import he_compute.client, sys; print('he_compute.keys' in sys.modules)"
+    code = "import he_compute.client.client, sys; print('he_compute.client.keys' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_modules_stay_short_enough_to_read_in_one_sitting():
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
 
 
 def test_public_names_resolve_and_are_documented():

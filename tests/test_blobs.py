@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-from he_compute import blobs
-from he_compute.errors import IntegrityError, QueueError
+from he_compute.transport import blobs
+from he_compute.errors import BlobNotFound, FormatError, IntegrityError, StoreError
+from he_compute.formats.digests import digest_of
+from he_compute.transport.locations import blobs_for_queue
 from test_queue_support import redis_server, redis_url, s3_endpoint  # noqa: F401 - fixtures
 
 
@@ -42,7 +44,7 @@ def _tamper(store, digest: str, data: bytes) -> None:
 def test_put_get_roundtrip_and_digest(store):
     data = os.urandom(1000)
     digest = store.put(data)
-    assert digest == blobs.digest_of(data) and digest.startswith("sha256:")
+    assert digest == digest_of(data) and digest.startswith("sha256:")
     assert store.exists(digest)
     assert store.get(digest) == data
     assert isinstance(store, blobs.BlobStore)
@@ -51,7 +53,7 @@ def test_put_get_roundtrip_and_digest(store):
 def test_write_once(store):
     data = b"same bytes"
     assert store.put(data) == store.put(data)
-    assert store.get(blobs.digest_of(data)) == data
+    assert store.get(digest_of(data)) == data
 
 
 def test_tampered_blob_is_detected_on_read(store):
@@ -65,18 +67,18 @@ def test_missing_blob_and_delete(store):
     digest = store.put(b"to delete")
     store.delete(digest)
     assert not store.exists(digest)
-    with pytest.raises(blobs.BlobNotFound, match="upload it again"):
+    with pytest.raises(BlobNotFound, match="upload it again"):
         store.get(digest)
 
 
 def test_malformed_digest_is_refused_before_touching_the_store(store):
     for bad in ("sha256:../../etc/passwd", "md5:abc", "sha256:" + "A" * 64, 42):
-        with pytest.raises(QueueError, match="not a blob digest"):
+        with pytest.raises(FormatError, match="not a blob digest"):
             store.get(bad)
 
 
 def test_redis_chunks_large_blobs(redis_url):
-    from he_compute.blobs import _redis
+    from he_compute.transport.blobs import redis as _redis
 
     store = blobs.connect(redis_url)
     data = os.urandom(2 * _redis.CHUNK + 123)
@@ -93,11 +95,11 @@ def test_file_put_is_atomic_and_leaves_no_temp_files(tmp_path):
 
 
 def test_connect_refuses_unknown_urls():
-    with pytest.raises(QueueError, match="unknown blob store URL"):
+    with pytest.raises(StoreError, match="unknown blob store URL"):
         blobs.connect("ftp://example.org/x")
 
 
 def test_default_blob_store_follows_the_queue():
-    assert blobs.for_queue("sqlite://.hec/queue.db") == "file://.hec/blobs"
-    assert blobs.for_queue("sqlite:///srv/q/queue.db") == "file:///srv/q/blobs"
-    assert blobs.for_queue("redis://h:6379/1") == "redis://h:6379/1"
+    assert blobs_for_queue("sqlite://.hec/queue.db") == "file://.hec/blobs"
+    assert blobs_for_queue("sqlite:///srv/q/queue.db") == "file:///srv/q/blobs"
+    assert blobs_for_queue("redis://h:6379/1") == "redis://h:6379/1"

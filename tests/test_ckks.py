@@ -207,13 +207,15 @@ def test_security_refusal(cancer_std):
     # A tampered manifest cannot weaken the keys either: the client refuses to generate them.
     bundle.manifest["ckks"]["poly_modulus_degree"] = 4096
     with pytest.raises(SecurityError):
-        he_compute.schemes.get("ckks").open_client(bundle.manifest, bundle.client, None)
+        he_compute.schemes.client("ckks").open_client(bundle.manifest, bundle.client, None)
 
 
 def test_malformed_plan_refused(cancer_std):
     from sklearn.linear_model import LinearRegression
 
-    from he_compute.schemes import ckks
+    from he_compute import schemes
+
+    ckks = schemes.server("ckks")
 
     X_tr, _, y_tr, _ = cancer_std
     bundle = he_compute.compile(LinearRegression().fit(X_tr, y_tr), X_tr, scheme="ckks")

@@ -6,14 +6,13 @@ from the client's context are found in that context, and they do decrypt.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import he_compute
-from he_compute import keys as keyfiles
+from he_compute.client import keys as keyfiles
 from he_compute.errors import UnsafeArtifactError
 
 ts = pytest.importorskip("tenseal")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import he_compute
 from he_compute.cli import main
 
-HEC = [sys.executable, "-m", "he_compute.cli"]
+HEC = [sys.executable, "-m", "he_compute"]
 
 
 def _run(*args: str):

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from he_compute import container
-from he_compute.container import Container
+from he_compute.formats import container
+from he_compute.formats.container import Container
 from he_compute.errors import FormatError, IntegrityError
 
 names = st.text(alphabet="abcdefghij/._", min_size=1, max_size=12)

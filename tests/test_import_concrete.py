@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 import he_compute
-from he_compute.bundle import Bundle
+from he_compute.formats.bundle import Bundle
 from he_compute.cli import main
 
 

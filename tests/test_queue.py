@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from he_compute import queue
+from he_compute.transport import queue
 from he_compute.errors import QueueError
-from he_compute.queue import JobState
+from he_compute.transport.locations import default_queue_url
+from he_compute.transport.queue import JobState
 from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
 
 LEASE = 0.6
@@ -38,7 +39,7 @@ def test_submit_claim_complete(q):
     job = q.status(job_id)
     assert job.state is JobState.DONE and job.result == {"outputs": ["x"]}
     assert q.claim("w2") is None
-    assert isinstance(q, queue.JobQueue)
+    assert isinstance(q, queue.Producer) and isinstance(q, queue.Consumer)
 
 
 def test_jobs_are_claimed_oldest_first_and_listed(q):
@@ -177,9 +178,9 @@ def test_connect_refuses_unknown_urls():
 
 def test_default_url_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("HEC_QUEUE", raising=False)
-    assert queue.default_url() == "sqlite://.hec/queue.db"
+    assert default_queue_url() == "sqlite://.hec/queue.db"
     monkeypatch.setenv("HEC_QUEUE", "redis://h:1/0")
-    assert queue.default_url() == "redis://h:1/0"
+    assert default_queue_url() == "redis://h:1/0"
 
 
 def test_redis_jobs_survive_a_restart(redis_server, redis_url):

@@ -98,7 +98,7 @@ def s3_endpoint():
 def worker_proc(queue_url: str, blobs_url: str, *, fault: str = "", lease: float = 1.5, burst: bool = False,
                 log: Path | None = None) -> subprocess.Popen:
     """Start one worker process (one thread) with an optional test fault."""
-    from he_compute.worker import worker_command
+    from he_compute.client.run.local import worker_command
 
     env = {**os.environ, "HEC_TEST_FAULT": fault, "OMP_NUM_THREADS": "1"}
     cmd = worker_command(queue_url, blobs_url, threads=1, device="cpu", burst=burst, lease_s=lease)
@@ -123,8 +123,8 @@ PYTHON = sys.executable
 def submit_samples(q, store, compiled, X, *, per_job: int = 1, max_attempts: int = 3, server_part=None):
     """Encrypt ``X`` with the compiled model's client, upload everything, submit jobs; return (job ids, enc)."""
     import he_compute
-    from he_compute.container import chunk_name
-    from he_compute.queue import Task
+    from he_compute.formats.ciphertexts import chunk_name
+    from he_compute.formats.task import Task
 
     enc = compiled.client.encrypt(compiled.prepare(X))
     part = server_part or compiled.bundle.server_part()

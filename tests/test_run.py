@@ -102,7 +102,7 @@ def test_hec_run_errors_are_one_line(workdir, compiled, cancer):
 
 
 def test_status_jobs_cancel_commands(workdir):
-    from he_compute import queue
+    from he_compute.transport import queue
 
     q = queue.connect()
     job_id = q.submit({"op": "noop"})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import he_compute
-from he_compute import container
+from he_compute.formats import container
 
 
 def _secret_windows(client, width: int = 256, per_key: int = 24) -> list[bytes]:

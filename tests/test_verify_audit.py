@@ -12,17 +12,19 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from he_compute.verify import AuditError, AuditLog, WorkerIdentity, sign_receipt, verify_inclusion
-from he_compute.verify.audit import location_for_queue, merkle_root
+from he_compute.errors import AuditError
+from he_compute.formats.audit import verify_inclusion
+from he_compute.formats.receipt import sign_receipt
+from he_compute.transport.audit import AuditLog
+from he_compute.worker.identity import WorkerIdentity
+from he_compute.formats.audit import merkle_root
+from he_compute.transport.locations import audit_location as location_for_queue
 
 
 @pytest.fixture
 def cli():
     from he_compute.cli import main
-    from he_compute.cli_audit import register
 
-    if "audit" not in main.commands:  # until cli.py registers the group itself
-        register(main)
     return main
 
 
@@ -70,7 +72,7 @@ def test_an_edited_entry_is_reported_by_index(tmp_path):
 
 
 def test_an_edit_with_recomputed_hashes_is_caught_by_the_head_and_checkpoint(tmp_path):
-    from he_compute.verify.audit import leaf_hash
+    from he_compute.formats.audit import leaf_hash
 
     path = tmp_path / "audit.jsonl"
     log = _fill(path)
@@ -172,7 +174,7 @@ def test_inclusion_proofs_verify_for_every_size_and_fail_for_another_leaf(n, dat
     leaves = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
     root = merkle_root(leaves).hex()
     index = data.draw(st.integers(min_value=0, max_value=n - 1))
-    from he_compute.verify.audit import _path
+    from he_compute.formats.audit import _path
 
     proof = [p.hex() for p in _path(index, leaves)]
     verify_inclusion(leaves[index].hex(), index, n, proof, root)
@@ -242,7 +244,7 @@ def test_cli_verify_checkpoint_and_show(tmp_path, cli):
 
 
 def test_cli_worker_key_prints_an_allow_list_line(tmp_path, cli):
-    from he_compute.verify import AllowList
+    from he_compute.client.run import AllowList
 
     res = CliRunner().invoke(cli, ["audit", "worker-key", "--state", str(tmp_path / "w")])
     assert res.exit_code == 0, res.output
@@ -277,7 +279,7 @@ def test_the_redis_store_detects_a_rewrite(tmp_path):
             except redis.ConnectionError:
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
-        log = AuditLog.for_queue(url)
+        log = AuditLog.open(location_for_queue(url))
         for i in range(5):
             log.append("submit", f"job-{i}", {"n": i})
         assert log.verify().size == 5

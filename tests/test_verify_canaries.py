@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import he_compute
-from he_compute.verify import CanaryFailed, KnownAnswers, WorkerIdentity, canary_count, shuffle_in
-from he_compute.verify.canaries import check_all
+from he_compute.client.run import KnownAnswers, canary_count, shuffle_in
+from he_compute.errors import CanaryFailed
+from he_compute.worker.identity import WorkerIdentity
+from he_compute.client.run.canaries import check_all
 
 
 def test_canary_count():

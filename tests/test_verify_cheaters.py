@@ -15,10 +15,16 @@ import numpy as np
 import pytest
 
 import he_compute
-from he_compute import blobs, queue, runner
-from he_compute.queue import JobState
-from he_compute.verify import CanaryFailed, KnownAnswers, WorkerIdentity, sign_receipt
-from he_compute.worker import Worker
+from he_compute.client import run as runner
+from he_compute.transport import blobs, queue
+from he_compute.transport.queue import JobState
+from he_compute.client.run import KnownAnswers
+from he_compute.errors import CanaryFailed
+from he_compute.formats.receipt import sign_receipt
+from he_compute.worker.identity import WorkerIdentity
+from he_compute.worker.loop import Worker
+from he_compute.transport.audit import AuditLog
+from he_compute.transport.locations import Locations
 
 N = 6
 
@@ -109,7 +115,7 @@ def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     cheat = Cheater(s["q"], s["b"], kind)
     threads = _start(cheat, Honest(s["q"], s["b"], "honest-1"), Honest(s["q"], s["b"], "honest-2"))
     try:
-        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], replicas=2, samples_per_job=1,
+        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], policy=runner.Policy(replicas=2), samples_per_job=1,
                             show_progress=False, timeout=30)
     finally:
         _stop(threads)
@@ -121,7 +127,8 @@ def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     wanted = f"unverified:{cheat.name}" if kind == "wrong-key" else cheat.me.short_id
     assert flagged == {wanted}, v
     assert v["replicas"] == 2 and v["audit"]["size"] > 0
-    assert he_compute.verify.AuditLog.for_queue(s["q"]).verify().size == v["audit"]["size"]
+    with AuditLog.open(Locations.resolve(s["q"]).audit) as log:
+        assert log.verify().size == v["audit"]["size"]
 
 
 @pytest.mark.parametrize("kind", ["random", "echo"])
@@ -134,7 +141,8 @@ def test_a_lone_cheater_is_caught_by_canaries_and_named(setup, kind):
     threads = _start(cheat)
     try:
         with pytest.raises(CanaryFailed, match=f"worker {cheat.me.short_id} returned a wrong result for a canary"):
-            runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], canaries=0.2, known_answers=known,
+            runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"],
+                       policy=runner.Policy(canaries=0.2, known_answers=known),
                        samples_per_job=1, show_progress=False, timeout=60)
     finally:
         _stop(threads)
@@ -150,8 +158,8 @@ def test_canaries_with_honest_workers_pass_and_do_not_leak_into_the_result(setup
     known = KnownAnswers(c.client, s["X_known"], c.model.predict_proba(s["X_known"], fhe="disable"))
     threads = _start(Honest(s["q"], s["b"], "honest-1"))
     try:
-        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], canaries=0.3,
-                            known_answers=known, samples_per_job=2, show_progress=False, timeout=60)
+        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"],
+                            policy=runner.Policy(canaries=0.3, known_answers=known), samples_per_job=2, show_progress=False, timeout=60)
     finally:
         _stop(threads)
     assert report.verification["canaries"] == 2 and report.verification["flagged"] == {}
@@ -161,7 +169,8 @@ def test_canaries_with_honest_workers_pass_and_do_not_leak_into_the_result(setup
 
 
 def test_an_allow_list_rejects_unknown_workers(setup, tmp_path):
-    from he_compute.verify import AllowList, NoMajority, VerificationError
+    from he_compute.client.run import AllowList
+    from he_compute.errors import VerificationError
 
     s = setup
     enc = s["c"].client.encrypt(s["X"][:2])
@@ -169,21 +178,18 @@ def test_an_allow_list_rejects_unknown_workers(setup, tmp_path):
     try:
         with pytest.raises(VerificationError, match="unverified:stranger"):
             runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], samples_per_job=1,
-                       allowed_workers=AllowList([WorkerIdentity.generate().public_raw]), show_progress=False,
+                       policy=runner.Policy(allowed=AllowList([WorkerIdentity.generate().public_raw])),
+                       show_progress=False,
                        timeout=30)
     finally:
         _stop(threads)
-    assert NoMajority  # imported for the docs: an allow-list failure surfaces as no acceptable result
 
 
 def test_hec_run_with_replicas_local_workers_then_audit_verify(setup, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from he_compute.cli import main
-    from he_compute.cli_audit import register
 
-    if "audit" not in main.commands:  # until cli.py registers the group itself
-        register(main)
     s = setup
     c = s["c"]
     c.client.encrypt(s["X"][:3]).save(tmp_path / "x.enc")

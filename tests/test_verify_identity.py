@@ -8,8 +8,12 @@ import stat
 import pytest
 
 from he_compute.errors import HECError
-from he_compute.verify import AllowList, IdentityError, UntrustedWorker, WorkerIdentity, fingerprint
-from he_compute.verify.identity import PRIVATE_FILE, PUBLIC_FILE, parse_public_key
+from he_compute.client.run import AllowList
+from he_compute.errors import IdentityError, UntrustedWorker
+from he_compute.formats.signing import fingerprint
+from he_compute.worker.identity import WorkerIdentity
+from he_compute.formats.signing import parse_public_key
+from he_compute.worker.identity import PRIVATE_FILE, PUBLIC_FILE
 
 
 def test_created_on_first_start_with_private_modes_and_reloaded(tmp_path):

@@ -9,16 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from he_compute.verify import (
-    AllowList,
-    ReceiptError,
-    UntrustedWorker,
-    VerificationError,
-    WorkerIdentity,
-    canonical,
-    sign_receipt,
-    verify_receipt,
-)
+from he_compute.client.run import AllowList
+from he_compute.errors import ReceiptError, UntrustedWorker, VerificationError
+from he_compute.formats.canonical import canonical
+from he_compute.formats.receipt import sign_receipt, verify_receipt
+from he_compute.worker.identity import WorkerIdentity
 
 D_IN, D_OUT, D_OTHER = ("sha256:" + c * 64 for c in "abc")
 ME = WorkerIdentity.generate()

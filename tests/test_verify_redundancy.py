@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from he_compute.verify import NoMajority, result_digest, tally
+from he_compute.client.run import result_digest, tally
+from he_compute.errors import NoMajority
 
 A, B, C = ("sha256:" + ch * 64 for ch in "abc")
 

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from he_compute import blobs, queue
-from he_compute.queue import JobState
+from he_compute.transport import blobs, queue
+from he_compute.transport.queue import JobState
 from test_queue_support import (  # noqa: F401 - fixtures
     decrypt_jobs,
     redis_server,
@@ -102,7 +102,7 @@ def test_job_that_kills_its_worker_every_time_ends_in_the_dead_letter(urls, comp
 
 
 def test_job_that_raises_every_time_ends_in_the_dead_letter_with_its_error(tmp_path, compiled, cancer, monkeypatch):
-    from he_compute.worker import FAULT_ENV, Worker
+    from he_compute.worker.loop import FAULT_ENV, Worker
 
     q = queue.connect(f"sqlite://{tmp_path / 'q.db'}", lease_s=LEASE)
     store = blobs.connect(f"file://{tmp_path / 'b'}")

@@ -1,32 +1,42 @@
-"""Scheme backends, one sub-package each, imported lazily by name.
+"""Scheme backends, one sub-package each, looked up by name.
 
 ``tfhe`` wraps Zama Concrete ML; ``ckks`` wraps TenSEAL.  Importing this
-package imports neither library: ``hec --help`` stays fast.
+package imports neither library (``hec --help`` stays fast), and the lookup
+is by side: :func:`server` loads only a scheme's worker half, :func:`client`
+its data-owner half (see :mod:`.base`).
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import sys
+from typing import cast
 
 from ..errors import FormatError
+from .base import ClientScheme, ServerScheme
 
 SCHEMES = ("tfhe", "ckks")
 
 
+def _check(name: str) -> str:
+    if name not in SCHEMES:
+        raise FormatError(f"unknown scheme {str(name)[:40]!r}: expected one of {', '.join(SCHEMES)}")
+    return name
+
+
+def server(name: str) -> ServerScheme:
+    """The worker half of scheme ``name`` (``he_compute.schemes.<name>.server.SCHEME``)."""
+    return cast(ServerScheme, importlib.import_module(f"{__name__}.{_check(name)}.server").SCHEME)
+
+
+def client(name: str) -> ClientScheme:
+    """The data-owner half of scheme ``name`` (``he_compute.schemes.<name>.client.SCHEME``)."""
+    return cast(ClientScheme, importlib.import_module(f"{__name__}.{_check(name)}.client").SCHEME)
+
+
 def library_versions(*distributions: str) -> dict[str, str]:
     """Versions recorded in a manifest: he_compute, Python and the given installed distributions."""
-    import sys
     from importlib.metadata import version
 
-    from .. import __version__
-
     found = {name: version(name) for name in distributions}
-    return {"he_compute": __version__, **found, "python": ".".join(map(str, sys.version_info[:3]))}
-
-
-def get(scheme: str) -> ModuleType:
-    """Return the backend module for ``scheme`` (see :mod:`he_compute.schemes.base`)."""
-    if scheme not in SCHEMES:
-        raise FormatError(f"unknown scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
-    return importlib.import_module(f"{__name__}.{scheme}")
+    return {"he_compute": version("he_compute"), **found, "python": ".".join(map(str, sys.version_info[:3]))}

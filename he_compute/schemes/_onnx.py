@@ -1,11 +1,17 @@
-"""ONNX helpers shared by the scheme compilers (onnx is imported lazily)."""
+"""Model-type helpers shared by the scheme compilers (onnx and torch are imported lazily)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
+
+
+def is_torch(model: Any) -> bool:
+    """True for a ``torch.nn.Module`` (without importing torch)."""
+    return "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module)
 
 
 def is_onnx(model: Any) -> bool:

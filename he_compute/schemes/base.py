@@ -1,28 +1,29 @@
-"""The Protocols a scheme backend implements.
+"""The Protocols a scheme implements, one per side of the trust boundary.
 
 A scheme (``tfhe``, ``ckks``) is one sub-package of :mod:`he_compute.schemes`
-exposing four functions, looked up by :func:`he_compute.schemes.get`:
+with two entry modules, each exposing ``SCHEME``:
 
-``check_server_part(manifest, sections)``
-    Raise :class:`~he_compute.errors.UnsafeArtifactError` unless the server
-    sections are plain data that can be loaded without running foreign code.
-``open_server(manifest, sections) -> ServerBackend``
-    Worker side: everything needed to evaluate, and nothing secret.
-``open_client(manifest, sections, secret) -> ClientBackend``
-    Client side: quantize/encode, encrypt and decrypt; ``secret`` is ``None``
-    before key generation.
-``compile(model, X_calib, **options) -> Bundle``
-    Build a bundle from a model (lazily imported by :func:`he_compute.compile`).
+``<scheme>/server.py`` -> :class:`ServerScheme`
+    What a worker loads: checks a server part and opens a :class:`ServerBackend`.
+    It never imports its scheme's ``client`` module (an import contract checks it).
+``<scheme>/client.py`` -> :class:`ClientScheme`
+    What the data owner loads: compiles models and opens a :class:`ClientBackend`
+    that holds the secret key.
 
-Payloads are opaque bytes.  One payload holds one *chunk* of samples: always
-one sample for TFHE, up to a ciphertext's slot count for CKKS batch packing.
+:func:`he_compute.schemes.server` and :func:`he_compute.schemes.client` look
+them up by name.  Payloads are opaque bytes.  One payload holds one *chunk*
+of samples: always one sample for TFHE, up to a ciphertext's slot count for
+CKKS batch packing.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..formats.bundle import Bundle
 
 
 class KeyMaterial(Protocol):
@@ -32,8 +33,20 @@ class KeyMaterial(Protocol):
     evaluation: bytes
 
 
+class ServerBackend(Protocol):
+    """The worker's half of a scheme for one model: evaluation keys and ciphertexts only."""
+
+    def load_keys(self, evaluation: bytes) -> Any:
+        """Deserialize evaluation keys (workers cache the result by key id)."""
+        ...
+
+    def evaluate(self, payload: bytes, keys: Any) -> bytes:
+        """Evaluate the model on one encrypted chunk and return the encrypted result."""
+        ...
+
+
 class ClientBackend(Protocol):
-    """The client's half of a scheme; the only code that touches secret keys."""
+    """The client's half of a scheme for one model; the only code that touches secret keys."""
 
     def keygen(self) -> KeyMaterial:
         """Generate a secret key and the matching public evaluation keys."""
@@ -48,13 +61,30 @@ class ClientBackend(Protocol):
         ...
 
 
-class ServerBackend(Protocol):
-    """The worker's half of a scheme: evaluation keys and ciphertexts only."""
+class ServerScheme(Protocol):
+    """A scheme as a worker sees it."""
 
-    def load_keys(self, evaluation: bytes) -> Any:
-        """Deserialize evaluation keys (workers cache the result by key id)."""
+    name: str
+
+    def check_server_part(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> None:
+        """Raise :class:`~he_compute.errors.UnsafeArtifactError` (or ``FormatError``) unless the server
+        sections are plain data that can be loaded without running foreign code, within size limits."""
         ...
 
-    def evaluate(self, payload: bytes, keys: Any) -> bytes:
-        """Evaluate the model on one encrypted chunk and return the encrypted result."""
+    def open_server(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> ServerBackend:
+        """Build the evaluator of one model from checked sections (costly: cache it by digest)."""
+        ...
+
+
+class ClientScheme(Protocol):
+    """A scheme as the data owner sees it."""
+
+    name: str
+
+    def compile(self, model: Any, X_calib: np.ndarray, **options: Any) -> Bundle:
+        """Build a bundle from a model and calibration data."""
+        ...
+
+    def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> ClientBackend:
+        """Open the client side of one model; ``secret`` is ``None`` before key generation."""
         ...

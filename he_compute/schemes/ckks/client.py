@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, KeyMismatchError
+from ...formats.bundle import Bundle
 from . import params
 from .payload import Payload, pack, unpack
 
@@ -116,3 +117,22 @@ class CKKSClient:
                 raise FormatError(f"batch result must hold {self.n_out} ciphertexts of {n_samples} samples")
             y = np.stack([v[:n_samples] for v in vectors], axis=1)
         return _postprocess(self.post, y)
+
+
+class CKKSClientScheme:
+    """The CKKS scheme as the data owner sees it (:class:`~he_compute.schemes.base.ClientScheme`)."""
+
+    name = "ckks"
+
+    def compile(self, model: Any, X_calib: np.ndarray, **options: Any) -> Bundle:
+        """Compile a torch module, ONNX graph or scikit-learn linear model into a CKKS bundle."""
+        from .compiler import compile as _compile
+
+        return _compile(model, X_calib, **options)
+
+    def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> CKKSClient:
+        """Encoding, post-processing and (if given) the secret context."""
+        return CKKSClient(manifest, sections, secret)
+
+
+SCHEME = CKKSClientScheme()

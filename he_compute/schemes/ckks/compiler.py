@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import Bundle
+from ...formats.bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
-from .._onnx import is_onnx
+from .._onnx import is_onnx, is_torch
 from . import approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
 
@@ -20,7 +20,7 @@ POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
 
 
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
-    if frontend.is_torch(model):
+    if is_torch(model):
         return (*frontend.from_onnx(frontend.torch_to_onnx(model, X)), None)
     if is_onnx(model):
         return (*frontend.from_onnx(model), None)

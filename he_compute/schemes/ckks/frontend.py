@@ -15,7 +15,6 @@ with numpy arrays for weights and, for ``act``, an expression tree (see :mod:`.a
 from __future__ import annotations
 
 import io
-import sys
 from typing import Any
 
 import numpy as np
@@ -27,11 +26,6 @@ X = ("x",)
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "Gelu": "gelu"}
 _BINARY = {"Mul": "mul", "Add": "add", "Sub": "sub", "Div": "div", "Pow": "pow"}
 SUPPORTED = "Gemm, MatMul, Add, Conv, AveragePool, Flatten, Reshape, BatchNormalization, Relu, Sigmoid, Tanh, Gelu, Mul, Pow"
-
-
-def is_torch(model: Any) -> bool:
-    """True for a ``torch.nn.Module`` (without importing torch)."""
-    return "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module)
 
 
 def from_sklearn(model: Any) -> tuple[list[int], list[dict[str, Any]], str | None, str]:

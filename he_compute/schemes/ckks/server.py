@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, KeyMismatchError, UnsafeArtifactError
+from . import params
 from .payload import Payload, pack, unpack
 from .plan import LINEAR_OPS, affine_matrix, check_sections, needs_relin, poly_apply
 
@@ -161,3 +162,22 @@ class CKKSServer:
             elif kind == "poly":
                 x = poly_eval(x, arg)
         return [x]
+
+
+class CKKSServerScheme:
+    """The CKKS scheme as a worker sees it (:class:`~he_compute.schemes.base.ServerScheme`)."""
+
+    name = "ckks"
+
+    def check_server_part(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> None:
+        """Refuse a server part that is not a valid plan with plain numeric ``.npy`` weights and secure parameters."""
+        params.validate(manifest.get("ckks", {}))
+        check_sections(sections)
+
+    def open_server(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> CKKSServer:
+        """The checked plan, its layers turned into matrices (workers cache it by server-part digest)."""
+        params.validate(manifest.get("ckks", {}))
+        return CKKSServer(manifest, sections)
+
+
+SCHEME = CKKSServerScheme()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, UnsafeArtifactError
+from ...formats.bundle import Bundle
 from .artifacts import check_processing
 
 
@@ -88,3 +89,28 @@ class TFHEClient:
         quantized = self._client.decrypt(value)
         out = self._model.post_processing(self._model.dequantize_output(quantized))
         return np.asarray(out, dtype=np.float64).reshape(n_samples, -1)
+
+
+class TFHEClientScheme:
+    """The TFHE scheme as the data owner sees it (:class:`~he_compute.schemes.base.ClientScheme`)."""
+
+    name = "tfhe"
+
+    def compile(self, model: Any, X_calib: np.ndarray, **options: Any) -> Bundle:
+        """Compile a Concrete ML / scikit-learn / torch / ONNX model into a TFHE bundle."""
+        from .compiler import compile as _compile
+
+        return _compile(model, X_calib, **options)
+
+    def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> TFHEClient:
+        """Quantizers, post-processing and (if given) the secret keyset."""
+        return TFHEClient(sections, secret)
+
+    def import_deployment(self, directory: Any) -> Bundle:
+        """Bundle an existing Concrete ML deployment directory (``client.zip`` + ``server.zip``)."""
+        from .compiler import bundle_from_deployment
+
+        return bundle_from_deployment(directory)
+
+
+SCHEME = TFHEClientScheme()

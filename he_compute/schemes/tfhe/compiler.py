@@ -9,17 +9,16 @@ plain-data sections: the same code serves ``hec compile`` and
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...bundle import Bundle
+from ...formats.bundle import Bundle
 from ...errors import FormatError, UnsupportedModelError
 from .. import library_versions
-from .._onnx import is_onnx, load_onnx
+from .._onnx import is_onnx, is_torch, load_onnx
 from .artifacts import sections_from_deployment
 from .client import build_model
 
@@ -99,11 +98,11 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     X = np.asarray(X_calib, dtype=np.float64)
     extra: dict[str, Any] = {}
     compile_kwargs = {"p_error": p_error} if p_error is not None else {}
-    if _is_torch(model) or is_onnx(model):
+    if is_torch(model) or is_onnx(model):
         from concrete.ml.torch.compile import compile_onnx_model, compile_torch_model
 
         bits = DEFAULT_N_BITS if n_bits is None else n_bits
-        compile_fn = compile_torch_model if _is_torch(model) else compile_onnx_model
+        compile_fn = compile_torch_model if is_torch(model) else compile_onnx_model
         onnx_model = _onnx_opset_14(load_onnx(model)) if is_onnx(model) else model
         try:
             compiled = compile_fn(
@@ -126,10 +125,6 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (int, dict, type(None))) else str(value)
-
-
-def _is_torch(model: Any) -> bool:
-    return "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module)
 
 
 def _onnx_opset_14(model: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...errors import FormatError, KeyMismatchError
+from ...errors import EvaluationError, FormatError, KeyMismatchError
 from .artifacts import PINNED_OPTIONS, check_server_sections
 
 
@@ -67,6 +67,25 @@ class TFHEServer:
             raise FormatError(f"ciphertext is unreadable: {exc}") from exc
         try:
             result = self._server.run(value, evaluation_keys=keys)
-        except Exception as exc:
+        except RuntimeError as exc:  # what Concrete raises when keys or ciphertext do not fit the circuit
             raise KeyMismatchError(f"evaluation failed (keys or ciphertext do not fit this circuit): {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise EvaluationError(f"Concrete could not evaluate this ciphertext: {exc}") from exc
         return result.serialize()
+
+
+class TFHEServerScheme:
+    """The TFHE scheme as a worker sees it (:class:`~he_compute.schemes.base.ServerScheme`)."""
+
+    name = "tfhe"
+
+    def check_server_part(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> None:
+        """Refuse server sections that Concrete could not load without running foreign code."""
+        check_server_sections(sections)
+
+    def open_server(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> TFHEServer:
+        """Compile the circuit (costly: workers cache the result by server-part digest)."""
+        return TFHEServer(sections)
+
+
+SCHEME = TFHEServerScheme()

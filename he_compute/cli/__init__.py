@@ -1,0 +1,68 @@
+"""The ``hec`` command line: a thin skin over the Python API.
+
+Each command opens its files, calls the matching library function and turns a
+:class:`~he_compute.errors.HECError` into a one-line ``Error: ...`` and exit
+status 1.  ``hec --debug CMD`` shows tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import HECError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Maps library errors to one-line messages unless ``--debug`` is on."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HECError as exc:
+            if ctx.meta.get("hec.debug"):
+                raise
+            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # an unexpected failure still gets one line
+            if ctx.meta.get("hec.debug"):
+                raise
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {exc} (re-run with hec --debug for the traceback)"
+            ) from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="he_compute")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """he_compute: run models on encrypted data on untrusted workers.
+
+    \b
+    Typical flow:
+      hec compile model.onnx --scheme tfhe --calibration X.npy -o model.hec
+      hec keygen model.hec --keys keys/
+      hec encrypt model.hec X.csv --keys keys/ -o x.enc
+      hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
+      hec decrypt y.enc --keys keys/ -o y.csv
+    """
+    ctx.meta["hec.debug"] = debug
+
+
+def _register() -> None:
+    from . import audit, jobs, models, worker
+
+    for module in (models, jobs, worker, audit):
+        module.register(main)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

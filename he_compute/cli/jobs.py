@@ -1,0 +1,176 @@
+"""The client's queue commands (``hec run / status / jobs / cancel``), registered on the main group.
+
+Each command opens the queue, calls one library function and prints; library
+errors become one ``Error: ...`` line through the main group.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import HECError
+from ..transport.queue import JobState
+from ._util import BLOBS_HELP as _BLOBS_HELP
+from ._util import echo as _echo
+from ._util import queue_option as _queue_option
+from .audit import verify_options, verify_policy
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _progress(job: Any) -> str:
+    total = sum(job.spec.get("counts", [])) if isinstance(job.spec, dict) else 0
+    done = total if job.state is JobState.DONE else int(job.progress.get("done", 0))
+    return f"{done}/{total}"
+
+
+def register(group: click.Group) -> None:
+    """Add the queue commands to ``group``."""
+
+    @group.command("run")
+    @click.argument("encrypted", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Bundle or server part; only its server part is uploaded.")
+    @click.option("--eval-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Evaluation-key file (default: DIR/evaluation.keys with --keys).")
+    @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Key directory; only its evaluation.keys is read (never the secret keys).")
+    @_queue_option
+    @click.option("--blobs", "blobs_url", default=None, metavar="URL", help=_BLOBS_HELP)
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Encrypted result to write (read by hec decrypt).")
+    @click.option("--local-workers", type=click.IntRange(0, 256), default=0, show_default=True,
+                  help="Start N worker processes for this run and stop them after.")
+    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Give up after S seconds (jobs stay queued).")
+    @click.option("--samples-per-job", type=click.IntRange(1), default=None,
+                  help="Ciphertext chunks per job (default: split into at most 64 jobs).")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+    @verify_options
+    def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
+                queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
+                timeout: float | None, samples_per_job: int | None, as_json: bool, **verify: Any) -> None:
+        """Evaluate ENCRYPTED on queue workers and write the encrypted result.
+
+        Uploads what the blob store lacks (server part, evaluation keys, ciphertexts),
+        submits one job per chunk of samples, waits and verifies every result digest.
+
+        Example: hec run x.enc --bundle model.hec --keys keys/ -o y.enc --local-workers 2
+        """
+        from ..client.run import run
+        from ..formats import container
+        from ..formats.evalkeys import read as read_evaluation_keys
+
+        if eval_keys is None:
+            if keys_dir is None:
+                raise HECError("pass --eval-keys FILE or --keys DIR so workers get the evaluation keys")
+            eval_keys = keys_dir / "evaluation.keys"
+        enc = container.read(encrypted, expect="ciphertexts")
+        part = container.read(bundle_path, expect=("bundle", "server"))
+        evk = read_evaluation_keys(eval_keys)
+        policy = verify_policy(verify, keys_dir=keys_dir, server_part=part, evalkeys=evk)
+        report = run(enc, part, evk, queue=queue_url, blobs=blobs_url, policy=policy,
+                     local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job)
+        report.result.save(output)
+        n = enc.meta["n_samples"]
+        if as_json:
+            click.echo(json.dumps({"output": str(output), **report.to_json()}, indent=2))
+        _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s), {report.seconds['total']:.1f}s "
+              f"({report.seconds['total'] / max(1, n):.2f}s/sample); uploaded {sum(report.uploaded.values())} "
+              f"blob(s), reused {sum(report.reused.values())}")
+        if report.verification:
+            v = report.verification
+            _echo(f"verified: {v['replicas']} replica(s), {v['canaries']} canaries, {v['tie_breakers']} "
+                  f"tie-breaker(s); flagged: {', '.join(v['flagged']) or 'none'}; audit root {v['audit']['root']}"
+                  if "audit" in v else f"verified: flagged {', '.join(v['flagged']) or 'none'}")
+
+    @group.command("status")
+    @click.argument("job_id", metavar="[JOB]", required=False)
+    @_queue_option
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    def status_cmd(job_id: str | None, queue_url: str | None, as_json: bool) -> None:
+        """Show one job (state, attempts, progress, last error), or job counts by state.
+
+        Example: hec status j3f2a... --queue sqlite:///srv/hec/queue.db
+        """
+        from ..transport import queue
+
+        with queue.connect(queue_url) as q:
+            _status(q, job_id, as_json)
+
+    def _status(q: Any, job_id: str | None, as_json: bool) -> None:
+        if job_id:
+            job = q.status(job_id)
+            if as_json:
+                click.echo(json.dumps(job.to_json(), indent=2))
+                return
+            rows = {"job": job.id, "state": job.state.value, "device": job.device,
+                    "attempts": f"{job.attempts}/{job.max_attempts}", "progress": _progress(job),
+                    "worker": job.worker or "-", "created": _when(job.created), "updated": _when(job.updated),
+                    "error": job.error or "-"}
+            for key, value in rows.items():
+                click.echo(f"{key:>9}: {value}")
+            return
+        counts: dict[str, int] = {}
+        for job in q.jobs(limit=10**9):
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        if as_json:
+            click.echo(json.dumps({"queue": q.url, "counts": counts}, indent=2))
+            return
+        click.echo(f"{q.url}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"))
+
+    @group.command("jobs")
+    @_queue_option
+    @click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "cancelled"]), default=None,
+                  help="Only jobs in this state (failed = the dead letter).")
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    def jobs_cmd(queue_url: str | None, state: str | None, as_json: bool) -> None:
+        """List jobs, oldest first.
+
+        Example: hec jobs --state failed
+        """
+        from ..transport import queue
+
+        with queue.connect(queue_url) as q:
+            jobs = q.jobs(JobState(state) if state else None)
+            url = q.url
+        if as_json:
+            click.echo(json.dumps([j.to_json() for j in jobs], indent=2))
+            return
+        if not jobs:
+            _echo(f"no jobs in {url}")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table()
+        table.add_column("job", no_wrap=True, min_width=max(len(j.id) for j in jobs))
+        for col in ("state", "attempts", "progress", "device", "updated"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("error")
+        for j in jobs:
+            table.add_row(j.id, j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
+                          _when(j.updated), (j.error or "")[:60])
+        Console(width=160 if not click.get_text_stream("stdout").isatty() else None).print(table)
+
+    @group.command("cancel")
+    @click.argument("job_id", metavar="JOB")
+    @_queue_option
+    def cancel_cmd(job_id: str, queue_url: str | None) -> None:
+        """Cancel a queued or running job (its worker stops at the next heartbeat).
+
+        Example: hec cancel j3f2a...
+        """
+        from ..transport import queue
+
+        with queue.connect(queue_url) as q:
+            if not q.cancel(job_id):
+                raise HECError(f"job {job_id} already ended ({q.status(job_id).state.value}); nothing to cancel")
+        _echo(f"cancelled {job_id}")

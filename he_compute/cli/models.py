@@ -1,0 +1,214 @@
+"""The client-only commands: ``hec compile / import-concrete / keygen / encrypt / eval / decrypt / info``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import HECError
+from ._util import echo as _echo
+from ._util import size as _size
+
+
+def register(main: click.Group) -> None:
+    """Add the model and key commands to ``main``."""
+
+    @main.command("compile")
+    @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
+    @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
+    @click.option("--n-bits", type=click.IntRange(2, 16), default=None, help="TFHE: quantization bits for torch/ONNX models (default 5).")
+    @click.option("--rounding-bits", type=click.IntRange(2, 16), default=None,
+                  help="TFHE: round accumulators to this many bits (default 5).")
+    @click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
+    @click.option("--packing", type=click.Choice(["auto", "batch", "single"]), default=None,
+                  help="CKKS: samples across slots (batch, throughput) or one sample per ciphertext (single, latency).")
+    def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bits: int | None,
+                    rounding_bits: int | None, no_rounding: bool, packing: str | None) -> None:
+        """Compile an ONNX model into a bundle.
+
+        Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
+        """
+        import he_compute
+        from ..client.data import read_input
+
+        tfhe_only = {"--n-bits": n_bits is not None, "--rounding-bits": rounding_bits is not None, "--no-rounding": no_rounding}
+        misplaced = [flag for flag, given in tfhe_only.items() if given and scheme != "tfhe"]
+        if packing is not None and scheme != "ckks":
+            misplaced.append("--packing")
+        if misplaced:
+            raise HECError(f"{', '.join(misplaced)} do(es) not apply to --scheme {scheme}: drop it or change the scheme")
+        if model.suffix.lower() != ".onnx":
+            raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
+        if not model.is_file():
+            raise HECError(f"{model} does not exist")
+        X = read_input(calibration)
+        options: dict[str, Any] = {}
+        if n_bits is not None:
+            options["n_bits"] = n_bits
+        if no_rounding:
+            options["rounding_threshold_bits"] = None
+        elif rounding_bits is not None:
+            options["rounding_threshold_bits"] = rounding_bits
+        if packing is not None:
+            options["packing"] = packing
+        start = time.perf_counter()
+        bundle = he_compute.compile(model, X, scheme=scheme, **options)
+        bundle.save(output)
+        _echo(f"wrote {output} ({bundle.scheme}, model {bundle.model_id[:12]}, "
+              f"{bundle.manifest['security_level']}-bit security) in {time.perf_counter() - start:.1f}s")
+
+
+    @main.command("import-concrete")
+    @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
+    def import_concrete_cmd(directory: Path, output: Path) -> None:
+        """Bundle a Concrete ML deployment directory (client.zip + server.zip from FHEModelDev.save()).
+
+        Example: hec import-concrete deployment/ -o model.hec
+        """
+        import he_compute
+
+        bundle = he_compute.import_concrete(directory)
+        bundle.save(output)
+        _echo(f"wrote {output} ({bundle.manifest['model_type']}, model {bundle.model_id[:12]})")
+
+
+    @main.command("keygen")
+    @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="Key directory to create (mode 0700).")
+    @click.option("--force", is_flag=True, help="Replace keys already in the directory.")
+    def keygen_cmd(bundle: Path, keys_dir: Path, force: bool) -> None:
+        """Generate secret keys into DIR and export the shareable evaluation keys.
+
+        Example: hec keygen model.hec --keys keys/
+        """
+        from ..client.client import load_bundle
+        from ..client.client import Client
+        from ..client.progress import working
+
+        b = load_bundle(bundle)
+        start = time.perf_counter()
+        with working(f"generating {b.scheme} keys for model {b.model_id[:12]}"):
+            client = Client.keygen(b, keys_dir, force=force)
+        size = client.evaluation_keys_path.stat().st_size
+        _echo(f"secret keys in {keys_dir} (0700); evaluation keys {client.evaluation_keys_path} "
+              f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s")
+
+
+    @main.command("encrypt")
+    @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+    @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+    def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path, output: Path) -> None:
+        """Encrypt INPUT (.npy or .csv, rows = samples) for BUNDLE with the keys in DIR.
+
+        Example: hec encrypt model.hec X.csv --keys keys/ -o x.enc
+        """
+        from ..client.client import load_bundle
+        from ..client.client import Client
+        from ..client.data import read_input
+        from ..client.progress import progress
+
+        b = load_bundle(bundle)
+        client = Client(keys_dir)
+        client.check_bundle(b)
+        X = read_input(input_path)
+        with progress("encrypt", len(X)) as advance:
+            enc = client.encrypt(X, source=str(input_path), progress=advance)
+        enc.save(output)
+        _echo(f"wrote {output}: {enc.meta['n_samples']} samples in {len(enc.sections)} chunk(s), "
+              f"{_size(output.stat().st_size)}")
+
+
+    @main.command("eval")
+    @click.argument("encrypted", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--bundle", "server", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Bundle or server part; only its server part is used.")
+    @click.option("--eval-keys", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Evaluation-key file (never the key directory).")
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+    def eval_cmd(encrypted: Path, server: Path, eval_keys: Path, output: Path) -> None:
+        """Evaluate encrypted inputs exactly as a worker does: server part + evaluation keys only.
+
+        Example: hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
+        """
+        from ..formats import container
+        from ..evaluator import Evaluator
+        from ..formats.evalkeys import read as read_evaluation_keys
+        from ..client.progress import progress
+
+        enc = container.read(encrypted, expect="ciphertexts")
+        evaluator = Evaluator.from_file(server)
+        keys = evaluator.load_keys(read_evaluation_keys(eval_keys))
+        start = time.perf_counter()
+        with progress("evaluate", enc.meta["n_samples"]) as advance:
+            result = evaluator.evaluate(enc, keys, progress=advance)
+        result.save(output)
+        elapsed = time.perf_counter() - start
+        _echo(f"wrote {output}: {enc.meta['n_samples']} samples in {elapsed:.1f}s "
+              f"({elapsed / max(1, enc.meta['n_samples']):.2f}s/sample)")
+
+
+    @main.command("decrypt")
+    @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Output file, .npy or .csv (samples × outputs).")
+    def decrypt_cmd(result: Path, keys_dir: Path, output: Path) -> None:
+        """Decrypt an encrypted RESULT with the keys in DIR.
+
+        Example: hec decrypt y.enc --keys keys/ -o y.csv
+        """
+        from ..formats import container
+        from ..client.client import Client
+        from ..client.data import SUFFIXES, write_output
+        from ..client.progress import progress
+
+        if output.suffix.lower() not in SUFFIXES:
+            raise HECError(f"{output}: unsupported output type; use .npy or .csv")
+        res = container.read(result, expect="results")
+        client = Client(keys_dir)
+        with progress("decrypt", int(res.meta.get("n_samples", 0))) as advance:
+            values = client.decrypt(res, progress=advance)
+        write_output(output, values)
+        _echo(f"wrote {output}: {values.shape[0]} samples × {values.shape[1]} outputs")
+
+
+    @main.command("info")
+    @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    def info_cmd(path: Path, as_json: bool) -> None:
+        """Describe a he_compute file: kind, scheme, model id, key id, shapes, sizes, security level.
+
+        Example: hec info model.hec
+        """
+        from ..formats import container
+
+        c = container.read(path)
+        meta = {k: v for k, v in c.meta.items() if k != "client_digests"}
+        desc = {
+            "file": str(path),
+            "kind": c.kind,
+            "scheme": c.scheme,
+            "size": path.stat().st_size,
+            "sections": {name: len(data) for name, data in c.sections.items()},
+            **meta,
+        }
+        if as_json:
+            click.echo(json.dumps(desc, indent=2, default=str))
+            return
+        for key, value in desc.items():
+            if key == "sections":
+                value = f"{len(value)} ({_size(sum(value.values()))})"
+            elif key == "size":
+                value = _size(int(value))
+            click.echo(f"{key:>18}: {value}")

@@ -1,0 +1,48 @@
+"""``hec worker``: the only worker command line (local workers of ``hec run`` run it too)."""
+
+from __future__ import annotations
+
+import click
+
+from ._util import BLOBS_HELP as _BLOBS_HELP
+from ._util import queue_option as _queue_option
+
+
+def register(group: click.Group) -> None:
+    """Add ``hec worker`` to ``group``."""
+
+    @group.command("worker")
+    @_queue_option
+    @click.option("--blobs", "blobs_url", default=None, metavar="URL", help=_BLOBS_HELP)
+    @click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
+                  help="Jobs at once (worker processes); default: one per core, one thread each.")
+    @click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                  help="Threads per job (OMP_NUM_THREADS); default: cores / concurrency.")
+    @click.option("--burst", is_flag=True, help="Exit once the queue has no job for this worker.")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                  help="Jobs to take: cuda needs Concrete's CUDA build and a GPU.")
+    @click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Seconds a claim lasts without heartbeat (default 30).")
+    @click.option("--cpus", default=None, metavar="LIST", help="Comma-separated cores to pin this worker to.")
+    @click.option("--state", "state_dir", default=None, metavar="DIR",
+                  help="State directory keeping the worker's signing identity (default $HEC_WORKER_STATE; "
+                       "without either, a throwaway identity).")
+    def worker_cmd(queue_url: str | None, blobs_url: str | None, concurrency: int | None, threads: int | None,
+                   burst: bool, device: str, lease: float | None, cpus: str | None, state_dir: str | None) -> None:
+        """Run a worker: claim jobs, evaluate on ciphertexts, store encrypted results.
+
+        The worker holds evaluation keys only. SIGTERM lets the job in hand finish its
+        current sample and releases the rest to other workers.
+
+        Example: hec worker --queue redis://10.0.0.5:6379/0 --concurrency 4
+        """
+        from ..worker.host import serve
+
+        try:
+            cores = [int(c) for c in cpus.split(",")] if cpus else None
+        except ValueError:
+            raise click.BadParameter(f"{cpus!r} is not a comma-separated list of core numbers", param_hint="--cpus") from None
+        status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
+                       burst=burst, lease_s=lease, cpus=cores, state_dir=state_dir)
+        if status:
+            raise click.exceptions.Exit(status)

@@ -1,0 +1,120 @@
+"""The client role: the only party that holds secret keys.
+
+:class:`Client` wraps a key directory (:mod:`.keys`).  It encrypts inputs into
+a ``ciphertexts`` container and decrypts ``results`` containers.  Workers never
+import this package (an import contract in the tests checks it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import schemes
+from ..errors import FormatError, KeyMismatchError
+from ..formats import container
+from ..formats.bundle import Bundle, read_bundle
+from ..formats.ciphertexts import chunk_name
+from ..formats.container import Container
+from ..schemes.base import ClientBackend
+from . import keys
+from .data import validate_input
+
+Progress = Callable[[int], None]
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read and verify the bundle at ``path``, its server part checked by its scheme; never unpickles anything."""
+    bundle = read_bundle(path)
+    schemes.server(bundle.scheme).check_server_part(bundle.manifest, bundle.server)
+    return bundle
+
+
+class Client:
+    """Encrypts and decrypts with the keys in ``keys_dir``."""
+
+    def __init__(self, keys_dir: str | os.PathLike[str]):
+        self.keys_dir = Path(keys_dir)
+        self.info = keys.read_info(self.keys_dir)
+        part = container.read(self.keys_dir / keys.CLIENT, expect="client")
+        if part.meta.get("model_id") != self.info.model_id:
+            raise KeyMismatchError(f"{self.keys_dir}: client part and keys belong to different models")
+        self.manifest: dict[str, Any] = part.meta
+        secret = keys.read_secret(self.keys_dir, self.info)
+        self._backend: ClientBackend = schemes.client(self.info.scheme).open_client(part.meta, part.sections, secret)
+
+    @classmethod
+    def keygen(cls, bundle: Bundle, keys_dir: str | os.PathLike[str], *, force: bool = False) -> Client:
+        """Generate keys for ``bundle`` into a new private directory and return a client on them."""
+        path = keys.prepare(keys_dir, force=force)
+        part = bundle.client_part()
+        backend = schemes.client(bundle.scheme).open_client(bundle.manifest, part.sections, None)
+        material = backend.keygen()
+        keys.write(path, bundle.scheme, bundle.model_id, part, material.secret, material.evaluation)
+        return cls(path)
+
+    @property
+    def model_id(self) -> str:
+        """The model these keys were made for."""
+        return self.info.model_id
+
+    @property
+    def key_id(self) -> str:
+        """sha256 of the evaluation keys."""
+        return self.info.key_id
+
+    @property
+    def evaluation_keys_path(self) -> Path:
+        """The shareable evaluation-key file inside the key directory."""
+        return self.keys_dir / keys.EVALUATION
+
+    def check_bundle(self, bundle: Bundle) -> None:
+        """Raise unless these keys were generated for ``bundle``."""
+        if bundle.model_id != self.model_id:
+            raise KeyMismatchError(
+                f"keys in {self.keys_dir} were made for model {self.model_id[:12]}, not {bundle.model_id[:12]}: "
+                f"run hec keygen BUNDLE --keys NEW_DIR"
+            )
+
+    def encrypt(self, X: Any, *, source: str = "input", progress: Progress | None = None) -> Container:
+        """Validate and encrypt samples (rows of ``X``) into a ``ciphertexts`` container."""
+        arr = validate_input(X, self.manifest["input_shape"], source)
+        sections: dict[str, bytes] = {}
+        counts: list[int] = []
+        for i, (count, payload) in enumerate(self._backend.encrypt(arr)):
+            sections[chunk_name(i)] = payload
+            counts.append(count)
+            if progress:
+                progress(count)
+        meta = {
+            "model_id": self.model_id,
+            "key_id": self.key_id,
+            "n_samples": int(arr.shape[0]),
+            "chunks": counts,
+            "input_shape": list(self.manifest["input_shape"]),
+            "output_shape": list(self.manifest["output_shape"]),
+        }
+        return Container("ciphertexts", self.info.scheme, meta, sections)
+
+    def decrypt(self, results: Container, *, progress: Progress | None = None) -> np.ndarray:
+        """Decrypt a ``results`` container into ``(n_samples, n_outputs)`` model outputs."""
+        if results.kind != "results":
+            raise FormatError(f"expected an encrypted result, got a {results.kind} file")
+        meta = results.meta
+        if meta.get("model_id") != self.model_id or meta.get("key_id") != self.key_id:
+            raise KeyMismatchError(
+                f"this result was computed for model {str(meta.get('model_id'))[:12]} / key "
+                f"{str(meta.get('key_id'))[:12]}; the keys in {self.keys_dir} cannot decrypt it"
+            )
+        outputs = []
+        for i, count in enumerate(meta["chunks"]):
+            payload = results.sections.get(chunk_name(i))
+            if payload is None:
+                raise FormatError(f"result lacks {chunk_name(i)}")
+            outputs.append(self._backend.decrypt(payload, int(count)))
+            if progress:
+                progress(int(count))
+        return np.concatenate(outputs, axis=0)

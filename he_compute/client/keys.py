@@ -1,0 +1,81 @@
+"""The client's key directory: secret keys stay here, evaluation keys are exported.
+
+Layout of ``DIR`` (created 0700, files 0600)::
+
+    keyinfo.json      scheme, model id, key id
+    secret.keys       container "secretkeys": the secret key material (never leaves DIR)
+    client.hec        container "client": the bundle's client part, so decrypt needs no bundle
+    evaluation.keys   container "evalkeys": the shareable evaluation keys (see :mod:`he_compute.evalkeys`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FormatError, KeyMismatchError, SecurityError
+from ..files import PRIVATE, atomic_write, private_dir
+from ..formats import container, evalkeys
+from ..formats.container import Container
+
+KEYINFO, SECRET, CLIENT, EVALUATION = "keyinfo.json", "secret.keys", "client.hec", "evaluation.keys"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a key directory was made for."""
+
+    scheme: str
+    model_id: str
+    key_id: str
+
+
+def prepare(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Create (or, with ``force``, reuse) a private key directory."""
+    p = Path(path)
+    if (p / KEYINFO).exists() and not force:
+        raise KeyMismatchError(f"{p} already holds keys: choose another directory or pass --force to replace them")
+    return private_dir(p)
+
+
+def write(path: Path, scheme: str, model_id: str, client_part: Container, secret: bytes, evaluation: bytes) -> KeyInfo:
+    """Store freshly generated keys; the secret file is written 0600 before anything else."""
+    evk = evalkeys.new_container(scheme, model_id, evaluation)
+    info = KeyInfo(scheme, model_id, evk.meta["key_id"])
+    atomic_write(path / SECRET, Container("secretkeys", scheme, {"model_id": model_id}, {"secret": secret}).to_bytes(), PRIVATE)
+    atomic_write(path / CLIENT, client_part.to_bytes(), PRIVATE)
+    atomic_write(path / EVALUATION, evk.to_bytes(), PRIVATE)
+    atomic_write(path / KEYINFO, json.dumps(info.__dict__, indent=2).encode(), PRIVATE)
+    return info
+
+
+def check_private(path: Path) -> None:
+    """Refuse a key directory (or secret file) that others can read."""
+    for target in (path, path / SECRET):
+        mode = stat.S_IMODE(target.stat().st_mode)
+        if mode & 0o077:
+            raise SecurityError(f"{target} is accessible to other users (mode {mode:o}): run chmod go-rwx {target}")
+
+
+def read_info(path: str | os.PathLike[str]) -> KeyInfo:
+    """Read ``keyinfo.json``; a missing or foreign directory gets a one-line error."""
+    p = Path(path)
+    try:
+        raw = json.loads((p / KEYINFO).read_text())
+        return KeyInfo(raw["scheme"], raw["model_id"], raw["key_id"])
+    except FileNotFoundError:
+        raise KeyMismatchError(f"{p} holds no keys: run hec keygen BUNDLE --keys {p}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{p / KEYINFO} is damaged: {exc}") from exc
+
+
+def read_secret(path: Path, info: KeyInfo) -> bytes:
+    """Load the secret key material after checking permissions and ownership by model."""
+    check_private(path)
+    c = container.read(path / SECRET, expect="secretkeys")
+    if c.meta.get("model_id") != info.model_id:
+        raise KeyMismatchError(f"{path / SECRET} belongs to another model than {path / KEYINFO}")
+    return c.sections["secret"]

@@ -1,0 +1,73 @@
+"""Worker processes started by a run on this machine (``hec run --local-workers N``).
+
+The client never imports the worker's code: it starts ``hec worker`` processes
+by command line (``python -m he_compute worker ...``), each with a throwaway
+identity so that they count as distinct replicas, and stops them when the run
+ends.  Their output goes to one log file per run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from ...commands import worker_argv
+
+STOP_GRACE_S = 15.0
+"""How long local workers get to finish the sample in hand after SIGTERM before they are killed."""
+
+
+def worker_command(queue_url: str, blobs_url: str, *, device: str = "cpu", threads: int | None = None,
+                   cpus: list[int] | None = None, burst: bool = False, lease_s: float | None = None) -> list[str]:
+    """The command line of one single-process ``hec worker``."""
+    return worker_argv(queue_url, blobs_url, device=device, threads=threads, cpus=cpus, burst=burst, lease_s=lease_s)
+
+
+def start(queue_url: str, blobs_url: str, n: int, *, device: str = "cpu", threads: int | None = None,
+          pin: bool = False, env: dict[str, str] | None = None, log: IO[bytes] | None = None,
+          lease_s: float | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` single-process workers, each with its own throwaway identity; with ``pin``, worker ``i``
+    is held to cores ``i*threads ...``."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    per = threads or max(1, len(cores) // max(1, n))
+    full_env = {**os.environ, **(env or {}), "HEC_WORKER_STATE": ""}
+    procs = []
+    for i in range(n):
+        cpus = [cores[(i * per + k) % len(cores)] for k in range(per)] if pin else None
+        cmd = worker_command(queue_url, blobs_url, device=device, threads=per, cpus=cpus, lease_s=lease_s)
+        procs.append(subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL))
+    return procs
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the workers, wait for them to finish or release their jobs, then kill stragglers."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def local_workers(n: int, queue_url: str, blobs_url: str, log_dir: Path, *, device: str = "cpu",
+                  env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``with local_workers(2, ...) as procs:`` runs two workers for the block (none when ``n == 0``)."""
+    if n <= 0:
+        yield []
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"workers-{os.getpid()}.log", "ab") as log:
+        procs = start(queue_url, blobs_url, n, device=device, env=env, log=log)
+        try:
+            yield procs
+        finally:
+            stop(procs)

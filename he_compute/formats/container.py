@@ -1,0 +1,133 @@
+"""The one binary file format behind every he_compute artefact.
+
+Bundles, server parts, evaluation keys, encrypted inputs and encrypted results
+are all *containers*: a small JSON header followed by named binary sections,
+closed by a sha256 of everything before it.  Nothing in a container is ever
+unpickled or executed; sections are opaque bytes that a scheme backend parses
+with its own non-executable deserializer.
+
+Layout (all integers big-endian)::
+
+    magic        8 bytes   b"\\x89HEC\\r\\n\\x1a\\n"
+    version      u16       FORMAT_VERSION
+    header_len   u32
+    header       JSON, UTF-8: {"kind", "scheme", "meta", "sections": [{"name", "size", "sha256"}]}
+    sections     the section payloads, concatenated in header order
+    trailer      32 bytes  sha256 of every byte above
+
+The PNG-style magic catches text-mode mangling; the trailer catches truncation
+and bit rot; per-section digests let a reader name the damaged part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, IntegrityError
+from ..files import PUBLIC, atomic_write
+from .canonical import compact
+from .digests import sha256_hex
+
+MAGIC = b"\x89HEC\r\n\x1a\n"
+FORMAT_VERSION = 1
+KINDS = ("bundle", "server", "client", "secretkeys", "evalkeys", "ciphertexts", "results")
+_PREFIX = struct.Struct(">8sHI")
+_MAX_HEADER = 16 * 1024 * 1024
+
+
+@dataclass
+class Container:
+    """A parsed container: ``kind``, ``scheme``, free-form JSON ``meta`` and named sections."""
+
+    kind: str
+    scheme: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, bytes] = field(default_factory=dict)
+
+    def section_digests(self) -> dict[str, str]:
+        """Map each section name to the sha256 of its payload."""
+        return {name: sha256_hex(data) for name, data in self.sections.items()}
+
+    def to_bytes(self) -> bytes:
+        """Serialize to the on-disk layout described in the module docstring."""
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown container kind {self.kind!r}")
+        header = {
+            "kind": self.kind,
+            "scheme": self.scheme,
+            "meta": self.meta,
+            "sections": [
+                {"name": name, "size": len(data), "sha256": sha256_hex(data)}
+                for name, data in self.sections.items()
+            ],
+        }
+        head = compact(header).encode()
+        body = b"".join([_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)), head, *self.sections.values()])
+        return body + hashlib.sha256(body).digest()
+
+    def save(self, path: str | os.PathLike[str], mode: int = PUBLIC) -> str:
+        """Write atomically to ``path`` (``mode`` narrowed by the umask); return the file's sha256."""
+        data = self.to_bytes()
+        atomic_write(path, data, mode)
+        return sha256_hex(data)
+
+
+def parse(data: bytes, *, expect: str | tuple[str, ...] | None = None, source: str = "input") -> Container:
+    """Parse and fully verify a container; ``expect`` restricts the accepted kinds.
+
+    Raises :class:`FormatError` (or :class:`IntegrityError`) with a message that
+    names ``source``.
+    """
+    if len(data) < _PREFIX.size + 32 or data[:8] != MAGIC:
+        raise FormatError(f"{source} is not a he_compute file (bad magic): pass a file written by hec")
+    _, version, head_len = _PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{source} uses container format v{version}, this he_compute reads v{FORMAT_VERSION}: "
+            "re-create it with this version"
+        )
+    body, trailer = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != trailer:
+        raise IntegrityError(f"{source} is corrupt or truncated (checksum mismatch): fetch or re-create it")
+    if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(body):
+        raise FormatError(f"{source} has an invalid header length")
+    try:
+        header = json.loads(body[_PREFIX.size : _PREFIX.size + head_len])
+        kind, scheme, meta, entries = header["kind"], header["scheme"], header["meta"], header["sections"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{source} has an unreadable header: {exc}") from exc
+    wanted = (expect,) if isinstance(expect, str) else expect
+    if wanted and kind not in wanted:
+        raise FormatError(f"{source} is a {kind} file, expected {' or '.join(wanted)}")
+    sections: dict[str, bytes] = {}
+    offset = _PREFIX.size + head_len
+    for entry in entries:
+        name, size, digest = entry["name"], int(entry["size"]), entry["sha256"]
+        chunk = body[offset : offset + size]
+        if len(chunk) != size or sha256_hex(chunk) != digest:
+            raise IntegrityError(f"{source}: section {name!r} does not match its sha256")
+        sections[name] = chunk
+        offset += size
+    if offset != len(body):
+        raise FormatError(f"{source} has {len(body) - offset} unexpected trailing bytes")
+    return Container(kind=kind, scheme=scheme, meta=meta, sections=sections)
+
+
+def read(path: str | os.PathLike[str], *, expect: str | tuple[str, ...] | None = None) -> Container:
+    """Read and verify the container at ``path``."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{p} does not exist") from None
+    except IsADirectoryError:
+        raise FormatError(f"{p} is a directory, expected a he_compute file") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read {p}: {exc.strerror}") from exc
+    return parse(data, expect=expect, source=str(p))

@@ -1,0 +1,226 @@
+"""Where the audit log lives, and the :class:`AuditLog` that appends to and verifies it.
+
+The entries and their hashes are :mod:`he_compute.formats.audit`; this module
+only stores lines.  Storage is a tiny Protocol (:class:`AuditStore`): a JSONL
+file with a lock for the embedded queue (``DIR/audit.jsonl`` next to
+``DIR/queue.db``), a Redis list for a Redis queue.  Where a queue's log lives
+is :func:`he_compute.transport.locations.audit_location`.
+
+Example::
+
+    log = AuditLog.open(".hec/audit.jsonl")
+    log.append("submit", job_id, {"spec": spec})
+    head = log.verify()                # raises AuditError("audit entry 7 was rewritten ...")
+    log.show(job_id)                   # the entries about one job
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..formats import audit as entries
+from ..formats.audit import LogHead
+from ..formats.canonical import canonical
+from ._closing import Closing
+from .locations import redis_key
+
+__all__ = ["AuditLog", "AuditStore", "JsonlStore", "LogHead", "RedisStore"]
+
+
+class AuditStore(Protocol):
+    """Where entries live: an append-only sequence of JSON lines plus a head record.
+
+    ``append(build)`` holds the store's lock while it calls
+    ``build(last_line_or_None)`` and stores the ``(line, head)`` it returns, so
+    concurrent appenders never fork the chain.  A new backend (say, Postgres)
+    implements these four methods and nothing else.
+    """
+
+    location: str
+
+    def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
+        """Under the store's lock: ``line, head = build(last line)``; store both; return the line."""
+        ...
+
+    def lines(self) -> list[str]:
+        """Every stored line, in order."""
+        ...
+
+    def head(self) -> str | None:
+        """The stored head record (JSON), or ``None`` before the first append."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+class JsonlStore(Closing):
+    """One JSON line per entry in ``PATH`` and the head in ``PATH.head``; appends hold an ``fcntl`` lock."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.location = str(self.path)
+        self._head = self.path.with_name(self.path.name + ".head")
+
+    def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                line, head = build(self._last_line(fh))
+                fh.seek(0, os.SEEK_END)
+                fh.write(line.encode() + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                tmp = self._head.with_name(self._head.name + ".tmp")
+                tmp.write_text(head)
+                os.replace(tmp, self._head)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return line
+
+    @staticmethod
+    def _last_line(fh: Any) -> str | None:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        pos, buf = end, b""
+        while pos > 0 and buf.count(b"\n") < 2:
+            step = min(4096, pos)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+        return buf.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode()
+
+    def lines(self) -> list[str]:
+        try:
+            return self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def head(self) -> str | None:
+        try:
+            return self._head.read_text()
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+class RedisStore(Closing):
+    """Entries in the Redis list ``hec:audit`` and the head in ``hec:audit:head``; appends use WATCH/MULTI."""
+
+    KEY, HEAD = redis_key("audit"), redis_key("audit_head")
+
+    def __init__(self, url: str):
+        import redis
+
+        self.location = url
+        self._r = redis.Redis.from_url(url.split("?", 1)[0])
+
+    def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
+        import redis
+
+        while True:
+            with self._r.pipeline() as pipe:
+                try:
+                    pipe.watch(self.KEY)
+                    last = pipe.lindex(self.KEY, -1)
+                    line, head = build(last.decode() if last is not None else None)
+                    pipe.multi()
+                    pipe.rpush(self.KEY, line)
+                    pipe.set(self.HEAD, head)
+                    pipe.execute()
+                    return line
+                except redis.WatchError:
+                    continue
+
+    def lines(self) -> list[str]:
+        return [b.decode() for b in self._r.lrange(self.KEY, 0, -1)]
+
+    def head(self) -> str | None:
+        v = self._r.get(self.HEAD)
+        return v.decode() if v is not None else None
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class AuditLog:
+    """The audit log over one :class:`AuditStore`; a context manager that closes its store.
+
+    Example::
+
+        with AuditLog.open(".hec/audit.jsonl") as log:
+            log.append("receipt", job_id, receipt); log.verify()
+    """
+
+    def __init__(self, store: AuditStore):
+        self.store = store
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str]) -> AuditLog:
+        """Open a JSONL file path, or a ``redis://`` URL."""
+        loc = str(location)
+        if loc.startswith(("redis://", "rediss://", "unix://")):
+            return cls(RedisStore(loc))
+        return cls(JsonlStore(loc))
+
+    @property
+    def location(self) -> str:
+        """Where the entries are stored."""
+        return self.store.location
+
+    def append(self, kind: str, job_id: str, body: dict[str, Any], *, now_ms: int | None = None) -> dict[str, Any]:
+        """Append one entry (``kind`` is ``submit`` or ``receipt``) and return it."""
+        t = int(time.time() * 1000) if now_ms is None else now_ms
+        out: dict[str, Any] = {}
+
+        def build(last: str | None) -> tuple[str, str]:
+            entry, head = entries.next_entry(last, kind, job_id, body, t, self.location)
+            out.update(entry)
+            return canonical(entry).decode(), head
+
+        self.store.append(build)
+        return out
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, parsed but not verified (see :meth:`verify`)."""
+        return entries.parse_lines(self.store.lines())
+
+    def verify(self, *, checkpoint: LogHead | tuple[int, str] | None = None) -> LogHead:
+        """Check every entry, the chain, the head, and ``checkpoint`` (a ``(size, root)`` kept elsewhere)."""
+        return entries.verify_lines(self.store.lines(), self.store.head(), checkpoint=checkpoint)
+
+    def _leaves(self, size: int | None) -> list[bytes]:
+        leaves = [bytes.fromhex(e["leaf"]) for e in self.entries()]
+        return leaves[: len(leaves) if size is None else size]
+
+    def root(self, size: int | None = None) -> str:
+        """The Merkle root (hex) over the first ``size`` entries (default all)."""
+        return entries.merkle_root(self._leaves(size)).hex()
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[str]:
+        """Hashes proving entry ``index`` is in the tree of the first ``size`` entries."""
+        return entries.inclusion_proof(self._leaves(size), index)
+
+    def show(self, job_id: str) -> list[dict[str, Any]]:
+        """The entries about ``job_id``, oldest first."""
+        return [e for e in self.entries() if e.get("job") == job_id]
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,332 @@
+"""``redis://`` queue: Redis Streams with one consumer group, for many workers on many machines.
+
+Keys (named by :func:`he_compute.transport.locations.redis_key`)::
+
+    hec:job:<id>        hash: the job record (state, spec, attempts, lease token, stream entry, ...)
+    hec:jobs            sorted set of job ids by submission time (for listing)
+    hec:stream:<device> stream of {"job": id} entries, read by group "hec-workers"
+    hec:dead            the dead-letter stream: {"job": id, "error": ...}
+
+A claim is ``XREADGROUP`` (new entries) or ``XAUTOCLAIM`` (entries whose
+consumer has been idle longer than the lease: its worker died).  Heartbeats
+``XCLAIM ... JUSTID`` the entry to reset its idle time without counting a
+delivery.  A claim counts an attempt; an entry delivered more than
+``max_attempts`` times (``XPENDING`` delivery count), or a job past its
+attempts, goes to the dead letter.  State changes run as Lua scripts, so
+each is atomic on the server.  With persistence on (AOF), jobs, streams and
+pending entries survive a Redis restart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Iterable
+
+from ...errors import QueueError
+from .._closing import Closing
+from ..locations import redis_key as key_for
+from .base import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Job, JobState, Lease, check_job_id, dumps
+
+GROUP = "hec-workers"
+DEAD = key_for("dead")
+
+
+# KEYS: job hash, stream, dead stream.  ARGV: msg id, token, worker, now, deliveries.
+_TAKE = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'queued' and st ~= 'running' then
+  redis.call('XACK', KEYS[2], ARGV[6], ARGV[1]); return 'skip'
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local maxa = tonumber(redis.call('HGET', KEYS[1], 'max_attempts'))
+if attempts > maxa or tonumber(ARGV[5]) > maxa then
+  local err = redis.call('HGET', KEYS[1], 'error')
+  if not err or err == '' then err = 'worker stopped heartbeating (killed or crashed)' end
+  err = err .. ' [gave up after ' .. (attempts - 1) .. ' attempt(s)]'
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'error', err, 'updated', ARGV[4], 'token', '', 'worker', '')
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  redis.call('XACK', KEYS[2], ARGV[6], ARGV[1])
+  redis.call('XADD', KEYS[3], '*', 'job', redis.call('HGET', KEYS[1], 'id'), 'error', err)
+  return 'dead'
+end
+if st == 'running' then
+  local prev = redis.call('HGET', KEYS[1], 'worker')
+  redis.call('HSET', KEYS[1], 'error', 'worker ' .. prev .. ' stopped heartbeating (killed or crashed) during attempt '
+    .. (attempts - 1) .. '/' .. maxa)
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[2], 'worker', ARGV[3], 'updated', ARGV[4],
+  'msg', ARGV[1], 'stream', KEYS[2])
+return 'ok'
+"""
+
+# KEYS: job hash, stream.  ARGV: token, group, consumer, now, progress (or '').
+_HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return 0
+end
+redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, redis.call('HGET', KEYS[1], 'msg'), 'JUSTID')
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[5]) end
+redis.call('HSET', KEYS[1], 'updated', ARGV[4])
+return 1
+"""
+
+# KEYS: job hash, stream.  ARGV: msg, group, result, now, token.
+_COMPLETE = """
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'queued' and st ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[3], 'error', '', 'updated', ARGV[4], 'token', '')
+return 1
+"""
+
+# KEYS: job hash, stream, dead.  ARGV: token, group, error, now, retry ('1'/'0'), release ('1'/'0').
+_FAIL = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return redis.call('HGET', KEYS[1], 'state')
+end
+local id = redis.call('HGET', KEYS[1], 'id')
+redis.call('XACK', KEYS[2], ARGV[2], redis.call('HGET', KEYS[1], 'msg'))
+if ARGV[6] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'token', '', 'worker', '', 'updated', ARGV[4])
+  redis.call('XADD', KEYS[2], '*', 'job', id)
+  return 'queued'
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+local maxa = tonumber(redis.call('HGET', KEYS[1], 'max_attempts'))
+if ARGV[5] == '1' and attempts < maxa then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[3], 'token', '', 'worker', '', 'updated', ARGV[4])
+  redis.call('XADD', KEYS[2], '*', 'job', id)
+  return 'queued'
+end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[3], 'token', '', 'worker', '', 'updated', ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'job', id, 'error', ARGV[3])
+return 'failed'
+"""
+
+# KEYS: job hash.  ARGV: now.
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'queued' and st ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'token', '', 'updated', ARGV[1])
+return 1
+"""
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _hash_to_job(h: dict[bytes, bytes]) -> Job:
+    d = {_text(k): _text(v) for k, v in h.items()}
+    return Job(
+        id=d["id"], state=JobState(d["state"]), spec=json.loads(d["spec"]), device=d["device"],
+        attempts=int(d.get("attempts", 0)), max_attempts=int(d["max_attempts"]), error=d.get("error") or None,
+        result=json.loads(d["result"]) if d.get("result") else None, progress=json.loads(d.get("progress") or "{}"),
+        worker=d.get("worker") or None, created=float(d["created"]), updated=float(d.get("updated", d["created"])),
+    )
+
+
+class RedisQueue(Closing):
+    """The scale-out queue on Redis >= 6.2.
+
+    Example::
+
+        q = RedisQueue.from_url("redis://127.0.0.1:6379/0"); q.submit({"op": "noop"})
+    """
+
+    def __init__(self, client: Any, url: str, *, lease_s: float = DEFAULT_LEASE_S):
+        self._r, self.url, self.lease_s = client, url, float(lease_s)
+        self._groups: set[str] = set()
+        self._cursor: dict[str, str] = {}
+        self._take = client.register_script(_TAKE)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._complete = client.register_script(_COMPLETE)
+        self._fail = client.register_script(_FAIL)
+        self._cancel = client.register_script(_CANCEL)
+
+    @classmethod
+    def from_url(cls, url: str, *, lease_s: float = DEFAULT_LEASE_S) -> RedisQueue:
+        """Connect (redis-py imported lazily)."""
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True)
+        return cls(client, url, lease_s=lease_s)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted without persistence: recreate groups next time
+                self._groups.clear()
+            raise QueueError(f"queue {self.url}: {what} failed ({exc})") from exc
+        except redis.RedisError as exc:
+            raise QueueError(f"queue {self.url}: {what} failed ({exc}): is Redis (>= 6.2) running there?") from exc
+
+    def _group(self, stream: str) -> None:
+        import redis
+
+        if stream in self._groups:
+            return
+        try:
+            self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+        """Write the job hash, then add its entry to the device's stream."""
+        if max_attempts < 1:
+            raise QueueError("max_attempts must be at least 1")
+        job_id = "j" + uuid.uuid4().hex[:20]
+        now = time.time()
+        stream = key_for("stream", device)
+
+        def go() -> None:
+            self._group(stream)
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hset(key_for("job", job_id), mapping={
+                "id": job_id, "state": JobState.QUEUED.value, "device": device, "spec": dumps(spec),
+                "attempts": 0, "max_attempts": int(max_attempts), "created": now, "updated": now, "progress": "{}"})
+            pipe.zadd(key_for("jobs"), {job_id: now})
+            pipe.xadd(stream, {"job": job_id})
+            pipe.execute()
+
+        self._call("submit", go)
+        return job_id
+
+    def _deliveries(self, stream: str, msg_id: Any) -> int:
+        info = self._r.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1)
+        return int(info[0]["times_delivered"]) if info else 1
+
+    def _try_take(self, stream: str, msg_id: Any, fields: dict[Any, Any], worker: str) -> Lease | None:
+        job_id = _text(fields.get(b"job", fields.get("job", b"")))
+        token = uuid.uuid4().hex
+        if not job_id or not self._r.exists(key_for("job", job_id)):
+            self._r.xack(stream, GROUP, msg_id)
+            return None
+        outcome = _text(self._take(keys=[key_for("job", job_id), stream, DEAD],
+                                   args=[msg_id, token, worker, time.time(), self._deliveries(stream, msg_id), GROUP]))
+        if outcome != "ok":
+            return None
+        job = _hash_to_job(self._r.hgetall(key_for("job", job_id)))
+        return Lease(job=job, token=token, worker=worker, ref={"stream": stream, "msg": _text(msg_id)})
+
+    def _reclaim(self, stream: str, worker: str) -> Lease | None:
+        """Take over one entry whose consumer has been idle past the lease (its worker is gone)."""
+        start = self._cursor.get(stream, "0-0")
+        for _ in range(2):
+            reply = self._r.xautoclaim(stream, GROUP, worker, int(self.lease_s * 1000), start_id=start, count=8)
+            start = _text(reply[0])
+            self._cursor[stream] = start
+            for msg_id, fields in reply[1]:
+                if fields is None:
+                    self._r.xack(stream, GROUP, msg_id)
+                    continue
+                lease = self._try_take(stream, msg_id, fields, worker)
+                if lease is not None:
+                    return lease
+            if start == "0-0":
+                break
+        return None
+
+    def maintain(self) -> int:
+        """Nothing to do: dead workers' entries are reclaimed by ``XAUTOCLAIM`` inside :meth:`claim`."""
+        return 0
+
+    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0) -> Lease | None:
+        """Reclaim a dead worker's job if any, else read a new entry (blocking up to ``block_s``)."""
+        streams = [key_for("stream", d) for d in devices]
+        deadline = time.monotonic() + block_s
+
+        def go() -> Lease | None:
+            for s in streams:
+                self._group(s)
+            while True:
+                for s in streams:
+                    lease = self._reclaim(s, worker)
+                    if lease is not None:
+                        return lease
+                left = deadline - time.monotonic()
+                block_ms = int(min(max(left, 0), self.lease_s / 2) * 1000)
+                reply = self._r.xreadgroup(GROUP, worker, {s: ">" for s in streams}, count=1,
+                                           block=block_ms if block_ms > 0 else None)
+                for stream, entries in reply or []:
+                    for msg_id, fields in entries:
+                        lease = self._try_take(_text(stream), msg_id, fields, worker)
+                        if lease is not None:
+                            return lease
+                if time.monotonic() >= deadline and not reply:
+                    return None
+
+        return self._call("claim", go)
+
+    def heartbeat(self, lease: Lease, progress: dict[str, Any] | None = None) -> bool:
+        """Reset the entry's idle time (``XCLAIM JUSTID``) and record progress."""
+        out = self._call("heartbeat", self._heartbeat, keys=[key_for("job", lease.job.id), lease.ref["stream"]],
+                         args=[lease.token, GROUP, lease.worker, time.time(), dumps(progress) if progress else ""])
+        return int(out) == 1
+
+    def complete(self, lease: Lease, result: dict[str, Any]) -> bool:
+        """Acknowledge the entry; store the result unless the job already ended (first result wins)."""
+        out = self._call("complete", self._complete, keys=[key_for("job", lease.job.id), lease.ref["stream"]],
+                         args=[lease.ref["msg"], GROUP, dumps(result), time.time(), lease.token])
+        return int(out) == 1
+
+    def fail(self, lease: Lease, error: str, *, retry: bool = True) -> JobState:
+        """Requeue with a fresh entry while attempts remain, else add to the dead-letter stream."""
+        out = self._call("fail", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD],
+                         args=[lease.token, GROUP, str(error)[:4000], time.time(), int(retry), 0])
+        return JobState(_text(out))
+
+    def release(self, lease: Lease) -> None:
+        """Requeue with a fresh entry without counting the attempt."""
+        self._call("release", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD],
+                   args=[lease.token, GROUP, "", time.time(), 1, 1])
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark cancelled; a pending entry is acknowledged by whoever meets it next."""
+        self.status(job_id)
+        return int(self._call("cancel", self._cancel, keys=[key_for("job", job_id)], args=[time.time()])) == 1
+
+    def status(self, job_id: str) -> Job:
+        """One job's record."""
+        h = self._call("status", self._r.hgetall, key_for("job", check_job_id(job_id)))
+        if not h:
+            raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
+        return _hash_to_job(h)
+
+    def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
+        """Jobs oldest first."""
+        def go() -> list[Job]:
+            ids = self._r.zrange(key_for("jobs"), 0, -1)
+            pipe = self._r.pipeline(transaction=False)
+            for i in ids:
+                pipe.hgetall(key_for("job", _text(i)))
+            return [_hash_to_job(h) for h in pipe.execute() if h]
+
+        out = [j for j in self._call("jobs", go) if state is None or j.state == JobState(state)]
+        return out[:limit]
+
+    def dead_letter(self) -> list[Job]:
+        """Jobs named by the dead-letter stream that are still failed (latest error first in each)."""
+        entries = self._call("dead letter", self._r.xrange, DEAD)
+        seen: dict[str, Job] = {}
+        for _, fields in entries:
+            job_id = _text(fields[b"job"])
+            try:
+                job = self.status(job_id)
+            except QueueError:
+                continue
+            if job.state == JobState.FAILED:
+                seen[job_id] = job
+        return list(seen.values())
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._r.close()

@@ -1,0 +1,236 @@
+"""``sqlite://`` queue: the embedded default, for several worker processes on one machine.
+
+Two tables: ``jobs`` (the records) and ``leases`` (who holds a running job,
+until when).  A claim is one ``BEGIN IMMEDIATE`` transaction, so two workers
+can never take the same job; expired leases are reaped inside the same
+transaction.  WAL mode lets readers (``hec status``) run beside writers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ...errors import QueueError
+from .._closing import Closing
+from .base import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Job, JobState, Lease, check_job_id, dumps
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, device TEXT NOT NULL, spec TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+    error TEXT, result TEXT, progress TEXT NOT NULL DEFAULT '{}', worker TEXT,
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, device, created);
+CREATE TABLE IF NOT EXISTS leases (
+    job_id TEXT PRIMARY KEY, token TEXT NOT NULL, worker TEXT NOT NULL, expires REAL NOT NULL
+);
+"""
+_POLL_S = 0.1
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], state=JobState(row["state"]), spec=json.loads(row["spec"]), device=row["device"],
+        attempts=row["attempts"], max_attempts=row["max_attempts"], error=row["error"],
+        result=json.loads(row["result"]) if row["result"] else None, progress=json.loads(row["progress"] or "{}"),
+        worker=row["worker"], created=row["created"], updated=row["updated"],
+    )
+
+
+class SqliteQueue(Closing):
+    """The embedded queue in one SQLite file.
+
+    Example::
+
+        q = SqliteQueue(".hec/queue.db"); q.submit({"op": "noop"})
+    """
+
+    def __init__(self, path: str | Path, *, lease_s: float = DEFAULT_LEASE_S):
+        self.path = Path(path)
+        self.url = f"sqlite://{self.path}"
+        self.lease_s = float(lease_s)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._tx():
+                for stmt in filter(str.strip, SCHEMA.split(";")):
+                    self._db.execute(stmt)
+        except (sqlite3.Error, OSError) as exc:
+            raise QueueError(f"cannot open queue database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken eagerly so that concurrent claims serialize."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise QueueError(f"queue database {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise QueueError(f"queue database {self.path}: {exc}") from exc
+
+    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+        """Insert a queued job; return its id."""
+        if max_attempts < 1:
+            raise QueueError("max_attempts must be at least 1")
+        job_id = "j" + uuid.uuid4().hex[:20]
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO jobs (id, state, device, spec, max_attempts, created, updated) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (job_id, JobState.QUEUED.value, device, dumps(spec),
+                                                       int(max_attempts), now, now))
+        return job_id
+
+    def _reap(self, db: sqlite3.Connection, now: float) -> int:
+        """Requeue or dead-letter running jobs whose lease expired (their worker died or hung)."""
+        expired = db.execute(
+            "SELECT l.job_id, l.worker, j.attempts, j.max_attempts FROM leases l JOIN jobs j ON j.id = l.job_id "
+            "WHERE l.expires < ?", (now,)).fetchall()
+        for job_id, worker, attempts, max_attempts in expired:
+            error = (f"worker {worker} stopped heartbeating (killed or crashed) during attempt "
+                     f"{attempts}/{max_attempts}")
+            state = JobState.FAILED if attempts >= max_attempts else JobState.QUEUED
+            db.execute("UPDATE jobs SET state = ?, error = ?, worker = NULL, updated = ? WHERE id = ? AND state = ?",
+                       (state.value, error, now, job_id, JobState.RUNNING.value))
+            db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+        return len(expired)
+
+    def maintain(self) -> int:
+        """Reap expired leases now (claims also do it)."""
+        with self._tx() as db:
+            return self._reap(db, time.time())
+
+    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0) -> Lease | None:
+        """Atomically move the oldest queued job for ``devices`` to running, under a new lease."""
+        devs = list(devices)
+        deadline = time.monotonic() + block_s
+        marks = ",".join("?" * len(devs))
+        while True:
+            now = time.time()
+            with self._tx() as db:
+                self._reap(db, now)
+                row = db.execute(f"SELECT id FROM jobs WHERE state = ? AND device IN ({marks}) "
+                                 "ORDER BY created, rowid LIMIT 1", (JobState.QUEUED.value, *devs)).fetchone()
+                if row is not None:
+                    token = uuid.uuid4().hex
+                    db.execute("UPDATE jobs SET state = ?, attempts = attempts + 1, worker = ?, updated = ? "
+                               "WHERE id = ?", (JobState.RUNNING.value, worker, now, row["id"]))
+                    db.execute("INSERT OR REPLACE INTO leases (job_id, token, worker, expires) VALUES (?, ?, ?, ?)",
+                               (row["id"], token, worker, now + self.lease_s))
+                    job = _row_to_job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+                    return Lease(job=job, token=token, worker=worker)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def _owns(self, db: sqlite3.Connection, lease: Lease) -> bool:
+        row = db.execute("SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id WHERE l.job_id = ? AND l.token = ? "
+                         "AND j.state = ?", (lease.job.id, lease.token, JobState.RUNNING.value)).fetchone()
+        return row is not None
+
+    def heartbeat(self, lease: Lease, progress: dict[str, Any] | None = None) -> bool:
+        """Push the lease's expiry forward; ``False`` once the job is cancelled or reassigned."""
+        now = time.time()
+        with self._tx() as db:
+            if not self._owns(db, lease):
+                return False
+            db.execute("UPDATE leases SET expires = ? WHERE job_id = ?", (now + self.lease_s, lease.job.id))
+            if progress is not None:
+                db.execute("UPDATE jobs SET progress = ?, updated = ? WHERE id = ?",
+                           (dumps(progress), now, lease.job.id))
+        return True
+
+    def complete(self, lease: Lease, result: dict[str, Any]) -> bool:
+        """First result wins: accepted while the job is queued or running, ignored after."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state = ?, result = ?, error = NULL, updated = ? "
+                             "WHERE id = ? AND state IN (?, ?)",
+                             (JobState.DONE.value, dumps(result), now, lease.job.id,
+                              JobState.QUEUED.value, JobState.RUNNING.value))
+            db.execute("DELETE FROM leases WHERE job_id = ? AND (token = ? OR ? = 1)",
+                       (lease.job.id, lease.token, cur.rowcount))
+            return cur.rowcount == 1
+
+    def fail(self, lease: Lease, error: str, *, retry: bool = True) -> JobState:
+        """Requeue while attempts remain (and ``retry``), else dead-letter with ``error``."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state, attempts, max_attempts FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
+            if row is None:
+                raise QueueError(f"no job {lease.job.id} in {self.url}")
+            if not self._owns(db, lease):
+                return JobState(row["state"])
+            state = JobState.QUEUED if retry and row["attempts"] < row["max_attempts"] else JobState.FAILED
+            db.execute("UPDATE jobs SET state = ?, error = ?, worker = NULL, updated = ? WHERE id = ?",
+                       (state.value, str(error)[:4000], now, lease.job.id))
+            db.execute("DELETE FROM leases WHERE job_id = ?", (lease.job.id,))
+            return state
+
+    def release(self, lease: Lease) -> None:
+        """Requeue without counting the attempt (the worker is shutting down)."""
+        now = time.time()
+        with self._tx() as db:
+            if self._owns(db, lease):
+                db.execute("UPDATE jobs SET state = ?, attempts = MAX(0, attempts - 1), worker = NULL, updated = ? "
+                           "WHERE id = ?", (JobState.QUEUED.value, now, lease.job.id))
+                db.execute("DELETE FROM leases WHERE job_id = ?", (lease.job.id,))
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark a queued or running job cancelled; its worker stops at the next heartbeat."""
+        check_job_id(job_id)
+        self.status(job_id)
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state = ?, updated = ? WHERE id = ? AND state IN (?, ?)",
+                             (JobState.CANCELLED.value, time.time(), job_id, JobState.QUEUED.value,
+                              JobState.RUNNING.value))
+            db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+            return cur.rowcount == 1
+
+    def status(self, job_id: str) -> Job:
+        """One job's record."""
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (check_job_id(job_id),))
+        if not rows:
+            raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
+        return _row_to_job(rows[0])
+
+    def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
+        """Jobs oldest first."""
+        if state is None:
+            rows = self._read("SELECT * FROM jobs ORDER BY created, rowid LIMIT ?", (limit,))
+        else:
+            rows = self._read("SELECT * FROM jobs WHERE state = ? ORDER BY created, rowid LIMIT ?",
+                              (JobState(state).value, limit))
+        return [_row_to_job(r) for r in rows]
+
+    def dead_letter(self) -> list[Job]:
+        """Failed jobs, with their last error."""
+        return self.jobs(JobState.FAILED)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,227 @@
+"""Running workers on a machine: devices, cores, child processes, signals (what ``hec worker`` does).
+
+:func:`serve` runs one worker in this process, or ``concurrency`` single-job
+worker processes that it supervises: a child that dies is reported (with the
+signal that killed it) and restarted with back-off; children die with their
+parent (Linux parent-death signal), so killing ``hec worker`` leaves no worker
+behind; the first SIGTERM/SIGINT stops the children gracefully, the second
+stops them at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Iterable
+
+from ..commands import worker_argv
+from ..errors import DeviceError
+from ..transport import blobs as blob_stores
+from ..transport import queue as job_queue
+from ..transport.locations import Locations
+from .identity import STATE_ENV, WorkerIdentity
+from .loop import Worker
+
+DEVICES = ("auto", "cpu", "cuda")
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Waits before restarting a child that keeps dying (reset after it has run for a minute)."""
+STOP_GRACE_S = 60.0
+"""How long children get after the first stop signal to finish the sample in hand."""
+_PR_SET_PDEATHSIG = 1
+
+
+def cuda_available() -> bool:
+    """Whether this Concrete build has CUDA support and a GPU is visible."""
+    try:
+        from concrete.compiler import check_gpu_available, check_gpu_enabled
+
+        return bool(check_gpu_enabled() and check_gpu_available())
+    except Exception:  # noqa: BLE001 - any failure to probe means no usable GPU
+        return False
+
+
+def detect_devices(requested: str = "auto") -> list[str]:
+    """The job devices this worker serves: ``cuda`` only with a CUDA build and a GPU; ``auto`` takes what is there.
+
+    Example::
+
+        detect_devices("auto")   # ["cpu"] on a machine without a GPU
+    """
+    if requested not in DEVICES:
+        raise DeviceError(f"unknown device {requested!r}: use auto, cpu or cuda")
+    if requested == "cpu":
+        return ["cpu"]
+    has_cuda = cuda_available()
+    if requested == "cuda" and not has_cuda:
+        raise DeviceError("--device cuda: no usable GPU here (this Concrete build lacks CUDA support or no GPU is "
+                          "visible); install Concrete's GPU wheel on a CUDA machine, or use --device cpu")
+    return ["cuda"] if requested == "cuda" else (["cuda", "cpu"] if has_cuda else ["cpu"])
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def plan(cores: int, concurrency: int | None = None, threads: int | None = None) -> tuple[int, int]:
+    """Choose ``(jobs at once, threads per job)`` for ``cores``.
+
+    The default is one single-threaded job per core: Concrete's OpenMP speed-up
+    inside one circuit is sub-linear (1.77x on 2 threads here), while separate
+    jobs scale almost linearly (``bench/bench_queue.py`` measures both).
+
+    Example::
+
+        plan(8)                 # (8, 1)
+        plan(8, concurrency=2)  # (2, 4)
+    """
+    if concurrency and threads:
+        return concurrency, threads
+    if concurrency:
+        return concurrency, max(1, cores // concurrency)
+    if threads:
+        return max(1, cores // threads), threads
+    return cores, 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a ``preexec_fn`` for child workers)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: children may outlive a killed parent
+        pass
+
+
+def child_command(where: Locations, *, device: str, threads: int, cpus: Iterable[int] | None, burst: bool,
+                  lease_s: float | None) -> list[str]:
+    """The command line of one single-job worker process."""
+    return worker_argv(where.queue, where.blobs, device=device, threads=threads, cpus=cpus, burst=burst,
+                       lease_s=lease_s)
+
+
+class _Children:
+    """``n`` single-job worker processes, restarted when they die, stopped on request."""
+
+    def __init__(self, commands: list[list[str]], burst: bool, say: Callable[[str], None]):
+        self.commands, self.burst, self.say = commands, burst, say
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(commands)
+        self.started = [0.0] * len(commands)
+        self.failures = [0] * len(commands)
+        self.due = [0.0] * len(commands)
+        self.done = [False] * len(commands)
+        self.signals = 0
+        self.worst = 0
+
+    def _start(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.started[i] = time.monotonic()
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        """First signal: stop gracefully; second: at once.  Only flags and forwards: never waits here."""
+        self.signals += 1
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
+
+    def supervise(self) -> int:
+        """Run until stopped (or, in burst mode, until every child has finished); return the exit status."""
+        for i in range(len(self.commands)):
+            self._start(i)
+        deadline = None
+        while True:
+            alive = False
+            for i, p in enumerate(self.procs):
+                if p is None:
+                    if self.done[i] or self.signals:
+                        continue
+                    if time.monotonic() >= self.due[i]:
+                        self._start(i)
+                    alive = True
+                    continue
+                code = p.poll()
+                if code is None:
+                    alive = True
+                    continue
+                self._exited(i, code)
+            if not alive:
+                return self.worst
+            if self.signals and deadline is None:
+                deadline = time.monotonic() + STOP_GRACE_S
+            if deadline is not None and time.monotonic() > deadline:
+                self.on_signal(signal.SIGKILL, None)
+            time.sleep(0.2)
+
+    def _exited(self, i: int, code: int) -> None:
+        self.procs[i] = None
+        if code < 0:
+            self.say(f"hec worker: worker process {i} was killed by {signal.Signals(-code).name}")
+            self.worst = max(self.worst, 128 - code)
+        elif code:
+            self.say(f"hec worker: worker process {i} exited with status {code}")
+            self.worst = max(self.worst, code)
+        if self.signals or (self.burst and code == 0):
+            self.done[i] = True
+            return
+        ran_s = time.monotonic() - self.started[i]
+        self.failures[i] = 0 if ran_s > 60 else self.failures[i] + 1
+        wait = RESTART_BACKOFF_S[min(self.failures[i], len(RESTART_BACKOFF_S) - 1)]
+        self.due[i] = time.monotonic() + wait
+        self.say(f"hec worker: restarting worker process {i} in {wait:.0f}s")
+
+
+def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurrency: int | None = None,
+          threads: int | None = None, device: str = "auto", burst: bool = False, lease_s: float | None = None,
+          cpus: list[int] | None = None, log: Callable[[str], None] | None = None,
+          state_dir: str | None = None) -> int:
+    """Run workers until stopped: one in this process, or ``concurrency`` supervised child processes.
+
+    ``state_dir`` (or ``$HEC_WORKER_STATE``) keeps the worker's Ed25519 identity
+    (created on first start; child processes share it: one machine, one
+    identity); without either, the identity lives only as long as the process.
+    Threads per job go to ``OMP_NUM_THREADS`` (set before Concrete loads);
+    ``cpus`` pins this process with ``sched_setaffinity``.  Returns an exit status.
+
+    Example::
+
+        serve("redis://10.0.0.5:6379/0", concurrency=4, device="cpu")
+    """
+    where = Locations.resolve(queue_url, blobs_url)
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    devices = detect_devices(device)
+    jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), concurrency, threads)
+    say(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
+        f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
+    state_dir = state_dir or os.environ.get(STATE_ENV) or None
+    identity = WorkerIdentity.load_or_create(state_dir) if state_dir else None
+    if identity:
+        os.environ[STATE_ENV] = state_dir or ""  # children load the same identity
+        say(f"hec worker: identity {identity.short_id} ({identity.public_line()})")
+    if jobs_at_once > 1:
+        cores = sorted(cpus) if cpus else None
+        commands = [child_command(where, device=device, threads=per_job, burst=burst, lease_s=lease_s,
+                                  cpus=[cores[(i * per_job + k) % len(cores)] for k in range(per_job)] if cores else None)
+                    for i in range(jobs_at_once)]
+        children = _Children(commands, burst, say)
+        signal.signal(signal.SIGTERM, children.on_signal)
+        signal.signal(signal.SIGINT, children.on_signal)
+        return children.supervise()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    os.environ["OMP_NUM_THREADS"] = str(per_job)  # read when Concrete's runtime loads, i.e. at the first job
+    with job_queue.connect(where.queue, lease_s=lease_s) as q, blob_stores.connect(where.blobs) as store:
+        worker = Worker(q, store, devices=devices, log=log, identity=identity)
+        worker.install_signals()
+        try:
+            worker.run(burst=burst)
+        finally:
+            worker.executor.close()
+    return 0
+

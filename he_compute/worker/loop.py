@@ -1,0 +1,226 @@
+"""The untrusted worker's loop: claim a job, evaluate it on ciphertexts, store the encrypted result.
+
+A worker holds server parts (model weights are visible to it), evaluation keys
+and ciphertexts, never a secret key, and it never learns whether a client's
+decryption succeeded, since nothing flows back.  The loop (:meth:`Worker.run`)
+reads top to bottom: stop flag, claim (the queue reaps expired leases),
+execute with a heartbeat thread extending the lease, report.  Evaluation
+itself happens in an :class:`~.executor.Executor`.
+
+Whether a failure is worth retrying is decided by its type: a job that is
+malformed, unsafe or made for other keys fails for good; a transport or
+evaluation failure (or anything unexpected) counts an attempt and retries.
+
+Test-only fault hook: ``HEC_TEST_FAULT`` makes a worker misbehave so that tests
+and benchmarks can simulate slow and crashing jobs.  ``sleep=S`` sleeps S
+seconds before each chunk; ``exit`` kills the process (``os._exit(70)``) as soon
+as it has claimed a job; ``raise`` raises ``RuntimeError`` there.  Never set it
+in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from ..errors import (
+    FormatError,
+    InputError,
+    KeyMismatchError,
+    SecurityError,
+    TransportError,
+    UnsafeArtifactError,
+    UnsupportedModelError,
+)
+from ..formats.receipt import sign_receipt
+from ..formats.task import Result, Task
+from ..transport.blobs import BlobStore
+from ..transport.queue import Consumer, Lease, routed_device
+from .executor import Executor, InProcess
+from .identity import WorkerIdentity
+
+FAULT_ENV = "HEC_TEST_FAULT"
+PERMANENT = (FormatError, UnsafeArtifactError, KeyMismatchError, InputError, UnsupportedModelError, SecurityError)
+"""Failures no other attempt can fix: the job goes straight to the dead letter."""
+
+
+@dataclass
+class _Heartbeat:
+    """Extends a lease from a thread while the main thread evaluates (Concrete releases the GIL)."""
+
+    queue: Consumer
+    lease: Lease
+    interval: float
+    progress: dict[str, Any] = field(default_factory=dict)
+    lost: threading.Event = field(default_factory=threading.Event)
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread = threading.Thread(target=self._loop, name="hec-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def beat(self) -> None:
+        """Heartbeat now (also called between chunks to publish progress)."""
+        try:
+            if not self.queue.heartbeat(self.lease, dict(self.progress)):
+                self.lost.set()
+        except TransportError:
+            pass  # the queue is unreachable: keep trying; if the lease runs out, another worker retries the job
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            self.beat()
+
+
+class _Abandoned(Exception):
+    """The job was cancelled or handed to another worker: drop it without reporting."""
+
+
+class _Released(Exception):
+    """The worker is stopping with chunks left: give the job back."""
+
+
+def _fault(where: str) -> None:
+    """Apply the test-only fault hook (see the module docstring)."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if not fault:
+        return
+    if fault.startswith("sleep="):
+        time.sleep(float(fault.split("=", 1)[1]))
+    elif fault == "exit" and where == "claimed":
+        os._exit(70)
+    elif fault == "raise" and where == "claimed":
+        raise RuntimeError(f"{FAULT_ENV}=raise: simulated crash")
+
+
+class Worker:
+    """Claims and runs jobs from ``queue``, reading and writing payloads in ``blobs``.
+
+    Example::
+
+        with queue.connect(url) as q, blobs.connect(blobs_url) as store:
+            Worker(q, store).run(burst=True)
+    """
+
+    def __init__(self, queue: Consumer, blobs: BlobStore, *, devices: Iterable[str] = ("cpu",),
+                 name: str | None = None, log: Callable[[str], None] | None = None,
+                 identity: WorkerIdentity | None = None, executor: Executor | None = None):
+        self.queue, self.blobs = queue, blobs
+        self.devices = list(devices)
+        # Signs a receipt for every completed job; also routes jobs tagged for this worker (tie-breakers, re-runs).
+        self.identity = identity or WorkerIdentity.generate()
+        self.routes = [routed_device(d, self.identity.worker_id) for d in self.devices]
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.executor: Executor = executor or InProcess()
+        self.stopping = threading.Event()
+        self.stats = {"jobs": 0, "failed": 0, "server_loads": 0, "server_hits": 0, "keys_loads": 0, "keys_hits": 0}
+        self._log = log or (lambda msg: print(f"[{self.name}] {msg}", file=sys.stderr, flush=True))
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to stop: the chunk in hand finishes, a job with chunks left is released."""
+        self.stopping.set()
+
+    def install_signals(self) -> None:
+        """SIGTERM and SIGINT stop the worker gracefully."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, *, burst: bool = False, poll_s: float = 1.0) -> int:
+        """Process jobs until stopped (or, with ``burst``, until none is left); return how many ran."""
+        self._log(f"serving devices {','.join(self.devices)} from {self.queue.url} (blobs {self.blobs.url})")
+        ran = 0
+        while not self.stopping.is_set():
+            try:
+                lease = self.queue.claim(self.name, devices=self.devices + self.routes, block_s=0 if burst else poll_s)
+            except TransportError as exc:
+                self._log(f"queue unavailable ({exc}); retrying")
+                self.stopping.wait(min(5.0, poll_s * 2))
+                continue
+            if lease is None:
+                if burst:
+                    break
+                continue
+            self.run_one(lease)
+            ran += 1
+        self._log(f"stopped after {ran} job(s)")
+        return ran
+
+    def run_one(self, lease: Lease) -> None:
+        """Execute one claimed job and report its outcome; never raises for a bad job."""
+        job = lease.job
+        start = time.perf_counter()
+        try:
+            with _Heartbeat(self.queue, lease, max(0.2, self.queue.lease_s / 3)) as hb:
+                result = self._execute(lease, hb)
+        except _Abandoned:
+            self._log(f"job {job.id} was cancelled or reassigned; dropped it")
+            return
+        except _Released:
+            self._report(lambda: self.queue.release(lease))
+            self._log(f"job {job.id} released (stopping)")
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing job must never take the worker down
+            message = f"{type(exc).__name__}: {exc}"
+            retry = not isinstance(exc, PERMANENT)
+            state = self._report(lambda: self.queue.fail(lease, message, retry=retry))
+            self.stats["failed"] += 1
+            self._log(f"job {job.id} failed ({message}) -> {state.value if state else 'unreported'}")
+            return
+        result.stats["seconds"] = round(time.perf_counter() - start, 4)
+        accepted = self._report(lambda: self.queue.complete(lease, result.to_json()))
+        self.stats["jobs"] += 1
+        self._log(f"job {job.id} done in {time.perf_counter() - start:.2f}s"
+                  + ("" if accepted else " (the lease was no longer ours: result dropped)"))
+
+    def _report(self, call: Callable[[], Any], patience_s: float = 60.0) -> Any:
+        """Report to the queue, retrying while it is unreachable (a Redis restart, say)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return call()
+            except TransportError as exc:
+                if time.monotonic() > deadline:
+                    self._log(f"could not report to the queue ({exc}); the lease will expire and the job retry")
+                    return None
+                time.sleep(0.5)
+
+    def _execute(self, lease: Lease, hb: _Heartbeat) -> Result:
+        _fault("claimed")
+        task = Task.from_json(lease.job.spec)
+        loaded = self.executor.load(task, self.blobs.get)
+        self.stats["server_hits" if loaded.server_hit else "server_loads"] += 1
+        self.stats["keys_hits" if loaded.keys_hit else "keys_loads"] += 1
+        total, done, outputs = sum(task.counts), 0, []
+        started_ms, t_eval = int(time.time() * 1000), time.perf_counter()
+        for i, (digest, count) in enumerate(zip(task.inputs, task.counts)):
+            if hb.lost.is_set():
+                raise _Abandoned
+            if self.stopping.is_set() and i > 0:
+                raise _Released
+            _fault("chunk")
+            outputs.append(self.blobs.put(self.executor.evaluate(self.blobs.get(digest))))
+            done += count
+            hb.progress = {"done": done, "total": total}
+            hb.beat()
+        if hb.lost.is_set():
+            raise _Abandoned
+        # The receipt names what this worker checked and loaded, not what the job claimed.
+        receipt = sign_receipt(self.identity, job_id=lease.job.id, model_id=loaded.model_id, key_id=loaded.key_id,
+                               inputs=task.inputs, outputs=outputs,
+                               timings={"started_ms": started_ms,
+                                        "eval_ms": int((time.perf_counter() - t_eval) * 1000)})
+        stats = {"worker": self.name, "worker_id": self.identity.short_id,
+                 "server": "hit" if loaded.server_hit else "miss", "keys": "hit" if loaded.keys_hit else "miss"}
+        return Result(tuple(outputs), task.inputs, receipt, stats)
