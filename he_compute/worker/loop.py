@@ -148,6 +148,10 @@ class Worker:
                 self._log(f"queue unavailable ({exc}); retrying")
                 self.stopping.wait(min(5.0, poll_s * 2))
                 continue
+            except Exception as exc:  # noqa: BLE001 - nothing a stranger writes into the queue may stop the loop
+                self._log(f"claim failed ({type(exc).__name__}: {exc}); retrying")
+                self.stopping.wait(min(5.0, poll_s * 2))
+                continue
             if lease is None:
                 if burst:
                     break

@@ -90,6 +90,12 @@ class Job:
         return d
 
 
+def unreadable_job(job_id: str, exc: Exception) -> Job:
+    """How an engine shows a record it cannot parse: a failed job naming the problem (never an exception)."""
+    return Job(id=job_id, state=JobState.FAILED, spec={}, error=f"unreadable job record: {type(exc).__name__}: "
+               f"{str(exc)[:200]}")
+
+
 @dataclass
 class Lease:
     """A worker's claim on a job; ``token`` proves ownership to heartbeat, fail and release."""

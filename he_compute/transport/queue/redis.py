@@ -27,20 +27,32 @@ from typing import Any, Iterable
 from ...errors import QueueError
 from .._closing import Closing
 from ..locations import redis_key as key_for
-from .base import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Job, JobState, Lease, check_job_id, dumps
+from .base import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_ATTEMPTS_CAP,
+    Job,
+    JobState,
+    Lease,
+    check_job_id,
+    dumps,
+    unreadable_job,
+)
 
 GROUP = "hec-workers"
 DEAD = key_for("dead")
 
 
-# KEYS: job hash, stream, dead stream.  ARGV: msg id, token, worker, now, deliveries.
+# The attempt limit is the record's, capped by the queue's own (ARGV[7]): a record rewritten to ask for a
+# million attempts, or one whose count is not a number, gets the cap (or one attempt).
+# KEYS: job hash, stream, dead stream.  ARGV: msg id, token, worker, now, deliveries, group, cap.
 _TAKE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'queued' and st ~= 'running' then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[1]); return 'skip'
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-local maxa = tonumber(redis.call('HGET', KEYS[1], 'max_attempts'))
+local attempts = tonumber(redis.call('HINCRBY', KEYS[1], 'attempts', 1))
+local maxa = math.min(tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) or 1, tonumber(ARGV[7]))
 if attempts > maxa or tonumber(ARGV[5]) > maxa then
   local err = redis.call('HGET', KEYS[1], 'error')
   if not err or err == '' then err = 'worker stopped heartbeating (killed or crashed)' end
@@ -72,16 +84,27 @@ redis.call('HSET', KEYS[1], 'updated', ARGV[4])
 return 1
 """
 
+# Only the current holder of the lease may complete: a stale or forged token changes nothing.
 # KEYS: job hash, stream.  ARGV: msg, group, result, now, token.
 _COMPLETE = """
-redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
-local st = redis.call('HGET', KEYS[1], 'state')
-if st ~= 'queued' and st ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[5] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return 0
+end
+redis.call('XACK', KEYS[2], ARGV[2], redis.call('HGET', KEYS[1], 'msg'))
 redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[3], 'error', '', 'updated', ARGV[4], 'token', '')
 return 1
 """
 
-# KEYS: job hash, stream, dead.  ARGV: token, group, error, now, retry ('1'/'0'), release ('1'/'0').
+# A record that cannot be parsed goes to the dead letter with the reason.
+# KEYS: job hash, stream, dead.  ARGV: msg, group, error, now, id.
+_BURY = """
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[3], 'updated', ARGV[4], 'token', '', 'worker', '')
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[5], 'error', ARGV[3])
+return 1
+"""
+
+# KEYS: job hash, stream, dead.  ARGV: token, group, error, now, retry ('1'/'0'), release ('1'/'0'), cap.
 _FAIL = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
   return redis.call('HGET', KEYS[1], 'state')
@@ -94,8 +117,8 @@ if ARGV[6] == '1' then
   redis.call('XADD', KEYS[2], '*', 'job', id)
   return 'queued'
 end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
-local maxa = tonumber(redis.call('HGET', KEYS[1], 'max_attempts'))
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts')) or 0
+local maxa = math.min(tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) or 1, tonumber(ARGV[7]))
 if ARGV[5] == '1' and attempts < maxa then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[3], 'token', '', 'worker', '', 'updated', ARGV[4])
   redis.call('XADD', KEYS[2], '*', 'job', id)
@@ -119,14 +142,19 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _hash_to_job(h: dict[bytes, bytes]) -> Job:
+def _hash_to_job(h: dict[bytes, bytes], job_id: str = "") -> Job:
+    """The hash as a :class:`Job`; a record that does not parse becomes a failed job saying so."""
     d = {_text(k): _text(v) for k, v in h.items()}
-    return Job(
-        id=d["id"], state=JobState(d["state"]), spec=json.loads(d["spec"]), device=d["device"],
-        attempts=int(d.get("attempts", 0)), max_attempts=int(d["max_attempts"]), error=d.get("error") or None,
-        result=json.loads(d["result"]) if d.get("result") else None, progress=json.loads(d.get("progress") or "{}"),
-        worker=d.get("worker") or None, created=float(d["created"]), updated=float(d.get("updated", d["created"])),
-    )
+    try:
+        return Job(
+            id=d["id"], state=JobState(d["state"]), spec=json.loads(d["spec"]), device=d["device"],
+            attempts=int(d.get("attempts", 0)), max_attempts=int(d["max_attempts"]), error=d.get("error") or None,
+            result=json.loads(d["result"]) if d.get("result") else None,
+            progress=json.loads(d.get("progress") or "{}"), worker=d.get("worker") or None,
+            created=float(d["created"]), updated=float(d.get("updated", d["created"])),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        return unreadable_job(d.get("id") or job_id, exc)
 
 
 class RedisQueue(Closing):
@@ -137,8 +165,10 @@ class RedisQueue(Closing):
         q = RedisQueue.from_url("redis://127.0.0.1:6379/0"); q.submit({"op": "noop"})
     """
 
-    def __init__(self, client: Any, url: str, *, lease_s: float = DEFAULT_LEASE_S):
+    def __init__(self, client: Any, url: str, *, lease_s: float = DEFAULT_LEASE_S,
+                 max_attempts: int = MAX_ATTEMPTS_CAP):
         self._r, self.url, self.lease_s = client, url, float(lease_s)
+        self.max_attempts_cap = int(max_attempts)
         self._groups: set[str] = set()
         self._cursor: dict[str, str] = {}
         self._take = client.register_script(_TAKE)
@@ -146,6 +176,7 @@ class RedisQueue(Closing):
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
         self._cancel = client.register_script(_CANCEL)
+        self._bury = client.register_script(_BURY)
 
     @classmethod
     def from_url(cls, url: str, *, lease_s: float = DEFAULT_LEASE_S) -> RedisQueue:
@@ -183,6 +214,7 @@ class RedisQueue(Closing):
         """Write the job hash, then add its entry to the device's stream."""
         if max_attempts < 1:
             raise QueueError("max_attempts must be at least 1")
+        max_attempts = min(int(max_attempts), self.max_attempts_cap)
         job_id = "j" + uuid.uuid4().hex[:20]
         now = time.time()
         stream = key_for("stream", device)
@@ -211,10 +243,15 @@ class RedisQueue(Closing):
             self._r.xack(stream, GROUP, msg_id)
             return None
         outcome = _text(self._take(keys=[key_for("job", job_id), stream, DEAD],
-                                   args=[msg_id, token, worker, time.time(), self._deliveries(stream, msg_id), GROUP]))
+                                   args=[msg_id, token, worker, time.time(), self._deliveries(stream, msg_id), GROUP,
+                                         self.max_attempts_cap]))
         if outcome != "ok":
             return None
-        job = _hash_to_job(self._r.hgetall(key_for("job", job_id)))
+        job = _hash_to_job(self._r.hgetall(key_for("job", job_id)), job_id)
+        if job.state is JobState.FAILED:  # unreadable: bury it instead of handing it out
+            self._bury(keys=[key_for("job", job_id), stream, DEAD],
+                       args=[msg_id, GROUP, str(job.error)[:4000], time.time(), job_id])
+            return None
         return Lease(job=job, token=token, worker=worker, ref={"stream": stream, "msg": _text(msg_id)})
 
     def _reclaim(self, stream: str, worker: str) -> Lease | None:
@@ -281,13 +318,14 @@ class RedisQueue(Closing):
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> JobState:
         """Requeue with a fresh entry while attempts remain, else add to the dead-letter stream."""
         out = self._call("fail", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD],
-                         args=[lease.token, GROUP, str(error)[:4000], time.time(), int(retry), 0])
+                         args=[lease.token, GROUP, str(error)[:4000], time.time(), int(retry), 0,
+                               self.max_attempts_cap])
         return JobState(_text(out))
 
     def release(self, lease: Lease) -> None:
         """Requeue with a fresh entry without counting the attempt."""
         self._call("release", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD],
-                   args=[lease.token, GROUP, "", time.time(), 1, 1])
+                   args=[lease.token, GROUP, "", time.time(), 1, 1, self.max_attempts_cap])
 
     def cancel(self, job_id: str) -> bool:
         """Mark cancelled; a pending entry is acknowledged by whoever meets it next."""
@@ -299,7 +337,7 @@ class RedisQueue(Closing):
         h = self._call("status", self._r.hgetall, key_for("job", check_job_id(job_id)))
         if not h:
             raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
-        return _hash_to_job(h)
+        return _hash_to_job(h, job_id)
 
     def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
         """Jobs oldest first."""
@@ -308,7 +346,7 @@ class RedisQueue(Closing):
             pipe = self._r.pipeline(transaction=False)
             for i in ids:
                 pipe.hgetall(key_for("job", _text(i)))
-            return [_hash_to_job(h) for h in pipe.execute() if h]
+            return [_hash_to_job(h, _text(i)) for i, h in zip(ids, pipe.execute()) if h]
 
         out = [j for j in self._call("jobs", go) if state is None or j.state == JobState(state)]
         return out[:limit]

@@ -19,7 +19,17 @@ from typing import Any, Iterable, Iterator
 
 from ...errors import QueueError
 from .._closing import Closing
-from .base import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Job, JobState, Lease, check_job_id, dumps
+from .base import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_ATTEMPTS_CAP,
+    Job,
+    JobState,
+    Lease,
+    check_job_id,
+    dumps,
+    unreadable_job,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -37,12 +47,17 @@ _POLL_S = 0.1
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"], state=JobState(row["state"]), spec=json.loads(row["spec"]), device=row["device"],
-        attempts=row["attempts"], max_attempts=row["max_attempts"], error=row["error"],
-        result=json.loads(row["result"]) if row["result"] else None, progress=json.loads(row["progress"] or "{}"),
-        worker=row["worker"], created=row["created"], updated=row["updated"],
-    )
+    """The record as a :class:`Job`; a record that does not parse becomes a failed job saying so."""
+    try:
+        return Job(
+            id=row["id"], state=JobState(row["state"]), spec=json.loads(row["spec"]), device=row["device"],
+            attempts=int(row["attempts"]), max_attempts=int(row["max_attempts"]), error=row["error"],
+            result=json.loads(row["result"]) if row["result"] else None,
+            progress=json.loads(row["progress"] or "{}"), worker=row["worker"], created=float(row["created"]),
+            updated=float(row["updated"]),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        return unreadable_job(str(row["id"]), exc)
 
 
 class SqliteQueue(Closing):
@@ -53,10 +68,11 @@ class SqliteQueue(Closing):
         q = SqliteQueue(".hec/queue.db"); q.submit({"op": "noop"})
     """
 
-    def __init__(self, path: str | Path, *, lease_s: float = DEFAULT_LEASE_S):
+    def __init__(self, path: str | Path, *, lease_s: float = DEFAULT_LEASE_S, max_attempts: int = MAX_ATTEMPTS_CAP):
         self.path = Path(path)
         self.url = f"sqlite://{self.path}"
         self.lease_s = float(lease_s)
+        self.max_attempts_cap = int(max_attempts)
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +112,7 @@ class SqliteQueue(Closing):
         """Insert a queued job; return its id."""
         if max_attempts < 1:
             raise QueueError("max_attempts must be at least 1")
+        max_attempts = min(int(max_attempts), self.max_attempts_cap)
         job_id = "j" + uuid.uuid4().hex[:20]
         now = time.time()
         with self._tx() as db:
@@ -112,7 +129,7 @@ class SqliteQueue(Closing):
         for job_id, worker, attempts, max_attempts in expired:
             error = (f"worker {worker} stopped heartbeating (killed or crashed) during attempt "
                      f"{attempts}/{max_attempts}")
-            state = JobState.FAILED if attempts >= max_attempts else JobState.QUEUED
+            state = JobState.FAILED if attempts >= min(max_attempts, self.max_attempts_cap) else JobState.QUEUED
             db.execute("UPDATE jobs SET state = ?, error = ?, worker = NULL, updated = ? WHERE id = ? AND state = ?",
                        (state.value, error, now, job_id, JobState.RUNNING.value))
             db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
@@ -124,7 +141,11 @@ class SqliteQueue(Closing):
             return self._reap(db, time.time())
 
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0) -> Lease | None:
-        """Atomically move the oldest queued job for ``devices`` to running, under a new lease."""
+        """Atomically move the oldest queued job for ``devices`` to running, under a new lease.
+
+        A record that does not parse, or that has used up the queue's attempt cap, is moved to the
+        dead letter here instead of being handed out.
+        """
         devs = list(devices)
         deadline = time.monotonic() + block_s
         marks = ",".join("?" * len(devs))
@@ -132,9 +153,17 @@ class SqliteQueue(Closing):
             now = time.time()
             with self._tx() as db:
                 self._reap(db, now)
-                row = db.execute(f"SELECT id FROM jobs WHERE state = ? AND device IN ({marks}) "
-                                 "ORDER BY created, rowid LIMIT 1", (JobState.QUEUED.value, *devs)).fetchone()
-                if row is not None:
+                while True:
+                    row = db.execute(f"SELECT * FROM jobs WHERE state = ? AND device IN ({marks}) "
+                                     "ORDER BY created, rowid LIMIT 1", (JobState.QUEUED.value, *devs)).fetchone()
+                    if row is None:
+                        break
+                    job = _row_to_job(row)
+                    if job.state is JobState.FAILED or job.attempts >= min(job.max_attempts, self.max_attempts_cap):
+                        error = job.error or f"out of attempts ({job.attempts}/{self.max_attempts_cap})"
+                        db.execute("UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
+                                   (JobState.FAILED.value, error[:4000], now, row["id"]))
+                        continue
                     token = uuid.uuid4().hex
                     db.execute("UPDATE jobs SET state = ?, attempts = attempts + 1, worker = ?, updated = ? "
                                "WHERE id = ?", (JobState.RUNNING.value, worker, now, row["id"]))
@@ -164,16 +193,16 @@ class SqliteQueue(Closing):
         return True
 
     def complete(self, lease: Lease, result: dict[str, Any]) -> bool:
-        """First result wins: accepted while the job is queued or running, ignored after."""
+        """Record the result if ``lease`` still holds the running job; ``False`` otherwise (nothing changes)."""
         now = time.time()
+        data = dumps(result)
         with self._tx() as db:
-            cur = db.execute("UPDATE jobs SET state = ?, result = ?, error = NULL, updated = ? "
-                             "WHERE id = ? AND state IN (?, ?)",
-                             (JobState.DONE.value, dumps(result), now, lease.job.id,
-                              JobState.QUEUED.value, JobState.RUNNING.value))
-            db.execute("DELETE FROM leases WHERE job_id = ? AND (token = ? OR ? = 1)",
-                       (lease.job.id, lease.token, cur.rowcount))
-            return cur.rowcount == 1
+            if not self._owns(db, lease):
+                return False
+            db.execute("UPDATE jobs SET state = ?, result = ?, error = NULL, updated = ? WHERE id = ?",
+                       (JobState.DONE.value, data, now, lease.job.id))
+            db.execute("DELETE FROM leases WHERE job_id = ?", (lease.job.id,))
+            return True
 
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> JobState:
         """Requeue while attempts remain (and ``retry``), else dead-letter with ``error``."""
@@ -184,7 +213,8 @@ class SqliteQueue(Closing):
                 raise QueueError(f"no job {lease.job.id} in {self.url}")
             if not self._owns(db, lease):
                 return JobState(row["state"])
-            state = JobState.QUEUED if retry and row["attempts"] < row["max_attempts"] else JobState.FAILED
+            limit = min(int(row["max_attempts"]), self.max_attempts_cap)
+            state = JobState.QUEUED if retry and row["attempts"] < limit else JobState.FAILED
             db.execute("UPDATE jobs SET state = ?, error = ?, worker = NULL, updated = ? WHERE id = ?",
                        (state.value, str(error)[:4000], now, lease.job.id))
             db.execute("DELETE FROM leases WHERE job_id = ?", (lease.job.id,))
