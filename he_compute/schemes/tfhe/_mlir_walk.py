@@ -227,7 +227,8 @@ class _Walker:
         if len(op.operands) != (1 if extract else 2):
             raise _unsafe(f"uses '{op.name}' with dynamic offsets, sizes or strides")
         shape = ir.RankedTensorType(op.operands[0 if extract else 1].type).shape
-        parts = [list(ir.DenseI64ArrayAttr(op.attributes[k])) for k in ("static_offsets", "static_sizes", "static_strides")]
+        keys = ("static_offsets", "static_sizes", "static_strides")
+        parts = [list(ir.DenseI64ArrayAttr(op.attributes[k])) for k in keys]
         if any(len(p) != len(shape) for p in parts):
             raise _unsafe(f"uses '{op.name}' with a rank other than its tensor's")
         for dim, offset, size, stride in zip(shape, *parts):
@@ -288,7 +289,7 @@ def _walk(root):
 
 def check(text: str, entry: str | None) -> None:
     """Parse ``text`` with Concrete's dialects registered and walk it; raise :class:`Refusal`."""
-    import mlir.ir as ir
+    from mlir import ir
     from mlir._mlir_libs._concretelang import _fhe, register_dialects
 
     with ir.Context() as context, ir.Location.unknown():
@@ -299,7 +300,7 @@ def check(text: str, entry: str | None) -> None:
         try:
             try:
                 module = ir.Module.parse(text)
-            except Exception as exc:  # the bindings raise ValueError, but do not promise it
+            except Exception as exc:  # noqa: BLE001 - the bindings raise ValueError, but do not promise it
                 reason = errors[0] if errors else str(exc)
                 raise Refusal("format", f"circuit.mlir is not valid MLIR: {_one_line(reason)}") from None
             _Walker(ir, _fhe, context, entry).module(module)

@@ -50,7 +50,7 @@ def check_circuit(text: bytes, entry: str | None = None) -> None:
     if not isinstance(text, bytes):
         raise FormatError("circuit.mlir must be bytes")
     if entry is not None and not _ENTRY.fullmatch(entry):
-        raise FormatError(f"the circuit name {ascii(entry[:40])} is not a plain identifier")
+        raise FormatError(f"the circuit name {entry[:40]!a} is not a plain identifier")
     key = hashlib.sha256(f"{entry}\0".encode() + text).digest()
     with _lock:
         if key in _passed:
@@ -91,8 +91,9 @@ def _run_walker(text: bytes, entry: str) -> dict:
     except (ValueError, IndexError, UnicodeDecodeError):
         # A Python error in the child (a MemoryError under its limits, missing bindings): refuse.
         last = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        reason = " ".join(last[0].split())[:120]
         raise UnsafeArtifactError(
-            f"circuit.mlir could not be checked (exit {child.returncode}: {' '.join(last[0].split())[:120]}): refusing it"
+            f"circuit.mlir could not be checked (exit {child.returncode}: {reason}): refusing it"
         ) from None
     return verdict
 
