@@ -195,6 +195,25 @@ def test_out_of_range_lookup_map_is_refused(servers):
         check_server_sections(crafted)
 
 
+def test_lookup_map_is_read_from_both_printed_forms():
+    """The printer writes small index tensors in decimal and large ones in hex: both must read back exactly."""
+    from mlir import ir
+    from mlir._mlir_libs._concretelang import register_dialects
+
+    from he_compute.schemes.tfhe._mlir_walk import _index_entries
+
+    with ir.Context() as context:
+        register_dialects(context)
+        for n in (5, 400):
+            values = [(7 * i) % 13 for i in range(n)]
+            t = f"tensor<{n}x1xindex>"
+            module = ir.Module.parse(f"func.func @f() -> {t} {{\n %c = arith.constant dense<{[[v] for v in values]}> "
+                                     f": {t}\n return %c : {t}\n}}")
+            printed = str(module.body.operations[0].regions[0].blocks[0].operations[0].attributes["value"])
+            assert printed.startswith('dense<"0x' if n > 100 else "dense<[[")
+            assert _index_entries(printed) == values
+
+
 def test_out_of_bounds_extract_in_a_real_knn_circuit_is_refused(servers):
     """k-NN circuits index with constants: moving one of those constants past the end is refused."""
     mlir = servers["knn"]["circuit.mlir"].decode()

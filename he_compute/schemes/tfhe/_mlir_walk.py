@@ -94,8 +94,8 @@ def _unsafe(message: str) -> Refusal:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    """Parser diagnostics quote the stranger's text: keep them to one short line."""
-    return " ".join(text.split())[:limit]
+    """Messages quote the stranger's text: keep it to one short line of printable characters."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split())[:limit])
 
 
 class _Walker:
@@ -151,7 +151,7 @@ class _Walker:
         signature = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
         for t in [*signature.inputs, *signature.results]:
             if not (ir.RankedTensorType.isinstance(t) and ir.RankedTensorType(t).element_type in self.encrypted):
-                raise _unsafe(f"function @{shown} takes or returns {t}, not an encrypted tensor")
+                raise _unsafe(f"function @{shown} takes or returns {_one_line(str(t), 60)}, not an encrypted tensor")
             self.type(t, "func.func")
 
     def body_op(self, op) -> None:

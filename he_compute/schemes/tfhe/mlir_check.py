@@ -81,6 +81,8 @@ def _run_walker(text: bytes, entry: str) -> dict:
         ) from None
     except OSError as exc:
         raise UnsafeArtifactError(f"circuit.mlir could not be checked ({exc}): refusing it") from exc
+    if child.returncode == -signal.SIGXCPU:
+        raise UnsafeArtifactError(f"circuit.mlir used up the check's CPU time: refusing it; {_REDO}")
     if child.returncode < 0:
         name = _signal_name(-child.returncode)
         raise UnsafeArtifactError(f"circuit.mlir crashed Concrete's MLIR parser ({name}): refusing it; {_REDO}")
