@@ -141,8 +141,10 @@ def test_pickled_sklearn_object_in_processing_is_refused(deployment, tmp_path):
         (lambda s: s.update({"server.so": b"\x7fELF"}), "unexpected"),
         (lambda s: s.update({"configuration.json": b'{"verbose": {"py/object": "os.system"}}'}), "py/object"),
         (lambda s: s.update({"circuit.mlir": s["circuit.mlir"].replace(
-            b"module {", b"module {\n  func.func private @system(i64) -> i64\n")}), "private"),
-        (lambda s: s.update({"circuit.mlir": s["circuit.mlir"] + b'\n"llvm.call"() : () -> ()'}), "llvm"),
+            b"module {", b"module {\n  func.func private @system(i64) -> i64\n")}), "without a body"),
+        (lambda s: s.update({"circuit.mlir": s["circuit.mlir"].replace(
+            b"    return", b'    "llvm.inline_asm"() {asm_string = "int3", constraints = ""} : () -> ()\n    return')}),
+         "'llvm.inline_asm'"),
     ],
 )
 def test_crafted_bundles_are_refused_on_load_and_by_workers(compiled, tmp_path, mutate, message):

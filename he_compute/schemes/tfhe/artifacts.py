@@ -6,7 +6,9 @@ dlopens a precompiled ``server.so``; Concrete ML's ``serialized_processing.json`
 stores the model class with skops, or with pickle as a fallback.  Here every
 one of those files is parsed with :mod:`json`, :mod:`zipfile` and
 :mod:`pickletools` only (nothing is executed), checked against allow-lists,
-and rewritten as plain JSON.  The same checks run again on every load.
+and rewritten as plain JSON.  The circuit itself is parsed by Concrete's own MLIR
+parser and walked operation by operation (:mod:`.mlir_check`).  The same checks run
+again on every load.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import io
 import json
 import pickletools
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from ...errors import FormatError, UnsafeArtifactError
+from .mlir_check import check_circuit
 
 SERVER_SECTIONS = frozenset({"circuit.mlir", "configuration.json", "client.specs.json", "composition_rules.json"})
 CLIENT_SECTIONS = frozenset({"client.specs.json", "processing.json"})
@@ -42,10 +44,6 @@ PINNED_OPTIONS: dict[str, Any] = {
     "insecure_key_cache_location": None, "enable_unsafe_features": False, "print_tlu_fusing": False,
     "additional_pre_processors": [], "additional_post_processors": [],
 }
-# Dialects a Concrete ML circuit uses; anything else (llvm, external calls) is refused.
-_MLIR_DIALECTS = frozenset({"FHE", "FHELinalg", "TFHE", "arith", "tensor", "func", "linalg", "scf", "math"})
-_MLIR_FORBIDDEN = re.compile(r"\bprivate\b|\bfunc\.call\b|\bcall\s+@|\bllvm\b|\bextern", re.IGNORECASE)
-_MLIR_OP = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*)\.[A-Za-z_]")
 _PROCESSING_TYPES = frozenset({
     "UniformQuantizer", "UniformQuantizationParameters", "QuantizationOptions", "MinMaxQuantizationStats",
     "QuantizedArray", "numpy_integer", "numpy_float", "numpy_array", "tuple", "set", "Exactness",
@@ -106,22 +104,24 @@ def check_configuration(config: Any) -> None:
             raise UnsafeArtifactError(f"configuration.json sets {key}: refusing to load code hooks")
 
 
-def check_mlir(text: bytes) -> None:
-    """Refuse MLIR that declares or calls anything outside the FHE dialects."""
+def check_mlir(text: bytes, entry: str | None = None) -> None:
+    """Refuse MLIR that is not a plain Concrete ML circuit (see :mod:`.mlir_check`).
+
+    ``entry`` is the circuit name from ``client.specs.json``: the one function must bear it.
+    """
+    check_circuit(text, entry)
+
+
+def circuit_name(specs: Any) -> str:
+    """The name of the single circuit that ``client.specs.json`` describes."""
     try:
-        src = text.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FormatError("circuit.mlir is not UTF-8 text") from exc
-    src = re.sub(r'"0x[0-9A-Fa-f]*"', '""', src)  # dense constants are opaque hex
-    if "func.func" not in src:
-        raise FormatError("circuit.mlir holds no function")
-    bad = _MLIR_FORBIDDEN.search(src)
-    if bad:
-        raise UnsafeArtifactError(f"circuit.mlir uses {bad.group(0)!r}: only self-contained FHE circuits are accepted")
-    dialects = {m.group(1) for m in _MLIR_OP.finditer(src)}
-    unknown = sorted(dialects - _MLIR_DIALECTS)
-    if unknown:
-        raise UnsafeArtifactError(f"circuit.mlir uses unsupported dialect(s) {', '.join(unknown)}")
+        (circuit,) = specs["circuits"]
+        name = circuit["name"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError("client.specs.json must describe exactly one named circuit") from exc
+    if not isinstance(name, str):
+        raise FormatError("client.specs.json names its circuit with something other than a string")
+    return name
 
 
 def check_server_sections(sections: dict[str, bytes]) -> None:
@@ -133,13 +133,15 @@ def check_server_sections(sections: dict[str, bytes]) -> None:
             f"TFHE server part must hold exactly {sorted(SERVER_SECTIONS)}"
             + (f"; unexpected {extra}" if extra else "") + (f"; missing {missing}" if missing else "")
         )
-    check_mlir(sections["circuit.mlir"])
     check_configuration(_json(sections["configuration.json"], "configuration.json"))
     rules = _json(sections["composition_rules.json"], "composition_rules.json")
     _refuse_python_objects(rules, "composition_rules.json")
     if rules is not None and not isinstance(rules, list):
         raise FormatError("composition_rules.json must be a list or null")
-    _refuse_python_objects(_json(sections["client.specs.json"], "client.specs.json"), "client.specs.json")
+    specs = _json(sections["client.specs.json"], "client.specs.json")
+    _refuse_python_objects(specs, "client.specs.json")
+    # Last, because it is the costly check (a child process), run once per circuit and process.
+    check_mlir(sections["circuit.mlir"], circuit_name(specs))
 
 
 def class_name_from_serialized_type(hex_value: str) -> str:
