@@ -19,7 +19,7 @@ from collections import OrderedDict
 import pytest
 
 import he_compute
-from he_compute.bundle import Bundle
+from he_compute.formats.bundle import Bundle
 from he_compute.schemes.tfhe import mlir_check
 from he_compute.schemes.tfhe.artifacts import check_server_sections
 
