@@ -206,3 +206,33 @@ def test_redis_dead_letter_stream_holds_the_error(redis_url):
     q.fail(q.claim("w"), "RuntimeError: broke")
     entries = redis.Redis.from_url(redis_url).xrange("hec:dead")
     assert [(e[1][b"job"].decode(), e[1][b"error"].decode()) for e in entries] == [(job_id, "RuntimeError: broke")]
+
+
+def test_no_operator_gets_two_replicas_of_one_group(q):
+    first = q.submit({"r": 0}, group="run1/g0")
+    second = q.submit({"r": 1}, group="run1/g0")
+    other = q.submit({"x": 1}, group="run1/g1")
+    a = q.claim("w-a", operator="alice")
+    assert a.job.id == first and a.job.group == "run1/g0"
+    # alice's second worker may not take the other replica, but may take another group's job
+    b = q.claim("w-b", operator="alice")
+    assert b.job.id == other
+    assert q.claim("w-b", operator="alice") is None
+    c = q.claim("w-c", operator="bob")
+    assert c.job.id == second
+    # without an operator a worker is its own operator
+    q.submit({"r": 0}, group="run1/g2")
+    q.submit({"r": 1}, group="run1/g2")
+    assert q.claim("solo") is not None and q.claim("solo") is None
+
+
+def test_jobs_filter_by_run_and_age(q):
+    a = q.submit({"a": 1}, run="run-a")
+    time.sleep(0.05)
+    cut = time.time()
+    time.sleep(0.05)
+    b = q.submit({"b": 1}, run="run-b")
+    assert [j.id for j in q.jobs(run="run-a")] == [a] and q.status(a).run == "run-a"
+    assert [j.id for j in q.jobs(since=cut)] == [b]
+    with pytest.raises(QueueError, match="not a valid run id"):
+        q.submit({}, run="bad run id with spaces")

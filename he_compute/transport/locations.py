@@ -15,6 +15,7 @@ Redis keys (:func:`redis_key`)::
     hec:stream:<device> stream of {"job": id} entries     hec:dead        the dead-letter stream
     hec:blob:<hex>      a blob's chunk count             hec:blob:<hex>:<i>  chunk i of a blob
     hec:audit           the audit log (a list)           hec:audit:head  its head record
+    hec:group:<group>   set of operators that claimed a job of a replica group
 
 Example::
 
@@ -98,7 +99,7 @@ def redis_key(kind: str, name: str = "", index: int | None = None) -> str:
     if kind == "blob":
         return f"hec:blob:{name}" if index is None else f"hec:blob:{name}:{index}"
     keys = {"job": f"hec:job:{name}", "jobs": "hec:jobs", "stream": f"hec:stream:{name}", "dead": "hec:dead",
-            "audit": "hec:audit", "audit_head": "hec:audit:head"}
+            "audit": "hec:audit", "audit_head": "hec:audit:head", "group": f"hec:group:{name}"}
     return keys[kind]
 
 

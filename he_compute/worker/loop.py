@@ -116,12 +116,15 @@ class Worker:
 
     def __init__(self, queue: Consumer, blobs: BlobStore, *, devices: Iterable[str] = ("cpu",),
                  name: str | None = None, log: Callable[[str], None] | None = None,
-                 identity: WorkerIdentity | None = None, executor: Executor | None = None):
+                 identity: WorkerIdentity | None = None, executor: Executor | None = None,
+                 operator: str | None = None):
         self.queue, self.blobs = queue, blobs
         self.devices = list(devices)
         # Signs a receipt for every completed job; also routes jobs tagged for this worker (tie-breakers, re-runs).
         self.identity = identity or WorkerIdentity.generate()
         self.routes = [routed_device(d, self.identity.worker_id) for d in self.devices]
+        # Who answers for this worker: the queue never gives one operator two replicas of a job.
+        self.operator = operator or self.identity.worker_id
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.executor: Executor = executor or InProcess()
         self.stopping = threading.Event()
@@ -143,7 +146,8 @@ class Worker:
         ran = 0
         while not self.stopping.is_set():
             try:
-                lease = self.queue.claim(self.name, devices=self.devices + self.routes, block_s=0 if burst else poll_s)
+                lease = self.queue.claim(self.name, devices=self.devices + self.routes, block_s=0 if burst else poll_s,
+                                         operator=self.operator)
             except TransportError as exc:
                 self._log(f"queue unavailable ({exc}); retrying")
                 self.stopping.wait(min(5.0, poll_s * 2))

@@ -73,6 +73,7 @@ class RunReport:
 
     result: Container
     job_ids: list[str]
+    run_id: str = ""
     uploaded: dict[str, int] = field(default_factory=dict)
     reused: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -86,7 +87,7 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         """Summary for ``hec run --json``."""
-        return {"jobs": self.job_ids, "uploaded": self.uploaded, "reused": self.reused, "seconds": self.seconds,
+        return {"run": self.run_id, "jobs": self.job_ids, "uploaded": self.uploaded, "reused": self.reused, "seconds": self.seconds,
                 "n_samples": self.result.meta["n_samples"], "workers": self.worker_stats,
                 **({"verification": self.verification} if self.verification else {})}
 
@@ -138,6 +139,7 @@ def run(
                 conn.audit_log(policy.audit) as log:
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
                              audit=log, max_attempts=policy.max_attempts)
+            report.run_id = sup.run_id
             check = (canary_check(policy.known_answers, [c for _, c in canaries], slot_of, conn.store)
                      if canaries else None)
 

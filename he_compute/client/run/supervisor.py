@@ -28,6 +28,7 @@ ordinary jobs.  Submissions and receipts go to the audit log.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -90,9 +91,10 @@ class Supervisor:
     """Runs one verified evaluation through a queue; see the module docstring."""
 
     def __init__(self, q: Producer, store: BlobStore, *, device: str, replicas: int, allowed: AllowList | None,
-                 audit: AuditLog | None, max_attempts: int, max_results: int | None = None):
+                 audit: AuditLog | None, max_attempts: int, max_results: int | None = None, run_id: str | None = None):
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
+        self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
         self.max_results = max_results or replicas + 2
@@ -186,7 +188,8 @@ class Supervisor:
         for _ in range(n):
             target = self._pick_target(g)
             device = routed_device(self.device, target) if target else self.device
-            job_id = self.q.submit(g.spec, device=device, max_attempts=self.max_attempts)
+            job_id = self.q.submit(g.spec, device=device, max_attempts=self.max_attempts,
+                                   group=f"{self.run_id}/{g.index}", run=self.run_id)
             if target:
                 self.targeted[job_id] = (target, time.monotonic())
             g.pending.add(job_id)

@@ -28,6 +28,7 @@ MAX_ATTEMPTS_CAP = 5
 """The most attempts any job gets, whatever its submitter asks: the queue, not the submitter, decides retries."""
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TAG = re.compile(r"[A-Za-z0-9_.:/@-]{1,128}")
 
 
 class JobState(str, Enum):
@@ -49,6 +50,13 @@ def check_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise QueueError(f"{str(job_id)[:80]!r} is not a job id: ids are letters, digits, '.', '_' and '-'")
     return job_id
+
+
+def check_tag(value: str | None, what: str) -> str | None:
+    """Validate a run or group tag (it becomes part of keys); ``None`` passes."""
+    if value is not None and (not isinstance(value, str) or not _TAG.fullmatch(value)):
+        raise QueueError(f"{str(value)[:80]!r} is not a valid {what}: letters, digits and . _ : / @ - only")
+    return value
 
 
 def dumps(obj: Any) -> str:
@@ -82,6 +90,8 @@ class Job:
     worker: str | None = None
     created: float = 0.0
     updated: float = 0.0
+    group: str | None = None   # replicas of one piece of work share a group: no operator gets two of them
+    run: str | None = None     # the client run that submitted it (for hec jobs --run and resuming)
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON view (for ``hec status --json``)."""
@@ -117,16 +127,21 @@ class Producer(Protocol):
 
     url: str
 
-    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
-        """Queue a JSON job for workers that have ``device``; return its id (attempts are capped by the queue)."""
+    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               group: str | None = None, run: str | None = None) -> str:
+        """Queue a JSON job for workers that have ``device``; return its id (attempts are capped by the queue).
+
+        Jobs of one ``group`` (replicas) never go to the same operator; ``run`` tags the client run."""
         ...
 
     def status(self, job_id: str) -> Job:
         """The job's current record; :class:`QueueError` if there is no such job."""
         ...
 
-    def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
-        """Jobs, oldest first, optionally only those in ``state`` (``failed`` is the dead letter)."""
+    def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
+             since: float | None = None) -> list[Job]:
+        """Jobs, oldest first, optionally only those in ``state`` (``failed`` is the dead letter), of ``run``,
+        or created at or after ``since`` (unix seconds)."""
         ...
 
     def cancel(self, job_id: str) -> bool:
@@ -150,9 +165,11 @@ class Consumer(Protocol):
     url: str
     lease_s: float
 
-    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0) -> Lease | None:
+    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
+              operator: str | None = None) -> Lease | None:
         """Take the oldest job for one of ``devices`` (waiting up to ``block_s``) and reap expired leases;
-        ``None`` if there is none."""
+        ``None`` if there is none.  A job whose group ``operator`` (default: ``worker``) has already
+        claimed from is left for someone else."""
         ...
 
     def heartbeat(self, lease: Lease, progress: dict[str, Any] | None = None) -> bool:

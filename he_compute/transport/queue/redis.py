@@ -35,6 +35,7 @@ from .base import (
     JobState,
     Lease,
     check_job_id,
+    check_tag,
     dumps,
     unreadable_job,
 )
@@ -45,11 +46,19 @@ DEAD = key_for("dead")
 
 # The attempt limit is the record's, capped by the queue's own (ARGV[7]): a record rewritten to ask for a
 # million attempts, or one whose count is not a number, gets the cap (or one attempt).
-# KEYS: job hash, stream, dead stream.  ARGV: msg id, token, worker, now, deliveries, group, cap.
+# A job of a replica group (KEYS[4], the set of operators that claimed from it) that this operator
+# (ARGV[8]) already took from is put back at the end of the stream, unclaimed.
+# KEYS: job hash, stream, dead stream, group set (or '').  ARGV: msg id, token, worker, now, deliveries,
+# consumer group, cap, operator, job id.
 _TAKE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'queued' and st ~= 'running' then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[1]); return 'skip'
+end
+if KEYS[4] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[8]) == 1 then
+  redis.call('XACK', KEYS[2], ARGV[6], ARGV[1])
+  redis.call('XADD', KEYS[2], '*', 'job', ARGV[9])
+  return 'busy'
 end
 local attempts = tonumber(redis.call('HINCRBY', KEYS[1], 'attempts', 1))
 local maxa = math.min(tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) or 1, tonumber(ARGV[7]))
@@ -70,6 +79,9 @@ if st == 'running' then
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[2], 'worker', ARGV[3], 'updated', ARGV[4],
   'msg', ARGV[1], 'stream', KEYS[2])
+if KEYS[4] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[8]); redis.call('EXPIRE', KEYS[4], 604800)
+end
 return 'ok'
 """
 
@@ -152,6 +164,7 @@ def _hash_to_job(h: dict[bytes, bytes], job_id: str = "") -> Job:
             result=json.loads(d["result"]) if d.get("result") else None,
             progress=json.loads(d.get("progress") or "{}"), worker=d.get("worker") or None,
             created=float(d["created"]), updated=float(d.get("updated", d["created"])),
+            group=d.get("group") or None, run=d.get("run") or None,
         )
     except (ValueError, TypeError, KeyError) as exc:
         return unreadable_job(d.get("id") or job_id, exc)
@@ -210,8 +223,11 @@ class RedisQueue(Closing):
                 raise
         self._groups.add(stream)
 
-    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               group: str | None = None, run: str | None = None) -> str:
         """Write the job hash, then add its entry to the device's stream."""
+        check_tag(group, "job group")
+        check_tag(run, "run id")
         if max_attempts < 1:
             raise QueueError("max_attempts must be at least 1")
         max_attempts = min(int(max_attempts), self.max_attempts_cap)
@@ -224,7 +240,8 @@ class RedisQueue(Closing):
             pipe = self._r.pipeline(transaction=True)
             pipe.hset(key_for("job", job_id), mapping={
                 "id": job_id, "state": JobState.QUEUED.value, "device": device, "spec": dumps(spec),
-                "attempts": 0, "max_attempts": int(max_attempts), "created": now, "updated": now, "progress": "{}"})
+                "attempts": 0, "max_attempts": int(max_attempts), "created": now, "updated": now, "progress": "{}",
+                "group": group or "", "run": run or ""})
             pipe.zadd(key_for("jobs"), {job_id: now})
             pipe.xadd(stream, {"job": job_id})
             pipe.execute()
@@ -236,15 +253,21 @@ class RedisQueue(Closing):
         info = self._r.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1)
         return int(info[0]["times_delivered"]) if info else 1
 
-    def _try_take(self, stream: str, msg_id: Any, fields: dict[Any, Any], worker: str) -> Lease | None:
+    def _try_take(self, stream: str, msg_id: Any, fields: dict[Any, Any], worker: str,
+                  operator: str) -> Lease | str | None:
+        """Take the entry's job; ``"busy"`` when it belongs to a group ``operator`` already claimed from."""
         job_id = _text(fields.get(b"job", fields.get("job", b"")))
         token = uuid.uuid4().hex
         if not job_id or not self._r.exists(key_for("job", job_id)):
             self._r.xack(stream, GROUP, msg_id)
             return None
-        outcome = _text(self._take(keys=[key_for("job", job_id), stream, DEAD],
+        group = _text(self._r.hget(key_for("job", job_id), "group") or b"")
+        group_key = key_for("group", group) if group else ""
+        outcome = _text(self._take(keys=[key_for("job", job_id), stream, DEAD, group_key],
                                    args=[msg_id, token, worker, time.time(), self._deliveries(stream, msg_id), GROUP,
-                                         self.max_attempts_cap]))
+                                         self.max_attempts_cap, operator, job_id]))
+        if outcome == "busy":
+            return "busy"
         if outcome != "ok":
             return None
         job = _hash_to_job(self._r.hgetall(key_for("job", job_id)), job_id)
@@ -254,7 +277,7 @@ class RedisQueue(Closing):
             return None
         return Lease(job=job, token=token, worker=worker, ref={"stream": stream, "msg": _text(msg_id)})
 
-    def _reclaim(self, stream: str, worker: str) -> Lease | None:
+    def _reclaim(self, stream: str, worker: str, operator: str) -> Lease | None:
         """Take over one entry whose consumer has been idle past the lease (its worker is gone)."""
         start = self._cursor.get(stream, "0-0")
         for _ in range(2):
@@ -265,8 +288,8 @@ class RedisQueue(Closing):
                 if fields is None:
                     self._r.xack(stream, GROUP, msg_id)
                     continue
-                lease = self._try_take(stream, msg_id, fields, worker)
-                if lease is not None:
+                lease = self._try_take(stream, msg_id, fields, worker, operator)
+                if isinstance(lease, Lease):
                     return lease
             if start == "0-0":
                 break
@@ -276,30 +299,46 @@ class RedisQueue(Closing):
         """Nothing to do: dead workers' entries are reclaimed by ``XAUTOCLAIM`` inside :meth:`claim`."""
         return 0
 
-    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0) -> Lease | None:
-        """Reclaim a dead worker's job if any, else read a new entry (blocking up to ``block_s``)."""
+    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
+              operator: str | None = None) -> Lease | None:
+        """Reclaim a dead worker's job if any, else read a new entry (blocking up to ``block_s``).
+
+        Entries of a group ``operator`` already claimed from go back to the end of the stream; once
+        only those are left, the claim waits out ``block_s`` instead of spinning on them.
+        """
         streams = [key_for("stream", d) for d in devices]
         deadline = time.monotonic() + block_s
+        who = operator or worker
 
         def go() -> Lease | None:
             for s in streams:
                 self._group(s)
+            skipped: set[bytes] = set()
             while True:
                 for s in streams:
-                    lease = self._reclaim(s, worker)
+                    lease = self._reclaim(s, worker, who)
                     if lease is not None:
                         return lease
                 left = deadline - time.monotonic()
                 block_ms = int(min(max(left, 0), self.lease_s / 2) * 1000)
                 reply = self._r.xreadgroup(GROUP, worker, {s: ">" for s in streams}, count=1,
                                            block=block_ms if block_ms > 0 else None)
+                cycled = False
                 for stream, entries in reply or []:
                     for msg_id, fields in entries:
-                        lease = self._try_take(_text(stream), msg_id, fields, worker)
-                        if lease is not None:
+                        lease = self._try_take(_text(stream), msg_id, fields, worker, who)
+                        if isinstance(lease, Lease):
                             return lease
-                if time.monotonic() >= deadline and not reply:
-                    return None
+                        if lease == "busy":
+                            job = fields.get(b"job", b"")
+                            cycled = cycled or job in skipped
+                            skipped.add(job)
+                if not reply or cycled:  # nothing new, or only groups this operator already has
+                    if time.monotonic() >= deadline:
+                        return None
+                    if cycled:
+                        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                        skipped.clear()
 
         return self._call("claim", go)
 
@@ -339,16 +378,18 @@ class RedisQueue(Closing):
             raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
         return _hash_to_job(h, job_id)
 
-    def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
-        """Jobs oldest first."""
+    def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
+             since: float | None = None) -> list[Job]:
+        """Jobs oldest first, filtered by state, run and creation time."""
         def go() -> list[Job]:
-            ids = self._r.zrange(key_for("jobs"), 0, -1)
+            ids = self._r.zrangebyscore(key_for("jobs"), "-inf" if since is None else float(since), "+inf")
             pipe = self._r.pipeline(transaction=False)
             for i in ids:
                 pipe.hgetall(key_for("job", _text(i)))
             return [_hash_to_job(h, _text(i)) for i, h in zip(ids, pipe.execute()) if h]
 
-        out = [j for j in self._call("jobs", go) if state is None or j.state == JobState(state)]
+        out = [j for j in self._call("jobs", go)
+               if (state is None or j.state == JobState(state)) and (run is None or j.run == run)]
         return out[:limit]
 
     def dead_letter(self) -> list[Job]:

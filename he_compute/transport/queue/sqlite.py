@@ -27,6 +27,7 @@ from .base import (
     JobState,
     Lease,
     check_job_id,
+    check_tag,
     dumps,
     unreadable_job,
 )
@@ -42,7 +43,12 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, device, created);
 CREATE TABLE IF NOT EXISTS leases (
     job_id TEXT PRIMARY KEY, token TEXT NOT NULL, worker TEXT NOT NULL, expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS group_claims (
+    grp TEXT NOT NULL, operator TEXT NOT NULL, PRIMARY KEY (grp, operator)
+);
 """
+# Columns added after the first release: added to older databases on open.
+_ADDED_COLUMNS = {"grp": "TEXT", "run": "TEXT"}
 _POLL_S = 0.1
 
 
@@ -54,7 +60,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
             attempts=int(row["attempts"]), max_attempts=int(row["max_attempts"]), error=row["error"],
             result=json.loads(row["result"]) if row["result"] else None,
             progress=json.loads(row["progress"] or "{}"), worker=row["worker"], created=float(row["created"]),
-            updated=float(row["updated"]),
+            updated=float(row["updated"]), group=row["grp"], run=row["run"],
         )
     except (ValueError, TypeError, KeyError) as exc:
         return unreadable_job(str(row["id"]), exc)
@@ -83,6 +89,11 @@ class SqliteQueue(Closing):
             with self._tx():
                 for stmt in filter(str.strip, SCHEMA.split(";")):
                     self._db.execute(stmt)
+                have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+                for name, kind in _ADDED_COLUMNS.items():
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (run, created)")
         except (sqlite3.Error, OSError) as exc:
             raise QueueError(f"cannot open queue database {self.path}: {exc}") from exc
 
@@ -108,17 +119,20 @@ class SqliteQueue(Closing):
             except sqlite3.Error as exc:
                 raise QueueError(f"queue database {self.path}: {exc}") from exc
 
-    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+    def submit(self, spec: dict[str, Any], *, device: str = "cpu", max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               group: str | None = None, run: str | None = None) -> str:
         """Insert a queued job; return its id."""
+        check_tag(group, "job group")
+        check_tag(run, "run id")
         if max_attempts < 1:
             raise QueueError("max_attempts must be at least 1")
         max_attempts = min(int(max_attempts), self.max_attempts_cap)
         job_id = "j" + uuid.uuid4().hex[:20]
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (id, state, device, spec, max_attempts, created, updated) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (job_id, JobState.QUEUED.value, device, dumps(spec),
-                                                       int(max_attempts), now, now))
+            db.execute("INSERT INTO jobs (id, state, device, spec, max_attempts, created, updated, grp, run) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (job_id, JobState.QUEUED.value, device, dumps(spec),
+                                                             int(max_attempts), now, now, group, run))
         return job_id
 
     def _reap(self, db: sqlite3.Connection, now: float) -> int:
@@ -140,13 +154,16 @@ class SqliteQueue(Closing):
         with self._tx() as db:
             return self._reap(db, time.time())
 
-    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0) -> Lease | None:
+    def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
+              operator: str | None = None) -> Lease | None:
         """Atomically move the oldest queued job for ``devices`` to running, under a new lease.
 
-        A record that does not parse, or that has used up the queue's attempt cap, is moved to the
-        dead letter here instead of being handed out.
+        A job of a group this ``operator`` (default ``worker``) already claimed from is skipped.  A record
+        that does not parse, or that has used up the queue's attempt cap, is moved to the dead letter here
+        instead of being handed out.
         """
         devs = list(devices)
+        who = operator or worker
         deadline = time.monotonic() + block_s
         marks = ",".join("?" * len(devs))
         while True:
@@ -154,8 +171,10 @@ class SqliteQueue(Closing):
             with self._tx() as db:
                 self._reap(db, now)
                 while True:
-                    row = db.execute(f"SELECT * FROM jobs WHERE state = ? AND device IN ({marks}) "
-                                     "ORDER BY created, rowid LIMIT 1", (JobState.QUEUED.value, *devs)).fetchone()
+                    row = db.execute(f"SELECT * FROM jobs WHERE state = ? AND device IN ({marks}) AND (grp IS NULL "
+                                     "OR NOT EXISTS (SELECT 1 FROM group_claims g WHERE g.grp = jobs.grp AND "
+                                     "g.operator = ?)) ORDER BY created, rowid LIMIT 1",
+                                     (JobState.QUEUED.value, *devs, who)).fetchone()
                     if row is None:
                         break
                     job = _row_to_job(row)
@@ -169,6 +188,9 @@ class SqliteQueue(Closing):
                                "WHERE id = ?", (JobState.RUNNING.value, worker, now, row["id"]))
                     db.execute("INSERT OR REPLACE INTO leases (job_id, token, worker, expires) VALUES (?, ?, ?, ?)",
                                (row["id"], token, worker, now + self.lease_s))
+                    if row["grp"] is not None:
+                        db.execute("INSERT OR IGNORE INTO group_claims (grp, operator) VALUES (?, ?)",
+                                   (row["grp"], who))
                     job = _row_to_job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
                     return Lease(job=job, token=token, worker=worker)
             if time.monotonic() >= deadline:
@@ -247,13 +269,21 @@ class SqliteQueue(Closing):
             raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
         return _row_to_job(rows[0])
 
-    def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
-        """Jobs oldest first."""
-        if state is None:
-            rows = self._read("SELECT * FROM jobs ORDER BY created, rowid LIMIT ?", (limit,))
-        else:
-            rows = self._read("SELECT * FROM jobs WHERE state = ? ORDER BY created, rowid LIMIT ?",
-                              (JobState(state).value, limit))
+    def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
+             since: float | None = None) -> list[Job]:
+        """Jobs oldest first, filtered by state, run and creation time."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(JobState(state).value)
+        if run is not None:
+            where.append("run = ?")
+            args.append(run)
+        if since is not None:
+            where.append("created >= ?")
+            args.append(float(since))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(f"SELECT * FROM jobs {clause}ORDER BY created, rowid LIMIT ?", (*args, int(limit)))
         return [_row_to_job(r) for r in rows]
 
     def dead_letter(self) -> list[Job]:
