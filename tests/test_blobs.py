@@ -103,3 +103,15 @@ def test_default_blob_store_follows_the_queue():
     assert blobs_for_queue("sqlite://.hec/queue.db") == "file://.hec/blobs"
     assert blobs_for_queue("sqlite:///srv/q/queue.db") == "file:///srv/q/blobs"
     assert blobs_for_queue("redis://h:6379/1") == "redis://h:6379/1"
+
+
+def test_a_blob_that_fails_its_digest_is_removed_and_the_next_upload_repairs_it(store):
+    data = b"ciphertext chunk" * 100
+    digest = store.put(data)
+    _tamper(store, digest, b"poison")
+    with pytest.raises(IntegrityError, match="does not match its digest"):
+        store.get(digest)
+    assert not store.exists(digest)  # removed, so the next run uploads it again instead of reusing it
+    with pytest.raises(BlobNotFound):
+        store.get(digest)
+    assert store.put(data) == digest and store.get(digest) == data

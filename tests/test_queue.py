@@ -236,3 +236,15 @@ def test_jobs_filter_by_run_and_age(q):
     assert [j.id for j in q.jobs(since=cut)] == [b]
     with pytest.raises(QueueError, match="not a valid run id"):
         q.submit({}, run="bad run id with spaces")
+
+
+def test_an_operator_may_retry_its_own_job_and_after_a_release_take_another_replica(q):
+    a = q.submit({"r": 0}, group="run2/g0", max_attempts=3)
+    b = q.submit({"r": 1}, group="run2/g0", max_attempts=3)
+    lease = q.claim("solo")
+    assert lease.job.id == a
+    q.fail(lease, "transient", retry=True)
+    again = q.claim("solo")
+    assert again.job.id == a and again.job.attempts == 2  # its own job comes back to it; the replica does not
+    q.release(again)  # released unrun: the operator ran nothing of this group
+    assert q.claim("solo").job.id in (a, b)

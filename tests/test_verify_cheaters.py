@@ -180,7 +180,7 @@ def test_an_allow_list_rejects_unknown_workers(setup, tmp_path):
             runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], samples_per_job=1,
                        policy=runner.Policy(allowed=AllowList([WorkerIdentity.generate().public_raw])),
                        show_progress=False,
-                       timeout=30)
+                       timeout=20)
     finally:
         _stop(threads)
 

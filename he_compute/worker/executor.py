@@ -85,12 +85,17 @@ class Loaded:
 class Executor(Protocol):
     """Evaluates jobs' payloads; the worker loop does all queue and blob I/O around it."""
 
-    def load(self, task: Task, fetch: Fetch) -> Loaded:
-        """Make ``task``'s model and keys current (``fetch(digest)`` is called on a miss); check their ids."""
+    def load(self, task: Task, fetch: Fetch, deadline: float | None = None) -> Loaded:
+        """Make ``task``'s model and keys current (``fetch(digest)`` is called on a miss); check their ids.
+        ``deadline`` (``time.monotonic()``) bounds the time it may take where the executor can enforce it."""
         ...
 
-    def evaluate(self, payload: bytes) -> bytes:
+    def evaluate(self, payload: bytes, deadline: float | None = None) -> bytes:
         """Evaluate one encrypted chunk with the current model and keys."""
+        ...
+
+    def abort(self) -> None:
+        """Stop the evaluation in progress at once, if the executor can."""
         ...
 
     def close(self) -> None:
@@ -109,14 +114,16 @@ def check_ids(task: Task, model_id: str, key_id: str, scheme: str) -> None:
 
 
 class InProcess:
-    """Evaluates in this process, with LRU caches of compiled evaluators and deserialized keys."""
+    """Evaluates in this process, with LRU caches of compiled evaluators and deserialized keys.
+
+    No isolation and no time limit: for trusted jobs, tests and ``hec eval``; workers use the sandbox."""
 
     def __init__(self) -> None:
         self.evaluators = ByteLRU(SERVER_CACHE_BYTES)
         self.keys = ByteLRU(KEY_CACHE_BYTES)
         self._current: tuple[Evaluator, LoadedKeys] | None = None
 
-    def load(self, task: Task, fetch: Fetch) -> Loaded:
+    def load(self, task: Task, fetch: Fetch, deadline: float | None = None) -> Loaded:
         """Compile (or reuse) the server part and deserialize (or reuse) the keys that ``task`` names."""
         evaluator, server_hit = self._evaluator(task, fetch)
         keys, keys_hit = self._keys(evaluator, task, fetch)
@@ -124,12 +131,15 @@ class InProcess:
         self._current = (evaluator, keys)
         return Loaded(evaluator.model_id, keys.key_id, server_hit, keys_hit)
 
-    def evaluate(self, payload: bytes) -> bytes:
+    def evaluate(self, payload: bytes, deadline: float | None = None) -> bytes:
         """Evaluate one chunk with what :meth:`load` made current."""
         if self._current is None:
             raise RuntimeError("InProcess.evaluate called before load")
         evaluator, keys = self._current
         return evaluator.evaluate_payload(payload, keys)
+
+    def abort(self) -> None:
+        """Nothing to abort: evaluation runs in this thread."""
 
     def close(self) -> None:
         """Drop the caches."""

@@ -24,7 +24,8 @@ from ..transport import blobs as blob_stores
 from ..transport import queue as job_queue
 from ..transport.locations import Locations
 from .identity import STATE_ENV, WorkerIdentity
-from .loop import Worker
+from .loop import StopNow, Worker
+from .sandbox import Limits, Sandbox
 
 DEVICES = ("auto", "cpu", "cuda")
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -216,12 +217,15 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     if cpus:
         os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(per_job)  # read when Concrete's runtime loads, i.e. at the first job
+    sandbox = Sandbox(Limits(threads=per_job))
     with job_queue.connect(where.queue, lease_s=lease_s) as q, blob_stores.connect(where.blobs) as store:
-        worker = Worker(q, store, devices=devices, log=log, identity=identity)
+        worker = Worker(q, store, devices=devices, log=log, identity=identity, executor=sandbox)
         worker.install_signals()
         try:
             worker.run(burst=burst)
+        except StopNow:
+            say("hec worker: stopped at once (second signal); the job in hand was released")
         finally:
-            worker.executor.close()
+            sandbox.close()
     return 0
 

@@ -5,7 +5,8 @@ and ciphertexts, never a secret key, and it never learns whether a client's
 decryption succeeded, since nothing flows back.  The loop (:meth:`Worker.run`)
 reads top to bottom: stop flag, claim (the queue reaps expired leases),
 execute with a heartbeat thread extending the lease, report.  Evaluation
-itself happens in an :class:`~.executor.Executor`.
+itself happens in an :class:`~.executor.Executor`: by default the :class:`~.sandbox.Sandbox`, a locked-down
+child process per model that holds no credential.
 
 Whether a failure is worth retrying is decided by its type: a job that is
 malformed, unsafe or made for other keys fails for good; a transport or
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import (
     FormatError,
+    QueueError,
     InputError,
     KeyMismatchError,
     SecurityError,
@@ -43,10 +45,14 @@ from ..formats.receipt import sign_receipt
 from ..formats.task import Result, Task
 from ..transport.blobs import BlobStore
 from ..transport.queue import Consumer, Lease, routed_device
-from .executor import Executor, InProcess
+from .executor import Executor
 from .identity import WorkerIdentity
 
 FAULT_ENV = "HEC_TEST_FAULT"
+JOB_TIMEOUT_S = float(os.environ.get("HEC_JOB_TIMEOUT_S", "3600"))
+"""Wall-clock seconds one job may take (load and every chunk) before its evaluation is killed."""
+BURST_PATIENCE_S = 30.0
+"""How long a ``--burst`` worker keeps trying an unreachable queue before it gives up."""
 PERMANENT = (FormatError, UnsafeArtifactError, KeyMismatchError, InputError, UnsupportedModelError, SecurityError)
 """Failures no other attempt can fix: the job goes straight to the dead letter."""
 
@@ -92,6 +98,10 @@ class _Released(Exception):
     """The worker is stopping with chunks left: give the job back."""
 
 
+class StopNow(BaseException):
+    """A second stop signal: abandon the job in hand at once (its lease is released)."""
+
+
 def _fault(where: str) -> None:
     """Apply the test-only fault hook (see the module docstring)."""
     fault = os.environ.get(FAULT_ENV, "")
@@ -117,7 +127,7 @@ class Worker:
     def __init__(self, queue: Consumer, blobs: BlobStore, *, devices: Iterable[str] = ("cpu",),
                  name: str | None = None, log: Callable[[str], None] | None = None,
                  identity: WorkerIdentity | None = None, executor: Executor | None = None,
-                 operator: str | None = None):
+                 operator: str | None = None, job_timeout_s: float = JOB_TIMEOUT_S):
         self.queue, self.blobs = queue, blobs
         self.devices = list(devices)
         # Signs a receipt for every completed job; also routes jobs tagged for this worker (tie-breakers, re-runs).
@@ -126,8 +136,14 @@ class Worker:
         # Who answers for this worker: the queue never gives one operator two replicas of a job.
         self.operator = operator or self.identity.worker_id
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        self.executor: Executor = executor or InProcess()
+        if executor is None:
+            from .sandbox import Sandbox
+
+            executor = Sandbox(log=None)
+        self.executor: Executor = executor
+        self.job_timeout_s = job_timeout_s
         self.stopping = threading.Event()
+        self._signals = 0
         self.stats = {"jobs": 0, "failed": 0, "server_loads": 0, "server_hits": 0, "keys_loads": 0, "keys_hits": 0}
         self._log = log or (lambda msg: print(f"[{self.name}] {msg}", file=sys.stderr, flush=True))
 
@@ -136,19 +152,41 @@ class Worker:
         self.stopping.set()
 
     def install_signals(self) -> None:
-        """SIGTERM and SIGINT stop the worker gracefully."""
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        """SIGTERM or SIGINT stops the worker after the sample in hand; a second one stops it at once."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, *_: Any) -> None:
+        self._signals += 1
+        self.stop()
+        if self._signals > 1:
+            raise StopNow
 
     def run(self, *, burst: bool = False, poll_s: float = 1.0) -> int:
-        """Process jobs until stopped (or, with ``burst``, until none is left); return how many ran."""
+        """Process jobs until stopped (or, with ``burst``, until none is left); return how many ran.
+
+        A ``burst`` worker that cannot reach its queue for :data:`BURST_PATIENCE_S` gives up with
+        :class:`~he_compute.errors.QueueError`; a long-running worker keeps trying.
+        """
         self._log(f"serving devices {','.join(self.devices)} from {self.queue.url} (blobs {self.blobs.url})")
+        try:
+            return self._loop(burst, poll_s)
+        finally:
+            self.executor.close()  # the loop's end is the worker's end: no evaluation process outlives it
+
+    def _loop(self, burst: bool, poll_s: float) -> int:
         ran = 0
+        unreachable_since: float | None = None
         while not self.stopping.is_set():
             try:
                 lease = self.queue.claim(self.name, devices=self.devices + self.routes, block_s=0 if burst else poll_s,
                                          operator=self.operator)
+                unreachable_since = None
             except TransportError as exc:
+                unreachable_since = unreachable_since or time.monotonic()
+                if burst and time.monotonic() - unreachable_since > BURST_PATIENCE_S:
+                    raise QueueError(f"the queue {self.queue.url} has been unreachable for "
+                                     f"{BURST_PATIENCE_S:.0f}s ({exc}): check the URL and that it is running") from exc
                 self._log(f"queue unavailable ({exc}); retrying")
                 self.stopping.wait(min(5.0, poll_s * 2))
                 continue
@@ -172,6 +210,11 @@ class Worker:
         try:
             with _Heartbeat(self.queue, lease, max(0.2, self.queue.lease_s / 3)) as hb:
                 result = self._execute(lease, hb)
+        except StopNow:
+            self.executor.abort()
+            self._report(lambda: self.queue.release(lease), patience_s=5.0)
+            self._log(f"job {job.id} released at once (second stop signal)")
+            raise
         except _Abandoned:
             self._log(f"job {job.id} was cancelled or reassigned; dropped it")
             return
@@ -207,7 +250,8 @@ class Worker:
     def _execute(self, lease: Lease, hb: _Heartbeat) -> Result:
         _fault("claimed")
         task = Task.from_json(lease.job.spec)
-        loaded = self.executor.load(task, self.blobs.get)
+        deadline = time.monotonic() + self.job_timeout_s
+        loaded = self.executor.load(task, self.blobs.get, deadline)
         self.stats["server_hits" if loaded.server_hit else "server_loads"] += 1
         self.stats["keys_hits" if loaded.keys_hit else "keys_loads"] += 1
         total, done, outputs = sum(task.counts), 0, []
@@ -218,7 +262,7 @@ class Worker:
             if self.stopping.is_set() and i > 0:
                 raise _Released
             _fault("chunk")
-            outputs.append(self.blobs.put(self.executor.evaluate(self.blobs.get(digest))))
+            outputs.append(self.blobs.put(self.executor.evaluate(self.blobs.get(digest), deadline)))
             done += count
             hb.progress = {"done": done, "total": total}
             hb.beat()

@@ -162,8 +162,10 @@ class Supervisor:
                 stuck = next(g for g in self.groups if g.winner is None)
                 detail = (f"group {stuck.index}: {len(stuck.results)} result(s), {len(stuck.pending)} job(s) waiting; "
                           f"flagged workers: {self._flag_list() or 'none'}")
-                raise QueueError(f"timed out with {len(shown)}/{len(self.groups)} jobs done ({detail}); the jobs were "
-                                 f"cancelled: start workers (hec worker --queue {self.q.url}) or pass a longer --timeout")
+                message = (f"timed out with {len(shown)}/{len(self.groups)} jobs done ({detail}); the jobs were "
+                           f"cancelled: start workers (hec worker --queue {self.q.url}) or pass a longer --timeout")
+                # With workers flagged, what is missing is a trustworthy result, not capacity alone.
+                raise VerificationError(message) if self.flagged else QueueError(message)
             time.sleep(POLL_S)
 
     def _poll(self) -> None:

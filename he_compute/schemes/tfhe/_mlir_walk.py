@@ -309,8 +309,12 @@ def check(text: str, entry: str | None) -> None:
 
 
 def _limit_self() -> None:
+    # Only ever lower a limit: inside a worker's sandbox the inherited hard limits may already be tighter.
     for name, value in _LIMITS.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
+        kind = getattr(resource, name)
+        hard = resource.getrlimit(kind)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (value, value))
 
 
 def main(argv: list[str]) -> int:

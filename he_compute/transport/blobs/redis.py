@@ -2,18 +2,21 @@
 
 Layout: ``hec:blob:<hex>:<i>`` holds chunk ``i``; ``hec:blob:<hex>`` holds the
 chunk count, written last and only once.  Redis strings stop at 512 MB, and
-big values stall the server, hence the chunks.
+big values stall the server, hence the chunks.  Whoever can write to the server
+can lie about both, so a read checks the count and every chunk's length against
+the store's limit before it fetches a byte, and removes a blob that fails its
+digest so that the next upload repairs it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...errors import BlobNotFound, StoreError
+from ...errors import BlobNotFound, IntegrityError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
 from ..locations import redis_key
-from .base import verified
+from .base import DEFAULT_MAX_BLOB_BYTES, verified
 
 CHUNK = 4 * 1024 * 1024
 """Bytes per Redis string; evaluation keys (tens of MB) span several chunks."""
@@ -31,9 +34,10 @@ class RedisBlobStore(Closing):
         store = RedisBlobStore.from_url("redis://127.0.0.1:6379/0"); store.put(b"x")
     """
 
-    def __init__(self, client: Any, url: str):
+    def __init__(self, client: Any, url: str, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES):
         self._r = client
         self.url = url
+        self.max_bytes = max_bytes
 
     @classmethod
     def from_url(cls, url: str) -> RedisBlobStore:
@@ -69,26 +73,46 @@ class RedisBlobStore(Closing):
         return digest
 
     def get(self, digest: str) -> bytes:
-        """Read all chunks and verify the digest."""
+        """Check the chunk count and lengths against the limit, read the chunks, verify the digest."""
         hexd = check_digest(digest)
-        n = self._call("get", self._r.get, _key(hexd))
-        if n is None:
+        raw = self._call("get", self._r.get, _key(hexd))
+        if raw is None:
             raise BlobNotFound(f"blob {digest[:19]} is not in {self.url}: upload it again (hec run does)")
-        parts = self._call("get", self._r.mget, [_key(hexd, i) for i in range(int(n))])
-        if any(p is None for p in parts):
-            parts = [p or b"" for p in parts]
-        return verified(digest, b"".join(parts), self.url)
+        try:
+            n = int(raw)
+        except ValueError:
+            self.delete(digest)
+            raise IntegrityError(f"blob {digest[:19]} in {self.url} has an unreadable chunk count: removed; "
+                                 "upload it again") from None
+        most = max(1, -(-self.max_bytes // CHUNK))
+        if not 1 <= n <= most:
+            raise LimitExceeded(f"blob {digest[:19]} claims {n} chunks; this store's limit of {self.max_bytes} "
+                                f"bytes allows {most} (HEC_MAX_BLOB_MB)")
+        pipe = self._r.pipeline(transaction=False)
+        for i in range(n):
+            pipe.strlen(_key(hexd, i))
+        total = sum(self._call("get", pipe.execute))
+        if total > self.max_bytes:
+            raise LimitExceeded(f"blob {digest[:19]} is {total} bytes, larger than this store's limit of "
+                                f"{self.max_bytes} (HEC_MAX_BLOB_MB)")
+        parts = self._call("get", self._r.mget, [_key(hexd, i) for i in range(n)])
+        try:
+            return verified(digest, b"".join(p or b"" for p in parts), self.url)
+        except IntegrityError:
+            self.delete(digest)
+            raise
 
     def exists(self, digest: str) -> bool:
         """Whether the blob has been published."""
         return bool(self._call("exists", self._r.exists, _key(check_digest(digest))))
 
     def delete(self, digest: str) -> None:
-        """Unpublish first, then drop the chunks."""
+        """Unpublish first, then drop the chunks (found by pattern: the stored count may be a lie)."""
         hexd = check_digest(digest)
-        n = self._call("delete", self._r.getdel, _key(hexd))
-        if n is not None:
-            self._call("delete", self._r.delete, *[_key(hexd, i) for i in range(int(n))])
+        self._call("delete", self._r.delete, _key(hexd))
+        chunks = list(self._call("delete", self._r.scan_iter, f"{_key(hexd)}:*", 1000))
+        if chunks:
+            self._call("delete", self._r.delete, *chunks)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ...errors import BlobNotFound, StoreError
+from ...errors import BlobNotFound, IntegrityError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
-from .base import verified
+from .base import DEFAULT_MAX_BLOB_BYTES, verified
 
 
 class S3BlobStore(Closing):
@@ -25,8 +25,9 @@ class S3BlobStore(Closing):
         store = S3BlobStore.from_url("s3://my-bucket/hec?endpoint_url=http://127.0.0.1:9000")
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str, url: str):
+    def __init__(self, client: Any, bucket: str, prefix: str, url: str, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES):
         self._s3, self.bucket, self.prefix, self.url = client, bucket, prefix.strip("/"), url
+        self.max_bytes = max_bytes
 
     @classmethod
     def from_url(cls, url: str) -> S3BlobStore:
@@ -67,9 +68,21 @@ class S3BlobStore(Closing):
         return digest
 
     def get(self, digest: str) -> bytes:
-        """Download and verify."""
+        """Download (bounded by the store's limit) and verify; a blob that fails its digest is removed."""
         obj = self._call("get", self._s3.get_object, Key=self._key(digest))
-        return verified(digest, obj["Body"].read(), self.url)
+        size = int(obj.get("ContentLength") or 0)
+        if size > self.max_bytes:
+            obj["Body"].close()
+            raise LimitExceeded(f"blob {digest[:19]} is {size} bytes, larger than this store's limit of "
+                                f"{self.max_bytes} (HEC_MAX_BLOB_MB)")
+        data = obj["Body"].read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise LimitExceeded(f"blob {digest[:19]} is larger than this store's limit of {self.max_bytes} bytes")
+        try:
+            return verified(digest, data, self.url)
+        except IntegrityError:
+            self.delete(digest)
+            raise
 
     def exists(self, digest: str) -> bool:
         """HEAD the object."""

@@ -114,6 +114,7 @@ class Lease:
     token: str
     worker: str
     ref: dict[str, str] = field(default_factory=dict)  # engine-specific (Redis stream and entry id)
+    operator: str = ""                                  # who claimed, for the group rule (default: worker)
 
 
 @runtime_checkable

@@ -46,8 +46,8 @@ DEAD = key_for("dead")
 
 # The attempt limit is the record's, capped by the queue's own (ARGV[7]): a record rewritten to ask for a
 # million attempts, or one whose count is not a number, gets the cap (or one attempt).
-# A job of a replica group (KEYS[4], the set of operators that claimed from it) that this operator
-# (ARGV[8]) already took from is put back at the end of the stream, unclaimed.
+# A job of a replica group (KEYS[4], a hash operator -> the job it claimed) from which this operator
+# (ARGV[8]) already took another job is put back at the end of the stream, unclaimed.
 # KEYS: job hash, stream, dead stream, group set (or '').  ARGV: msg id, token, worker, now, deliveries,
 # consumer group, cap, operator, job id.
 _TAKE = """
@@ -55,7 +55,8 @@ local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'queued' and st ~= 'running' then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[1]); return 'skip'
 end
-if KEYS[4] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[8]) == 1 then
+local taken = KEYS[4] ~= '' and redis.call('HGET', KEYS[4], ARGV[8])
+if taken and taken ~= ARGV[9] then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[1])
   redis.call('XADD', KEYS[2], '*', 'job', ARGV[9])
   return 'busy'
@@ -80,7 +81,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[2], 'worker', ARGV[3], 'updated', ARGV[4],
   'msg', ARGV[1], 'stream', KEYS[2])
 if KEYS[4] ~= '' then
-  redis.call('SADD', KEYS[4], ARGV[8]); redis.call('EXPIRE', KEYS[4], 604800)
+  redis.call('HSET', KEYS[4], ARGV[8], ARGV[9]); redis.call('EXPIRE', KEYS[4], 604800)
 end
 return 'ok'
 """
@@ -116,7 +117,8 @@ redis.call('XADD', KEYS[3], '*', 'job', ARGV[5], 'error', ARGV[3])
 return 1
 """
 
-# KEYS: job hash, stream, dead.  ARGV: token, group, error, now, retry ('1'/'0'), release ('1'/'0'), cap.
+# KEYS: job hash, stream, dead, group hash (or '').  ARGV: token, group, error, now, retry ('1'/'0'),
+# release ('1'/'0'), cap, operator (on release: it may claim from the job's group again: it ran nothing).
 _FAIL = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
   return redis.call('HGET', KEYS[1], 'state')
@@ -124,6 +126,7 @@ end
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('XACK', KEYS[2], ARGV[2], redis.call('HGET', KEYS[1], 'msg'))
 if ARGV[6] == '1' then
+  if KEYS[4] ~= '' and redis.call('HGET', KEYS[4], ARGV[8]) == id then redis.call('HDEL', KEYS[4], ARGV[8]) end
   redis.call('HINCRBY', KEYS[1], 'attempts', -1)
   redis.call('HSET', KEYS[1], 'state', 'queued', 'token', '', 'worker', '', 'updated', ARGV[4])
   redis.call('XADD', KEYS[2], '*', 'job', id)
@@ -275,7 +278,8 @@ class RedisQueue(Closing):
             self._bury(keys=[key_for("job", job_id), stream, DEAD],
                        args=[msg_id, GROUP, str(job.error)[:4000], time.time(), job_id])
             return None
-        return Lease(job=job, token=token, worker=worker, ref={"stream": stream, "msg": _text(msg_id)})
+        return Lease(job=job, token=token, worker=worker, ref={"stream": stream, "msg": _text(msg_id)},
+                     operator=operator)
 
     def _reclaim(self, stream: str, worker: str, operator: str) -> Lease | None:
         """Take over one entry whose consumer has been idle past the lease (its worker is gone)."""
@@ -356,15 +360,17 @@ class RedisQueue(Closing):
 
     def fail(self, lease: Lease, error: str, *, retry: bool = True) -> JobState:
         """Requeue with a fresh entry while attempts remain, else add to the dead-letter stream."""
-        out = self._call("fail", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD],
+        out = self._call("fail", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD, ""],
                          args=[lease.token, GROUP, str(error)[:4000], time.time(), int(retry), 0,
-                               self.max_attempts_cap])
+                               self.max_attempts_cap, ""])
         return JobState(_text(out))
 
     def release(self, lease: Lease) -> None:
         """Requeue with a fresh entry without counting the attempt."""
-        self._call("release", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD],
-                   args=[lease.token, GROUP, "", time.time(), 1, 1, self.max_attempts_cap])
+        group_key = key_for("group", lease.job.group) if lease.job.group else ""
+        self._call("release", self._fail, keys=[key_for("job", lease.job.id), lease.ref["stream"], DEAD, group_key],
+                   args=[lease.token, GROUP, "", time.time(), 1, 1, self.max_attempts_cap,
+                         lease.operator or lease.worker])
 
     def cancel(self, job_id: str) -> bool:
         """Mark cancelled; a pending entry is acknowledged by whoever meets it next."""

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS leases (
     job_id TEXT PRIMARY KEY, token TEXT NOT NULL, worker TEXT NOT NULL, expires REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS group_claims (
-    grp TEXT NOT NULL, operator TEXT NOT NULL, PRIMARY KEY (grp, operator)
+    grp TEXT NOT NULL, operator TEXT NOT NULL, job_id TEXT NOT NULL, PRIMARY KEY (grp, operator)
 );
 """
 # Columns added after the first release: added to older databases on open.
@@ -173,7 +173,7 @@ class SqliteQueue(Closing):
                 while True:
                     row = db.execute(f"SELECT * FROM jobs WHERE state = ? AND device IN ({marks}) AND (grp IS NULL "
                                      "OR NOT EXISTS (SELECT 1 FROM group_claims g WHERE g.grp = jobs.grp AND "
-                                     "g.operator = ?)) ORDER BY created, rowid LIMIT 1",
+                                     "g.operator = ? AND g.job_id != jobs.id)) ORDER BY created, rowid LIMIT 1",
                                      (JobState.QUEUED.value, *devs, who)).fetchone()
                     if row is None:
                         break
@@ -189,10 +189,10 @@ class SqliteQueue(Closing):
                     db.execute("INSERT OR REPLACE INTO leases (job_id, token, worker, expires) VALUES (?, ?, ?, ?)",
                                (row["id"], token, worker, now + self.lease_s))
                     if row["grp"] is not None:
-                        db.execute("INSERT OR IGNORE INTO group_claims (grp, operator) VALUES (?, ?)",
-                                   (row["grp"], who))
+                        db.execute("INSERT OR IGNORE INTO group_claims (grp, operator, job_id) VALUES (?, ?, ?)",
+                                   (row["grp"], who, row["id"]))
                     job = _row_to_job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
-                    return Lease(job=job, token=token, worker=worker)
+                    return Lease(job=job, token=token, worker=worker, operator=who)
             if time.monotonic() >= deadline:
                 return None
             time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
@@ -243,10 +243,12 @@ class SqliteQueue(Closing):
             return state
 
     def release(self, lease: Lease) -> None:
-        """Requeue without counting the attempt (the worker is shutting down)."""
+        """Requeue without counting the attempt (the worker is shutting down); its operator may then take
+        another job of the group, since it ran none."""
         now = time.time()
         with self._tx() as db:
             if self._owns(db, lease):
+                db.execute("DELETE FROM group_claims WHERE job_id = ?", (lease.job.id,))
                 db.execute("UPDATE jobs SET state = ?, attempts = MAX(0, attempts - 1), worker = NULL, updated = ? "
                            "WHERE id = ?", (JobState.QUEUED.value, now, lease.job.id))
                 db.execute("DELETE FROM leases WHERE job_id = ?", (lease.job.id,))

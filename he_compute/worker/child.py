@@ -1,0 +1,157 @@
+"""The sandboxed evaluation child: locks itself down, then evaluates one model's jobs for its parent worker.
+
+Started by :mod:`.sandbox` as ``python -m he_compute.worker.child FD_IN FD_OUT LIMITS`` with an empty
+environment (no credentials, no inherited secrets), its own temporary directory and two pipes.  Before it
+reads anything a stranger wrote it:
+
+* asks to be killed when its parent dies (Linux parent-death signal),
+* caps its address space, open files, file size and core dumps (``setrlimit``),
+* leaves the network: a new network namespace where permitted (root), and a seccomp filter that
+  refuses every socket but Unix ones where libseccomp is present.
+
+Then it serves frames (:mod:`.frames`): ``load`` (which of this server part and these keys it still
+needs), ``put`` (a blob it needed), ``eval`` (one payload, with a CPU-time budget), ``quit``.  Errors go
+back as ``{"error": {"type", "message"}}``; a crash, an abort or a limit kills only this process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
+MAX_BLOB = 1 << 31
+
+
+def lock_down(limits: dict[str, Any]) -> list[str]:
+    """Apply the sandbox to this process; return the protections that took effect."""
+    applied = []
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+        applied.append("dies with its parent")
+    if os.getppid() == 1:  # the parent died before the request above took effect
+        os._exit(1)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for name, key in (("RLIMIT_AS", "memory"), ("RLIMIT_NOFILE", "files"), ("RLIMIT_FSIZE", "fsize")):
+        value = int(limits[key])
+        resource.setrlimit(getattr(resource, name), (value, value))
+    applied.append(f"{limits['memory'] >> 20} MiB address space, {limits['files']} files, "
+                   f"{limits['fsize'] >> 20} MiB per file")
+    if libc.unshare(_CLONE_NEWNET) == 0:
+        applied.append("no network (own network namespace)")
+    try:
+        import pyseccomp as seccomp
+
+        f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+        f.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
+        f.load()
+        applied.append("no sockets but Unix ones (seccomp)")
+    except (ImportError, OSError, RuntimeError):  # no libseccomp here: the namespace (if any) must do
+        pass
+    return applied
+
+
+class _Model:
+    """One server part's evaluator and the keys loaded for it (by blob digest)."""
+
+    def __init__(self, max_keys: int) -> None:
+        self.server: str | None = None
+        self.evaluator: Any = None
+        self.keys: dict[str, Any] = {}
+        self.current: Any = None
+        self.max_keys = max_keys
+
+    def need(self, server: str, keys: str) -> list[str]:
+        out = []
+        if self.server != server:
+            out.append("server")
+        if keys not in self.keys:
+            out.append("keys")
+        if not out:
+            self.current = self.keys[keys]
+            self.keys[keys] = self.keys.pop(keys)  # most recently used last
+        return out
+
+    def put(self, what: str, digest: str, data: bytes) -> None:
+        from ..formats import container
+        from ..evaluator import Evaluator
+
+        if what == "server":
+            part = container.parse(data, expect="server", source=f"server part {digest[:19]}")
+            self.evaluator, self.server, self.keys, self.current = Evaluator(part), digest, {}, None
+        elif what == "keys":
+            if self.evaluator is None:
+                raise RuntimeError("keys sent before the server part")
+            c = container.parse(data, expect="evalkeys", source=f"evaluation keys {digest[:19]}")
+            self.keys[digest] = self.evaluator.load_keys(c)
+            while len(self.keys) > self.max_keys:
+                self.keys.pop(next(iter(self.keys)))
+        else:
+            raise ValueError(f"unknown blob kind {what!r}")
+
+    def evaluate(self, payload: bytes) -> bytes:
+        if self.current is None:
+            raise RuntimeError("eval before load")
+        return self.evaluator.evaluate_payload(payload, self.current)
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error": {"type": type(exc).__name__, "message": str(exc)[:1000]}}
+
+
+def serve(fd_in: int, fd_out: int, limits: dict[str, Any]) -> None:
+    """Answer frames until ``quit`` or end of input."""
+    from .frames import ChildGone, read_frame, write_frame
+
+    model = _Model(int(limits.get("max_keys", 4)))
+    cpu_budget = int(limits["cpu_job_s"])
+    while True:
+        try:
+            header, payload = read_frame(fd_in, max_payload=MAX_BLOB)
+        except ChildGone:
+            return
+        op = header.get("op")
+        try:
+            if op == "quit":
+                return
+            if op == "load":
+                write_frame(fd_out, {"need": model.need(str(header["server"]), str(header["keys"]))})
+            elif op == "put":
+                model.put(str(header["what"]), str(header["digest"]), payload)
+                write_frame(fd_out, {"ok": True})
+            elif op == "eval":
+                used = resource.getrusage(resource.RUSAGE_SELF)
+                spent = int(used.ru_utime + used.ru_stime)
+                hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+                soft = spent + cpu_budget
+                resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
+                write_frame(fd_out, {"ok": True}, model.evaluate(payload))
+            else:
+                write_frame(fd_out, {"error": {"type": "FormatError", "message": f"unknown op {str(op)[:20]!r}"}})
+        except MemoryError as exc:
+            write_frame(fd_out, {"error": {"type": "MemoryError", "message": f"out of memory: {exc}"}})
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent as a typed message
+            write_frame(fd_out, _error(exc))
+
+
+def main(argv: list[str]) -> int:
+    """``python -m he_compute.worker.child FD_IN FD_OUT LIMITS_JSON``."""
+    fd_in, fd_out, limits = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    applied = lock_down(limits)
+    from .frames import write_frame
+
+    write_frame(fd_out, {"hello": applied, "pid": os.getpid()})
+    serve(fd_in, fd_out, limits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

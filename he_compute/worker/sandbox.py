@@ -1,0 +1,242 @@
+"""Evaluation in locked-down child processes: a hostile job can crash, abort or exhaust only its own child.
+
+:class:`Sandbox` is the worker's default :class:`~.executor.Executor`.  Each server part gets its own child
+(:mod:`.child`), reused for every job of that bundle so that its compiled circuit stays warm; at most
+``max_children`` live at once (least recently used first out).  The child holds no credential: it gets
+an empty environment, its own temporary directory, resource limits and no network, and talks to the
+worker over two pipes (:mod:`.frames`).  The worker keeps the queue, the blob store and its signing key.
+
+What the worker signs does not come from the child: :meth:`Sandbox.load` recomputes the model id from the
+server part's digests and the key id from the evaluation-key container itself.  A child that crashes,
+aborts, runs out of memory or time, or answers nonsense is killed and the job fails with
+:class:`~he_compute.errors.EvaluationError` (an attempt: the queue retries it, then dead-letters it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import errors
+from ..errors import EvaluationError
+from ..formats import container
+from ..formats import evalkeys as evalkeys_format
+from ..formats.bundle import check_server_part
+from ..formats.task import Task
+from .executor import Fetch, Loaded, check_ids
+from .frames import ChildGone, TimedOut, read_frame, write_frame
+
+_GiB = 1 << 30
+_ERRORS = {name: getattr(errors, name) for name in ("FormatError", "IntegrityError", "LimitExceeded",
+           "UnsafeArtifactError", "KeyMismatchError", "SecurityError", "UnsupportedModelError", "EvaluationError")}
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one evaluation child may use (``HEC_SANDBOX_*`` environment variables override the defaults)."""
+
+    memory: int = _env_int("HEC_SANDBOX_MEMORY_MB", 16 * 1024) << 20   # address space
+    files: int = 256
+    fsize: int = 2 * _GiB                                               # compiled circuits are written to disk
+    cpu_job_s: int = _env_int("HEC_SANDBOX_CPU_S", 3600)                # CPU seconds per evaluation call
+    max_keys: int = 4                                                   # key sets kept per model
+    threads: int = 1
+    env: dict[str, str] = field(default_factory=dict)                  # extra variables (tests' fault hooks)
+
+
+class _Child:
+    """One child process and its pipes."""
+
+    def __init__(self, limits: Limits, log: Any):
+        self.tmp = tempfile.mkdtemp(prefix="hec-sandbox-")
+        self.memory = limits.memory
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        env = {"PATH": "/usr/bin:/bin", "HOME": self.tmp, "TMPDIR": self.tmp, "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": str(limits.threads), **limits.env}
+        if os.environ.get("PYTHONPATH"):  # where this he_compute comes from (a checkout), not a credential
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        settings = {k: v for k, v in asdict(limits).items() if k != "env"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "he_compute.worker.child", str(to_child_r), str(from_child_w), json.dumps(settings)],
+            env=env, cwd=self.tmp, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        hello, _ = self.call(None, deadline=time.monotonic() + 120)
+        self.protections: list[str] = [str(p) for p in hello.get("hello", [])][:8]
+
+    def call(self, header: dict[str, Any] | None, payload: bytes = b"", *, deadline: float | None,
+             max_reply: int = 1 << 31) -> tuple[dict[str, Any], bytes]:
+        """Send a frame (unless ``header`` is None) and read the reply; translate failures into errors."""
+        try:
+            if header is not None:
+                write_frame(self._to_child, header, payload)
+            reply, data = read_frame(self._from_child, max_payload=max_reply, deadline=deadline)
+        except TimedOut:
+            self.kill()
+            raise EvaluationError("the job ran past its time limit: its evaluation process was killed") from None
+        except ChildGone:
+            raise EvaluationError(f"the evaluation process died ({self._death()}): "
+                                  "the job is retried, then dead-lettered") from None
+        except EvaluationError:
+            self.kill()
+            raise
+        if "error" in reply:
+            raise _translate(reply["error"], self.memory)
+        return reply, data
+
+    def _death(self) -> str:
+        try:
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "stopped answering"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit status {code}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the child now."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        """Ask the child to quit, kill it if it does not, and remove its files."""
+        if self.proc.poll() is None:
+            try:
+                write_frame(self._to_child, {"op": "quit"})
+                self.proc.wait(5)
+            except (ChildGone, subprocess.TimeoutExpired, OSError):
+                self.kill()
+        for fd in (self._to_child, self._from_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_RESOURCE_KINDS = ("MemoryError", "ImportError", "OSError")
+
+
+def _translate(error: Any, memory: int) -> Exception:
+    """The child's error as one of our exception types (anything else: an evaluation failure)."""
+    kind = str(error.get("type", "")) if isinstance(error, dict) else ""
+    message = "".join(ch for ch in str(error.get("message", "") if isinstance(error, dict) else "")[:500]
+                      if ch.isprintable())
+    cls = _ERRORS.get(kind, EvaluationError)
+    if cls is EvaluationError and kind:
+        message = f"{kind}: {message}"
+        if kind in _RESOURCE_KINDS:  # what running out of address space looks like from inside
+            message += (f" (the evaluation process may use {memory >> 20} MiB of address space: "
+                        "raise HEC_SANDBOX_MEMORY_MB if the model needs more)")
+    return cls(message)
+
+
+class Sandbox:
+    """Evaluates in child processes, one per server part (see the module docstring)."""
+
+    def __init__(self, limits: Limits | None = None, *, max_children: int = 2, log: Any = None):
+        self.limits = limits or Limits()
+        self.max_children = max_children
+        self._log = log
+        self._children: OrderedDict[str, _Child] = OrderedDict()
+        self._key_ids: OrderedDict[str, tuple[str, str]] = OrderedDict()   # keys digest -> (key id, model id)
+        self._model_ids: dict[str, tuple[str, str]] = {}                   # server digest -> (model id, scheme)
+        self._current: _Child | None = None
+        self.protections: list[str] = []
+
+    def _child(self, server: str, deadline: float | None) -> tuple[_Child, bool]:
+        child = self._children.get(server)
+        if child is not None and child.alive():
+            self._children.move_to_end(server)
+            return child, True
+        if child is not None:
+            child.close()
+            del self._children[server]
+        while len(self._children) >= self.max_children:
+            self._children.popitem(last=False)[1].close()
+        child = _Child(self.limits, self._log)
+        self.protections = child.protections
+        self._children[server] = child
+        return child, False
+
+    def load(self, task: Task, fetch: Fetch, deadline: float | None = None) -> Loaded:
+        """Make ``task``'s model and keys current in its child; the ids come from the worker's own parsing."""
+        child, _ = self._child(task.server, deadline)
+        need, _ = child.call({"op": "load", "server": task.server, "keys": task.keys}, deadline=deadline)
+        wanted = [w for w in need.get("need", []) if w in ("server", "keys")]
+        for what in wanted:
+            digest = task.server if what == "server" else task.keys
+            data = fetch(digest)
+            self._remember_ids(what, digest, data)
+            child.call({"op": "put", "what": what, "digest": digest}, data, deadline=deadline)
+        if wanted:
+            child.call({"op": "load", "server": task.server, "keys": task.keys}, deadline=deadline)
+        model_id, scheme = self._ids_for_server(task, fetch)
+        key_id, keys_model = self._ids_for_keys(task, fetch)
+        if keys_model != model_id:
+            raise errors.KeyMismatchError("the evaluation keys were made for another model than this bundle")
+        check_ids(task, model_id, key_id, scheme)
+        self._current = child
+        return Loaded(model_id, key_id, "server" not in wanted, "keys" not in wanted)
+
+    def _remember_ids(self, what: str, digest: str, data: bytes) -> None:
+        if what == "server":
+            part = container.parse(data, expect="server", source=f"server part {digest[:19]}")
+            check_server_part(part)  # digests and model id, recomputed here
+            self._model_ids[digest] = (str(part.meta["model_id"]), part.scheme)
+        else:
+            c = container.parse(data, expect="evalkeys", source=f"evaluation keys {digest[:19]}")
+            self._key_ids[digest] = (evalkeys_format.verify(c), str(c.meta.get("model_id")))
+            while len(self._key_ids) > 64:
+                self._key_ids.popitem(last=False)
+
+    def _ids_for_server(self, task: Task, fetch: Fetch) -> tuple[str, str]:
+        if task.server not in self._model_ids:
+            self._remember_ids("server", task.server, fetch(task.server))
+        return self._model_ids[task.server]
+
+    def _ids_for_keys(self, task: Task, fetch: Fetch) -> tuple[str, str]:
+        if task.keys not in self._key_ids:
+            self._remember_ids("keys", task.keys, fetch(task.keys))
+        return self._key_ids[task.keys]
+
+    def evaluate(self, payload: bytes, deadline: float | None = None) -> bytes:
+        """Evaluate one chunk in the current child."""
+        if self._current is None:
+            raise RuntimeError("Sandbox.evaluate called before load")
+        _, result = self._current.call({"op": "eval"}, payload, deadline=deadline)
+        return result
+
+    def abort(self) -> None:
+        """Kill the child working on the current job (a second stop signal)."""
+        if self._current is not None:
+            self._current.kill()
+
+    def close(self) -> None:
+        """Stop every child."""
+        while self._children:
+            self._children.popitem()[1].close()
+        self._current = None
