@@ -25,7 +25,7 @@ only one type.  Each class is one kind of failure::
         ├── IdentityError      a worker key file is missing, unreadable or too widely readable
         ├── ReceiptError       a receipt is malformed, badly signed or does not match the job
         │   └── UntrustedWorker  the receipt is signed by a key that is not on the allow-list
-        ├── MissingOutput      a valid receipt names output blobs that are not in the store
+        ├── BadOutput          a valid receipt names output blobs that are missing or malformed
         ├── NoMajority         replicas disagree and no result reaches a majority
         ├── CanaryFailed       a worker got a canary (a job whose answer the client knows) wrong
         └── AuditError         the audit log was rewritten, truncated or reordered
@@ -128,8 +128,8 @@ class UntrustedWorker(ReceiptError):
     """The receipt's signer is not on the client's allow-list."""
 
 
-class MissingOutput(VerificationError):
-    """A receipt valid for its job names output blobs the store lacks; ``worker_id`` signed it."""
+class BadOutput(VerificationError):
+    """A receipt valid for its job names output blobs that are missing or malformed; ``worker_id`` signed it."""
 
     def __init__(self, message: str, worker_id: str):
         super().__init__(message)

@@ -292,3 +292,55 @@ def test_the_redis_store_detects_a_rewrite(tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_a_torn_last_line_is_reported_set_aside_and_appending_goes_on(tmp_path, cli):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(path, n=4)
+    head = log.verify()
+    with open(path, "ab") as fh:  # a crash in the middle of the next append
+        fh.write(b'{"v":1,"i":4,"t":17,"kind":"subm')
+    torn = log.verify()
+    assert (torn.size, torn.root, torn.torn_bytes) == (4, head.root, 32)
+    res = CliRunner().invoke(cli, ["audit", "verify", "--log", str(path)])
+    assert res.exit_code == 0 and "32 bytes of a torn last line follow entry 3" in res.stderr
+    entry = log.append("submit", "job-4", {"n": 4})
+    assert entry["i"] == 4
+    after = log.verify()
+    assert after.size == 5 and after.torn_bytes == 0
+    assert (tmp_path / "audit.jsonl.torn").read_bytes().startswith(b'{"v":1,"i":4,"t":17')
+
+
+def test_a_run_keeps_its_verified_results_when_the_audit_log_was_tampered_with(tmp_path, compiled, cancer):
+    import threading
+
+    import numpy as np
+
+    import he_compute
+    from he_compute.client.run import run
+    from he_compute.transport import blobs, queue
+    from he_compute.worker.executor import InProcess
+    from he_compute.worker.loop import Worker
+
+    c = compiled("linear")
+    q_url, b_url = f"sqlite://{tmp_path}/queue.db", f"file://{tmp_path}/blobs"
+    _fill(tmp_path / "audit.jsonl", n=4)
+    lines = _lines(tmp_path / "audit.jsonl")
+    entry = json.loads(lines[1])
+    entry["job"] = "job-x"
+    lines[1] = json.dumps(entry)
+    (tmp_path / "audit.jsonl").write_text("\n".join(lines) + "\n")
+    with queue.connect(q_url) as q, blobs.connect(b_url) as store:
+        worker = Worker(q, store, executor=InProcess(), log=lambda m: None)
+        thread = threading.Thread(target=worker.run, kwargs={"poll_s": 0.05}, daemon=True)
+        thread.start()
+        try:
+            X = cancer[1][:2]
+            report = run(c.client.encrypt(X), c.bundle.server_part(),
+                         he_compute.read_evaluation_keys(c.client.evaluation_keys_path), queue=q_url, blobs=b_url,
+                         show_progress=False, timeout=120)
+        finally:
+            worker.stop()
+            thread.join(30)
+    assert "entry 1 was rewritten" in report.verification["audit"]["error"]
+    np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"), atol=1e-9)

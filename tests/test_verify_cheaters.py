@@ -39,7 +39,9 @@ class Cheater(threading.Thread):
         self.name, self.done, self.stopping = f"cheater-{kind}", 0, threading.Event()
 
     def outputs(self, spec: dict) -> list[str] | None:
-        if self.kind in ("random", "wrong-key"):
+        if self.kind == "huge":  # well-signed, but far larger than any result of this circuit
+            return [self.store.put(os.urandom(4 << 20)) for _ in spec["inputs"]]
+        if self.kind in ("random", "wrong-key", "not-a-dict"):
             return [self.store.put(os.urandom(len(self.store.get(d)))) for d in spec["inputs"]]
         if self.kind == "echo":
             return list(spec["inputs"])
@@ -67,7 +69,8 @@ class Cheater(threading.Thread):
                                       key_id=spec["key_id"], inputs=spec["inputs"], outputs=outs,
                                       timings={"eval_ms": 1})
                 receipt["sig"] = forged["sig"]
-            self.q.complete(lease, {"outputs": outs, "inputs": spec["inputs"], "receipt": receipt, "stats": {}})
+            result = {"outputs": outs, "inputs": spec["inputs"], "receipt": receipt, "stats": {}}
+            self.q.complete(lease, [1] if self.kind == "not-a-dict" else result)
             self.done += 1
 
 
@@ -108,7 +111,7 @@ def _stop(threads):
         t.join(10)
 
 
-@pytest.mark.parametrize("kind", ["random", "replay", "echo", "wrong-key"])
+@pytest.mark.parametrize("kind", ["random", "replay", "echo", "wrong-key", "not-a-dict", "huge"])
 def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     s = setup
     enc = s["c"].client.encrypt(s["X"])
@@ -124,7 +127,7 @@ def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     v = report.verification
     flagged = set(v["flagged"])
     assert cheat.done > 0, "the cheater never got a job: the test proved nothing"
-    wanted = f"unverified:{cheat.name}" if kind == "wrong-key" else cheat.me.short_id
+    wanted = f"unverified:{cheat.name}" if kind in ("wrong-key", "not-a-dict") else cheat.me.short_id
     assert flagged == {wanted}, v
     assert v["replicas"] == 2 and v["audit"]["size"] > 0
     with AuditLog.open(Locations.resolve(s["q"]).audit) as log:

@@ -69,6 +69,9 @@ def register(group: click.Group) -> None:
             click.echo(json.dumps({"log": log.location, **head.to_json()}, indent=2))
         click.echo(f"{log.location}: {head.size} entries intact; checkpoint --size {head.size} --root {head.root}",
                    err=as_json)
+        if head.torn_bytes:
+            click.echo(f"warning: {head.torn_bytes} bytes of a torn last line follow entry {head.size - 1} (a crash "
+                       "during an append); the next append sets them aside", err=True)
 
     @audit.command("show")
     @click.argument("job_id", metavar="JOB")

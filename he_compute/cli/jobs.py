@@ -87,9 +87,13 @@ def register(group: click.Group) -> None:
               f"blob(s), reused {sum(report.reused.values())}")
         if report.verification:
             v = report.verification
+            audit = v.get("audit", {})
             _echo(f"verified: {v['replicas']} replica(s), {v['canaries']} canaries, {v['tie_breakers']} "
-                  f"tie-breaker(s); flagged: {', '.join(v['flagged']) or 'none'}; audit root {v['audit']['root']}"
-                  if "audit" in v else f"verified: flagged {', '.join(v['flagged']) or 'none'}")
+                  f"tie-breaker(s); flagged: {', '.join(v['flagged']) or 'none'}"
+                  + (f"; audit root {audit['root']}" if "root" in audit else ""))
+            if "error" in audit:
+                _echo(f"warning: the audit log {audit['log']} failed verification ({audit['error']}); the results "
+                      "were verified by their receipts and kept; run hec audit verify")
 
     @group.command("status")
     @click.argument("job_id", metavar="[JOB]", required=False)

@@ -108,10 +108,14 @@ class LogHead:
     size: int
     chain: str
     root: str
+    torn_bytes: int = 0   # bytes of a torn last line after the entries (a crash during an append)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON view."""
-        return {"size": self.size, "chain": self.chain, "root": self.root}
+        out: dict[str, Any] = {"size": self.size, "chain": self.chain, "root": self.root}
+        if self.torn_bytes:
+            out["torn_bytes"] = self.torn_bytes
+        return out
 
 
 def next_entry(last: str | None, kind: str, job_id: str, body: dict[str, Any], t: int,

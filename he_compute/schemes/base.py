@@ -75,6 +75,12 @@ class ServerScheme(Protocol):
         """Build the evaluator of one model from checked sections (costly: cache it by digest)."""
         ...
 
+    def check_result(self, manifest: dict[str, Any], sections: dict[str, bytes], payload: bytes,
+                     n_samples: int) -> None:
+        """Raise :class:`~he_compute.errors.FormatError` unless ``payload`` can be this model's encrypted
+        result for ``n_samples`` samples, judged by framing and sizes only: nothing is deserialized."""
+        ...
+
 
 class ClientScheme(Protocol):
     """A scheme as the data owner sees it."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Protocol
 from ..formats import audit as entries
 from ..formats.audit import LogHead
 from ..formats.canonical import canonical
+from ..files import atomic_write
 from ._closing import Closing
 from .locations import redis_key
 
@@ -59,12 +60,19 @@ class AuditStore(Protocol):
 
 
 class JsonlStore(Closing):
-    """One JSON line per entry in ``PATH`` and the head in ``PATH.head``; appends hold an ``fcntl`` lock."""
+    """One JSON line per entry in ``PATH`` and the head in ``PATH.head``; appends hold an ``fcntl`` lock.
+
+    A crash in the middle of an append leaves a *torn* last line (no newline).  It is never taken for an
+    entry: :meth:`lines` returns complete lines only and reports the torn bytes in :attr:`torn_bytes`,
+    and the next append moves them to ``PATH.torn`` (for inspection) before it writes, so the chain goes
+    on from the last complete entry.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.location = str(self.path)
         self._head = self.path.with_name(self.path.name + ".head")
+        self.torn_bytes = 0
 
     def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
         import fcntl
@@ -73,17 +81,40 @@ class JsonlStore(Closing):
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
+                self._set_aside_torn_tail(fh)
                 line, head = build(self._last_line(fh))
                 fh.seek(0, os.SEEK_END)
                 fh.write(line.encode() + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-                tmp = self._head.with_name(self._head.name + ".tmp")
-                tmp.write_text(head)
-                os.replace(tmp, self._head)
+                atomic_write(self._head, head.encode())
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return line
+
+    def _set_aside_torn_tail(self, fh: Any) -> None:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        fh.seek(end - 1)
+        if fh.read(1) == b"\n":
+            return
+        pos, buf = end, b""
+        while pos > 0 and b"\n" not in buf:
+            step = min(4096, pos)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+        cut = pos + buf.rfind(b"\n") + 1 if b"\n" in buf else 0
+        fh.seek(cut)
+        torn = fh.read()
+        with open(self.path.with_name(self.path.name + ".torn"), "ab") as aside:
+            aside.write(torn + b"\n")
+            aside.flush()
+            os.fsync(aside.fileno())
+        fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
 
     @staticmethod
     def _last_line(fh: Any) -> str | None:
@@ -100,9 +131,12 @@ class JsonlStore(Closing):
 
     def lines(self) -> list[str]:
         try:
-            return self.path.read_text().splitlines()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
+        complete, _, torn = data.rpartition(b"\n") if not data.endswith(b"\n") else (data, b"", b"")
+        self.torn_bytes = len(torn)
+        return complete.decode().splitlines()
 
     def head(self) -> str | None:
         try:
@@ -196,8 +230,13 @@ class AuditLog:
         return entries.parse_lines(self.store.lines())
 
     def verify(self, *, checkpoint: LogHead | tuple[int, str] | None = None) -> LogHead:
-        """Check every entry, the chain, the head, and ``checkpoint`` (a ``(size, root)`` kept elsewhere)."""
-        return entries.verify_lines(self.store.lines(), self.store.head(), checkpoint=checkpoint)
+        """Check every entry, the chain, the head, and ``checkpoint`` (a ``(size, root)`` kept elsewhere).
+
+        A torn last line (a crash during an append) is not an entry: it is reported in the head's
+        ``torn_bytes`` and set aside by the next append."""
+        head = entries.verify_lines(self.store.lines(), self.store.head(), checkpoint=checkpoint)
+        torn = int(getattr(self.store, "torn_bytes", 0))
+        return LogHead(head.size, head.chain, head.root, torn) if torn else head
 
     def _leaves(self, size: int | None) -> list[bytes]:
         leaves = [bytes.fromhex(e["leaf"]) for e in self.entries()]

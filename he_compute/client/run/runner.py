@@ -26,12 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...errors import FormatError, InputError, KeyMismatchError
+from ... import schemes
+from ...errors import AuditError, FormatError, InputError, KeyMismatchError
 from ...formats.bundle import from_container
 from ...formats.ciphertexts import check_inputs_match, chunk_name, results_container
 from ...formats.container import Container
 from ...formats.digests import digest_of
 from ...formats.task import Task
+from ...transport.audit import AuditLog
 from ...transport.queue import DEFAULT_MAX_ATTEMPTS
 from ..progress import progress
 from .allowlist import AllowList
@@ -138,7 +140,7 @@ def run(
                 progress("run", sum(counts), enabled=show_progress) as advance, \
                 conn.audit_log(policy.audit) as log:
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
-                             audit=log, max_attempts=policy.max_attempts)
+                             audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part))
             report.run_id = sup.run_id
             check = (canary_check(policy.known_answers, [c for _, c in canaries], slot_of, conn.store)
                      if canaries else None)
@@ -153,12 +155,30 @@ def run(
             sections = _collect(conn, groups, len(inputs))
             report.verification = {**sup.summary(), "canaries": len(canaries)}
             if log is not None:
-                report.verification["audit"] = {"log": log.location, **log.verify().to_json()}
+                report.verification["audit"] = _audit_summary(log)
         report.worker_stats = sup.job_stats
         report.seconds["wait"] = round(time.perf_counter() - t1, 4)
     report.result = results_container(ciphertexts, sections)
     report.seconds["total"] = round(time.perf_counter() - t0, 4)
     return report
+
+
+def _audit_summary(log: AuditLog) -> dict[str, Any]:
+    """The log's head after the run; a broken log is reported, never a reason to drop verified results."""
+    try:
+        return {"log": log.location, **log.verify().to_json()}
+    except AuditError as exc:
+        return {"log": log.location, "error": str(exc)}
+
+
+def _output_check(server_part: Container) -> Callable[[bytes, int], None]:
+    """The scheme's size-and-framing check of one result chunk (see ``ServerScheme.check_result``)."""
+    scheme = schemes.server(server_part.scheme)
+
+    def check(payload: bytes, n_samples: int) -> None:
+        scheme.check_result(server_part.meta, server_part.sections, payload, n_samples)
+
+    return check
 
 
 def _server_part_of(part: Container) -> Container:

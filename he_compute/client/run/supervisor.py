@@ -36,7 +36,7 @@ from ...errors import (
     CanaryFailed,
     FormatError,
     JobFailed,
-    MissingOutput,
+    BadOutput,
     NoMajority,
     QueueError,
     ReceiptError,
@@ -85,18 +85,22 @@ class Group:
 
 
 CanaryCheck = Callable[["Supervisor"], bool]
+OutputCheck = Callable[[bytes, int], None]
+"""Raises FormatError unless the bytes can be the model's encrypted result for that many samples."""
 
 
 class Supervisor:
     """Runs one verified evaluation through a queue; see the module docstring."""
 
     def __init__(self, q: Producer, store: BlobStore, *, device: str, replicas: int, allowed: AllowList | None,
-                 audit: AuditLog | None, max_attempts: int, max_results: int | None = None, run_id: str | None = None):
+                 audit: AuditLog | None, max_attempts: int, max_results: int | None = None, run_id: str | None = None,
+                 check_output: OutputCheck | None = None):
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
+        self.check_output = check_output
         self.max_results = max_results or replicas + 2
         self.groups: list[Group] = []
         self.jobs: dict[str, Group] = {}
@@ -223,8 +227,15 @@ class Supervisor:
             "job_id": job.id, "model_id": g.spec["model_id"], "key_id": g.spec["key_id"],
             "inputs": g.spec["inputs"], "outputs": list(result.outputs)})
         if len(result.outputs) != len(g.spec["inputs"]) or not all(self.store.exists(d) for d in result.outputs):
-            raise MissingOutput(f"job {job.id}: worker {r.worker} names output blobs that are not in the store",
-                                r.worker_id)
+            raise BadOutput(f"job {job.id}: worker {r.worker} names output blobs that are not in the store",
+                            r.worker_id)
+        if self.check_output is not None:
+            for digest, count in zip(result.outputs, g.spec["counts"]):
+                try:
+                    self.check_output(self.store.get(digest), int(count))  # sizes and framing, nothing parsed
+                except FormatError as exc:  # IntegrityError and LimitExceeded included
+                    raise BadOutput(f"job {job.id}: worker {r.worker} returned a malformed result ({exc})",
+                                    r.worker_id) from None
         return result, r
 
     def _take(self, job: Job) -> None:
@@ -237,9 +248,9 @@ class Supervisor:
             result, r = self._check_result(job, g)
         except (FormatError, VerificationError) as exc:
             self.stats["invalid"] += 1
-            # Only a receipt valid for this very job binds its signer (MissingOutput carries it); anything else
+            # Only a receipt valid for this very job binds its signer (BadOutput carries it); anything else
             # (a forged or replayed receipt) may name an honest worker, so the blame goes to the queue name.
-            who = exc.worker_id if isinstance(exc, MissingOutput) else f"unverified:{job.worker or job.id}"
+            who = exc.worker_id if isinstance(exc, BadOutput) else f"unverified:{job.worker or job.id}"
             self._flag(who, f"returned an invalid result for job {job.id}: {exc}")
             g.results.setdefault(who, None)
             return

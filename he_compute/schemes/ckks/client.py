@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import FormatError, KeyMismatchError
 from ...formats.bundle import Bundle
 from . import params
-from .payload import Payload, pack, unpack
+from .payload import Payload, check_output, pack
 
 
 @dataclass
@@ -101,9 +101,7 @@ class CKKSClient:
         import tenseal as ts
 
         ctx = self._context()
-        p = unpack(payload, role="output")
-        if p.n_samples != n_samples or p.packing != self.packing:
-            raise FormatError(f"result chunk holds {p.n_samples} {p.packing}-packed samples, expected {n_samples}")
+        p = check_output(payload, self.ckks, self.n_out, n_samples)  # sizes first: TenSEAL parses only then
         try:
             vectors = [np.asarray(ts.ckks_vector_from(ctx, ct).decrypt(), dtype=np.float64) for ct in p.ciphertexts]
         except Exception as exc:

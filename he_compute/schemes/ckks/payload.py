@@ -83,3 +83,25 @@ def unpack(data: bytes, *, role: str) -> Payload:
     if pos != len(data):
         raise FormatError("CKKS payload has trailing bytes")
     return Payload(got_role, packing, n_samples, cts)
+
+
+CT_SLACK = 64 * 1024
+
+
+def max_ciphertext_bytes(ckks: dict) -> int:
+    """The most bytes one serialized ciphertext of these parameters can take: two polynomials of ``N``
+    coefficients per prime, 8 bytes each (SEAL may compress below that), plus framing."""
+    return 2 * int(ckks["poly_modulus_degree"]) * len(ckks["coeff_mod_bit_sizes"]) * 8 + CT_SLACK
+
+
+def check_output(data: bytes, ckks: dict, n_outputs: int, n_samples: int) -> Payload:
+    """Frame-check a result payload against the model (packing, counts, sizes) before anything parses it."""
+    p = unpack(data, role="output")
+    expected = 1 if p.packing == "single" else n_outputs
+    if p.packing != ckks["packing"] or p.n_samples != n_samples or len(p.ciphertexts) != expected:
+        raise FormatError(f"result chunk holds {len(p.ciphertexts)} {p.packing}-packed ciphertext(s) for "
+                          f"{p.n_samples} samples, expected {expected} {ckks['packing']}-packed for {n_samples}")
+    bound = max_ciphertext_bytes(ckks)
+    if any(not 0 < len(ct) <= bound for ct in p.ciphertexts):
+        raise FormatError(f"a result ciphertext is larger than these parameters allow ({bound} bytes)")
+    return p

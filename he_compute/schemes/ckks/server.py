@@ -13,13 +13,14 @@ and an extra row that carries the constant on (see :func:`homogeneous`).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
 from ...errors import FormatError, KeyMismatchError, UnsafeArtifactError
 from . import params
-from .payload import Payload, pack, unpack
+from .payload import Payload, check_output, pack, unpack
 from .plan import LINEAR_OPS, affine_matrix, check_sections, needs_relin, poly_apply
 
 
@@ -178,6 +179,15 @@ class CKKSServerScheme:
         """The checked plan, its layers turned into matrices (workers cache it by server-part digest)."""
         params.validate(manifest.get("ckks", {}))
         return CKKSServer(manifest, sections)
+
+    def check_result(self, manifest: dict[str, Any], sections: dict[str, bytes], payload: bytes,
+                     n_samples: int) -> None:
+        """Framing and sizes only: packing, one ciphertext per output (batch) or one (single), bounded sizes."""
+        try:
+            n_outputs = int(json.loads(sections["plan.json"])["output_shape"][0])
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise FormatError(f"plan.json names no output size ({exc}): re-compile the bundle") from exc
+        check_output(payload, manifest["ckks"], n_outputs, n_samples)
 
 
 SCHEME = CKKSServerScheme()

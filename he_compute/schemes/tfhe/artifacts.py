@@ -234,3 +234,32 @@ def sections_from_deployment(directory: Path) -> tuple[dict[str, bytes], dict[st
     }
     check_server_sections(server)
     return client, server, versions
+
+
+RESULT_SLACK = 64 * 1024
+"""Bytes a serialized result may carry beyond its raw LWE coefficients (Cap'n Proto framing: ~300 seen)."""
+
+
+def max_result_bytes(specs_json: bytes) -> int:
+    """The most bytes one encrypted result of this circuit can take: its output's LWE coefficients
+    (8 bytes each, from ``client.specs.json``) plus framing.  Checked before any result is deserialized."""
+    try:
+        (circuit,) = json.loads(specs_json)["circuits"]
+        (output,) = circuit["outputs"]
+        dims = output["typeInfo"]["lweCiphertext"]["concreteShape"]["dimensions"]
+        words = 1
+        for d in dims:
+            words *= int(d)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"client.specs.json does not describe one encrypted output ({exc}): re-compile") from exc
+    return 8 * words + RESULT_SLACK
+
+
+def check_result_size(payload: bytes, specs_json: bytes, n_samples: int) -> None:
+    """Refuse a TFHE result that is empty, for more than one sample, or larger than the circuit's output."""
+    bound = max_result_bytes(specs_json)
+    if n_samples != 1:
+        raise FormatError(f"a TFHE result holds one sample, this one claims {n_samples}")
+    if not 0 < len(payload) <= bound:
+        raise FormatError(f"the encrypted result is {len(payload)} bytes; this circuit's output takes at most "
+                          f"{bound}: it is not a result of this model")

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import FormatError, UnsafeArtifactError
 from ...formats.bundle import Bundle
-from .artifacts import check_processing
+from .artifacts import check_processing, check_result_size
 
 
 @dataclass
@@ -62,7 +62,8 @@ class TFHEClient:
         from concrete import fhe
 
         self._fhe = fhe
-        self._client = fhe.Client(fhe.ClientSpecs.deserialize(sections["client.specs.json"]))
+        self._specs = sections["client.specs.json"]
+        self._client = fhe.Client(fhe.ClientSpecs.deserialize(self._specs))
         self._model = build_model(sections["processing.json"])
         if secret is not None:
             self._client.keys = fhe.Keys.deserialize(secret)
@@ -81,7 +82,8 @@ class TFHEClient:
         return payloads
 
     def decrypt(self, payload: bytes, n_samples: int) -> np.ndarray:
-        """Decrypt, de-quantize and post-process one sample's result."""
+        """Decrypt, de-quantize and post-process one sample's result (its size is checked before parsing)."""
+        check_result_size(payload, self._specs, n_samples)
         try:
             value = self._fhe.Value.deserialize(payload)
         except Exception as exc:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ...errors import EvaluationError, FormatError, KeyMismatchError
-from .artifacts import PINNED_OPTIONS, check_server_sections
+from .artifacts import PINNED_OPTIONS, check_result_size, check_server_sections
 
 
 def _configuration(plain: dict[str, Any]) -> Any:
@@ -86,6 +86,11 @@ class TFHEServerScheme:
     def open_server(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> TFHEServer:
         """Compile the circuit (costly: workers cache the result by server-part digest)."""
         return TFHEServer(sections)
+
+    def check_result(self, manifest: dict[str, Any], sections: dict[str, bytes], payload: bytes,
+                     n_samples: int) -> None:
+        """Sizes only: a result is one sample's output ciphertext of this circuit."""
+        check_result_size(payload, sections["client.specs.json"], n_samples)
 
 
 SCHEME = TFHEServerScheme()
