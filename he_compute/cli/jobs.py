@@ -7,9 +7,11 @@ errors become one ``Error: ...`` line through the main group.
 from __future__ import annotations
 
 import json
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -31,6 +33,26 @@ def _progress(job: Any) -> str:
     return f"{done}/{total}"
 
 
+class _Interrupted(click.ClickException):
+    """A run stopped by Ctrl-C or SIGTERM: one line, exit status 130 like any interrupted command."""
+
+    exit_code = 130
+
+
+@contextmanager
+def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM ends a run like Ctrl-C does: through KeyboardInterrupt, so its jobs are cancelled."""
+
+    def on_term(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def register(group: click.Group) -> None:
     """Add the queue commands to ``group``."""
 
@@ -49,18 +71,23 @@ def register(group: click.Group) -> None:
     @click.option("--local-workers", type=click.IntRange(0, 256), default=0, show_default=True,
                   help="Start N worker processes for this run and stop them after.")
     @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                  help="Give up after S seconds (jobs stay queued).")
+                  help="Give up after S seconds (the run's jobs are cancelled).")
+    @click.option("--resume/--no-resume", default=True, show_default=True,
+                  help="After a crash or Ctrl-C, running the same command collects the jobs that finished and "
+                       "submits only what is missing; --no-resume starts over.")
     @click.option("--samples-per-job", type=click.IntRange(1), default=None,
                   help="Ciphertext chunks per job (default: split into at most 64 jobs).")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
     @verify_options
     def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
                 queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
-                timeout: float | None, samples_per_job: int | None, as_json: bool, **verify: Any) -> None:
+                timeout: float | None, resume: bool, samples_per_job: int | None, as_json: bool,
+                **verify: Any) -> None:
         """Evaluate ENCRYPTED on queue workers and write the encrypted result.
 
         Uploads what the blob store lacks (server part, evaluation keys, ciphertexts),
-        submits one job per chunk of samples, waits and verifies every result digest.
+        submits one job per chunk of samples, waits and verifies every result. Ctrl-C (or
+        SIGTERM) cancels the run's jobs; running the same command again resumes it.
 
         Example: hec run x.enc --bundle model.hec --keys keys/ -o y.enc --local-workers 2
         """
@@ -76,8 +103,15 @@ def register(group: click.Group) -> None:
         part = container.read(bundle_path, expect=("bundle", "server"))
         evk = read_evaluation_keys(eval_keys)
         policy = verify_policy(verify, keys_dir=keys_dir, server_part=part, evalkeys=evk)
-        report = run(enc, part, evk, queue=queue_url, blobs=blobs_url, policy=policy,
-                     local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job)
+        with _interrupts_as_keyboard_interrupt():
+            try:
+                report = run(enc, part, evk, queue=queue_url, blobs=blobs_url, policy=policy, resume=resume,
+                             local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job)
+            except KeyboardInterrupt:
+                raise _Interrupted("interrupted: the run's unfinished jobs were cancelled; run the same command "
+                                   "again to resume (finished jobs are kept)") from None
+        if report.resumed:
+            _echo(f"resumed run {report.run_id}: {report.resumed} job group(s) had jobs from the earlier attempt")
         report.result.save(output)
         n = enc.meta["n_samples"]
         if as_json:

@@ -51,7 +51,7 @@ from .identity import WorkerIdentity
 FAULT_ENV = "HEC_TEST_FAULT"
 JOB_TIMEOUT_S = float(os.environ.get("HEC_JOB_TIMEOUT_S", "3600"))
 """Wall-clock seconds one job may take (load and every chunk) before its evaluation is killed."""
-BURST_PATIENCE_S = 30.0
+BURST_PATIENCE_S = float(os.environ.get("HEC_BURST_PATIENCE_S", "30"))
 """How long a ``--burst`` worker keeps trying an unreachable queue before it gives up."""
 PERMANENT = (FormatError, UnsafeArtifactError, KeyMismatchError, InputError, UnsupportedModelError, SecurityError)
 """Failures no other attempt can fix: the job goes straight to the dead letter."""

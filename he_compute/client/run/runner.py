@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import numpy as np
 
 from ... import schemes
 from ...errors import AuditError, FormatError, InputError, KeyMismatchError
 from ...formats.bundle import from_container
-from ...formats.ciphertexts import check_inputs_match, chunk_name, results_container
+from ...formats.ciphertexts import check_inputs_match, chunk_name, inputs_digest, results_container
 from ...formats.container import Container
 from ...formats.digests import digest_of
 from ...formats.task import Task
@@ -40,6 +43,7 @@ from .allowlist import AllowList
 from .canaries import Canary, KnownAnswers, canary_check, canary_count, shuffle_in
 from .connection import Connection
 from .local import local_workers as start_local_workers
+from .record import RunRecord, run_key
 from .supervisor import Group, Supervisor
 
 MAX_JOBS_AUTO = 64
@@ -76,6 +80,7 @@ class RunReport:
     result: Container
     job_ids: list[str]
     run_id: str = ""
+    resumed: int = 0          # job groups that already had jobs from an earlier, interrupted attempt
     uploaded: dict[str, int] = field(default_factory=dict)
     reused: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -89,7 +94,7 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         """Summary for ``hec run --json``."""
-        return {"run": self.run_id, "jobs": self.job_ids, "uploaded": self.uploaded, "reused": self.reused, "seconds": self.seconds,
+        return {"run": self.run_id, "resumed_groups": self.resumed, "jobs": self.job_ids, "uploaded": self.uploaded, "reused": self.reused, "seconds": self.seconds,
                 "n_samples": self.result.meta["n_samples"], "workers": self.worker_stats,
                 **({"verification": self.verification} if self.verification else {})}
 
@@ -108,6 +113,7 @@ def run(
     show_progress: bool = True,
     worker_env: dict[str, str] | None = None,
     on_submit: Callable[[list[str]], None] | None = None,
+    resume: bool = True,
 ) -> RunReport:
     """Evaluate ``ciphertexts`` on queue workers and return the verified encrypted result.
 
@@ -116,7 +122,11 @@ def run(
     for the call.  Raises :class:`~he_compute.errors.JobFailed` when a job ends in the dead
     letter or is cancelled, :class:`~he_compute.errors.QueueError` on timeout, a
     :class:`~he_compute.errors.VerificationError` when results cannot be trusted; in every
-    case the run's unfinished jobs are cancelled first.
+    case (Ctrl-C included) the run's unfinished jobs are cancelled first.
+
+    The run is recorded (:mod:`.record`): calling it again with the same ciphertexts, model, keys,
+    queue and settings after a crash or an interrupt collects the jobs that finished and submits only
+    what is missing (``resume=False`` starts over).
     """
     policy = policy or Policy()
     server_part = _server_part_of(server_part)
@@ -128,21 +138,31 @@ def run(
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
         report.seconds["upload"] = round(time.perf_counter() - t0, 4)
 
-        canaries = _canaries(conn, policy, len(inputs), max(counts))
         per_job = samples_per_job or max(1, math.ceil(len(inputs) / MAX_JOBS_AUTO))
-        make_spec = _spec_maker(server_part, evalkeys, server, keys)
-        tasks, slot_of = _plan(inputs, counts, canaries, per_job, make_spec)
+        key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
+                      keys=evalkeys.meta["key_id"], queue=conn.queue_url, replicas=policy.replicas,
+                      canaries=policy.canaries, per_job=per_job)
+        record = RunRecord.load_or_none(conn.where.state, key) if resume else None
+        if record is None:
+            record = _new_record(conn, policy, key, inputs, counts, per_job,
+                                 _spec_maker(server_part, evalkeys, server, keys))
+        else:
+            report.resumed = sum(1 for g in record.groups if g["jobs"])
+        tasks = [(g["slots"], g["spec"]) for g in record.groups]
+        canaries = [Canary(b"", int(c["count"]), np.asarray(c["expected"], dtype=np.float64))
+                    for c in record.canaries]
 
         device = str(server_part.meta.get("device", "cpu"))
         t1 = time.perf_counter()
         with start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
-                           env=worker_env) as procs, \
+                                 env=worker_env) as procs, \
                 progress("run", sum(counts), enabled=show_progress) as advance, \
                 conn.audit_log(policy.audit) as log:
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
-                             audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part))
+                             audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part),
+                             run_id=record.run_id, on_submitted=record.add_job)
             report.run_id = sup.run_id
-            check = (canary_check(policy.known_answers, [c for _, c in canaries], slot_of, conn.store)
+            check = (canary_check(policy.known_answers, canaries, _canary_positions(tasks), conn.store)
                      if canaries else None)
 
             def submitted(ids: list[str]) -> None:
@@ -150,9 +170,18 @@ def run(
                 if on_submit is not None:
                     on_submit(list(ids))
 
-            groups = sup.run(tasks, timeout=timeout, advance=advance, canary_check=check, on_submit=submitted,
-                             workers_alive=lambda: not procs or any(p.poll() is None for p in procs))
+            try:
+                groups = sup.run(tasks, timeout=timeout, advance=advance, canary_check=check, on_submit=submitted,
+                                 adopt=record.adopted(),
+                                 workers_alive=lambda: not procs or any(p.poll() is None for p in procs))
+            except KeyboardInterrupt:
+                record.finish("interrupted")
+                raise
+            except BaseException:
+                record.finish("failed")
+                raise
             sections = _collect(conn, groups, len(inputs))
+            record.finish("done")
             report.verification = {**sup.summary(), "canaries": len(canaries)}
             if log is not None:
                 report.verification["audit"] = _audit_summary(log)
@@ -232,24 +261,27 @@ def _spec_maker(server_part: Container, evalkeys: Container, server: str,
     return make
 
 
-def _plan(inputs: list[str], counts: list[int], canaries: list[tuple[str, Canary]], per_job: int,
-          make_spec: Callable[[list[str], list[int]], dict[str, Any]],
-          ) -> tuple[list[tuple[list[int], dict[str, Any]]], dict[int, tuple[int, int]]]:
-    """Shuffle real chunks (slots ``0..n-1``) and canaries (``-1..-m``) into job groups of ``per_job`` chunks.
-
-    Returns the groups as ``(slots, spec)`` and, for canary ``j``, its ``(group, position)``.
-    """
+def _new_record(conn: Connection, policy: Policy, key: str, inputs: list[str], counts: list[int], per_job: int,
+                make_spec: Callable[[list[str], list[int]], dict[str, Any]]) -> RunRecord:
+    """Make the run's canaries, shuffle them in with the real chunks into job groups, and write it down."""
+    canaries = _canaries(conn, policy, len(inputs), max(counts))
     order = shuffle_in(len(inputs), len(canaries))
     digest_of_slot = lambda s: inputs[s] if s >= 0 else canaries[-s - 1][0]  # noqa: E731
     count_of_slot = lambda s: counts[s] if s >= 0 else canaries[-s - 1][1].count  # noqa: E731
-    tasks, slot_of = [], {}
-    for gi, start in enumerate(range(0, len(order), per_job)):
+    groups = []
+    for start in range(0, len(order), per_job):
         slots = order[start : start + per_job]
-        for pos, s in enumerate(slots):
-            if s < 0:
-                slot_of[-s - 1] = (gi, pos)
-        tasks.append((slots, make_spec([digest_of_slot(s) for s in slots], [count_of_slot(s) for s in slots])))
-    return tasks, slot_of
+        spec = make_spec([digest_of_slot(s) for s in slots], [count_of_slot(s) for s in slots])
+        groups.append({"slots": slots, "spec": spec, "jobs": []})
+    record = RunRecord("r" + uuid.uuid4().hex[:16], key, groups,
+                       [{"count": c.count, "expected": c.expected} for _, c in canaries])
+    record.save(conn.where.state)
+    return record
+
+
+def _canary_positions(tasks: list[tuple[list[int], dict[str, Any]]]) -> dict[int, tuple[int, int]]:
+    """For canary ``j`` (slot ``-j-1``), its ``(group, position)``."""
+    return {-s - 1: (gi, pos) for gi, (slots, _) in enumerate(tasks) for pos, s in enumerate(slots) if s < 0}
 
 
 def _collect(conn: Connection, groups: list[Group], n_real: int) -> dict[str, bytes]:

@@ -94,13 +94,14 @@ class Supervisor:
 
     def __init__(self, q: Producer, store: BlobStore, *, device: str, replicas: int, allowed: AllowList | None,
                  audit: AuditLog | None, max_attempts: int, max_results: int | None = None, run_id: str | None = None,
-                 check_output: OutputCheck | None = None):
+                 check_output: OutputCheck | None = None, on_submitted: Callable[[int, str], None] | None = None):
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
         self.check_output = check_output
+        self.on_submitted = on_submitted  # (group index, job id), e.g. to write the run down
         self.max_results = max_results or replicas + 2
         self.groups: list[Group] = []
         self.jobs: dict[str, Group] = {}
@@ -116,26 +117,42 @@ class Supervisor:
 
     def run(self, tasks: list[tuple[list[int], dict[str, Any]]], *, timeout: float | None,
             workers_alive: Callable[[], bool], advance: Callable[[int], None],
-            canary_check: CanaryCheck | None = None,
-            on_submit: Callable[[list[str]], None] | None = None) -> list[Group]:
+            canary_check: CanaryCheck | None = None, on_submit: Callable[[list[str]], None] | None = None,
+            adopt: dict[int, list[str]] | None = None) -> list[Group]:
         """Submit every group K times and loop until all are decided and the canaries pass.
 
         ``workers_alive`` says whether local workers (if any) still run; ``on_submit`` gets the first
-        round of job ids (for progress and cancellation handles).  On any exception every pending job
-        is cancelled before it propagates, so no job of this run stays queued.
+        round of job ids (for progress and cancellation handles); ``adopt`` maps group indices to jobs
+        an earlier attempt of this run submitted (finished ones are collected, live ones waited for).
+        On any exception every pending job is cancelled before it propagates, so no job of this run
+        stays queued.
         """
         try:
-            return self._run(tasks, timeout, workers_alive, advance, canary_check, on_submit)
+            return self._run(tasks, timeout, workers_alive, advance, canary_check, on_submit, adopt or {})
         except BaseException:
             self.cancel_pending()
             raise
 
+    def _adopt(self, g: Group, job_ids: list[str]) -> None:
+        """Take over jobs of an earlier attempt that finished or are still alive; the rest are resubmitted."""
+        for job_id in job_ids:
+            try:
+                state = self.q.status(job_id).state
+            except QueueError:
+                continue
+            if state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE):
+                g.pending.add(job_id)
+                self.jobs[job_id] = g
+                g.submitted += 1
+
     def _run(self, tasks: list[tuple[list[int], dict[str, Any]]], timeout: float | None,
              workers_alive: Callable[[], bool], advance: Callable[[int], None],
-             canary_check: CanaryCheck | None, on_submit: Callable[[list[str]], None] | None) -> list[Group]:
+             canary_check: CanaryCheck | None, on_submit: Callable[[list[str]], None] | None,
+             adopt: dict[int, list[str]]) -> list[Group]:
         self.groups = [Group(i, slots, spec) for i, (slots, spec) in enumerate(tasks)]
         for g in self.groups:
-            self._submit(g, self.replicas)
+            self._adopt(g, adopt.get(g.index, []))
+            self._submit(g, max(0, self.replicas - g.submitted))
         if on_submit is not None:
             on_submit(list(self.jobs))
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -202,6 +219,8 @@ class Supervisor:
             self.jobs[job_id] = g
             g.submitted += 1
             self.stats["submitted"] += 1
+            if self.on_submitted is not None:
+                self.on_submitted(g.index, job_id)
             if self.audit:
                 self.audit.append("submit", job_id, {"spec": g.spec, "device": device})
 
