@@ -8,7 +8,7 @@ from typing import Iterable
 
 def worker_argv(queue_url: str, blobs_url: str, *, device: str = "cpu", concurrency: int = 1,
                 threads: int | None = None, cpus: Iterable[int] | None = None, burst: bool = False,
-                lease_s: float | None = None) -> list[str]:
+                lease_s: float | None = None, state: str | None = None) -> list[str]:
     """``python -m he_compute worker ...`` with these options (the same as ``hec worker``)."""
     cmd = [sys.executable, "-m", "he_compute", "worker", "--queue", queue_url, "--blobs", blobs_url,
            "--device", device, "--concurrency", str(concurrency)]
@@ -21,4 +21,6 @@ def worker_argv(queue_url: str, blobs_url: str, *, device: str = "cpu", concurre
         cmd.append("--burst")
     if lease_s:
         cmd += ["--lease", str(lease_s)]
+    if state:
+        cmd += ["--state", state]
     return cmd

@@ -49,7 +49,7 @@ def test_canaries_look_like_real_chunks_and_honest_results_pass(setup):
     known = X_test[:20]
     source = KnownAnswers(c.client, known, c.model.predict_proba(known, fhe="disable"), rng=random.Random(1))
     real = c.client.encrypt(X_test[20:23])
-    canaries = source.make(3, 1)
+    canaries = source.make([1, 1, 1])
     sizes = {len(p) for p in real.sections.values()}
     assert {len(k.payload) for k in canaries} == sizes  # same shape, same encryption
     assert len({k.payload for k in canaries}) == 3  # fresh encryptions, even of the same sample
@@ -65,7 +65,7 @@ def test_wrong_answers_are_caught_and_name_the_worker(setup):
     Y = c.model.predict_proba(known, fhe="disable")
     source = KnownAnswers(c.client, known, Y)
     cheat, honest = WorkerIdentity.generate(), WorkerIdentity.generate()
-    canaries = source.make(4, 1)
+    canaries = source.make([1, 1, 1, 1])
     # Another sample's honest result: well-formed, decrypts fine, wrong (pick one with other outputs).
     other = next(i for i in range(len(known)) if not np.allclose(Y[i], canaries[0].expected[0]))
     replay = evaluator.evaluate_payload(c.client.encrypt(known[other : other + 1]).sections["chunk/000000"], keys)
@@ -90,7 +90,7 @@ def test_known_outputs_can_come_from_a_local_evaluation(setup, compiled):
     bundle = he_compute.load_bundle(c.bundle_path)
     source = KnownAnswers(c.client, X_test[:5], server_part=bundle.server_part(),
                           evalkeys=he_compute.read_evaluation_keys(c.client.evaluation_keys_path))
-    (k,) = source.make(1, 1)
+    (k,) = source.make([1])
     clear = c.model.predict_proba(X_test[:5], fhe="disable")
     assert any(np.allclose(k.expected[0], row, atol=1e-9) for row in clear)
     source.check(k, evaluator.evaluate_payload(k.payload, keys), worker="f" * 64)

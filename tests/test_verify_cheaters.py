@@ -41,7 +41,7 @@ class Cheater(threading.Thread):
     def outputs(self, spec: dict) -> list[str] | None:
         if self.kind == "huge":  # well-signed, but far larger than any result of this circuit
             return [self.store.put(os.urandom(4 << 20)) for _ in spec["inputs"]]
-        if self.kind in ("random", "wrong-key", "not-a-dict"):
+        if self.kind in ("random", "wrong-key", "not-a-dict", "other-model"):
             return [self.store.put(os.urandom(len(self.store.get(d)))) for d in spec["inputs"]]
         if self.kind == "echo":
             return list(spec["inputs"])
@@ -62,7 +62,8 @@ class Cheater(threading.Thread):
                 self.q.release(lease)
                 time.sleep(0.05)
                 continue
-            receipt = sign_receipt(self.me, job_id=lease.job.id, model_id=spec["model_id"], key_id=spec["key_id"],
+            model_id = "f" * 64 if self.kind == "other-model" else spec["model_id"]  # signs another model
+            receipt = sign_receipt(self.me, job_id=lease.job.id, model_id=model_id, key_id=spec["key_id"],
                                    inputs=spec["inputs"], outputs=outs, timings={"eval_ms": 1})
             if self.kind == "wrong-key":  # claims to be `me` but signs with another key
                 forged = sign_receipt(self.other, job_id=lease.job.id, model_id=spec["model_id"],
@@ -111,14 +112,14 @@ def _stop(threads):
         t.join(10)
 
 
-@pytest.mark.parametrize("kind", ["random", "replay", "echo", "wrong-key", "not-a-dict", "huge"])
+@pytest.mark.parametrize("kind", ["random", "replay", "echo", "wrong-key", "not-a-dict", "huge", "other-model"])
 def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     s = setup
     enc = s["c"].client.encrypt(s["X"])
     cheat = Cheater(s["q"], s["b"], kind)
     threads = _start(cheat, Honest(s["q"], s["b"], "honest-1"), Honest(s["q"], s["b"], "honest-2"))
     try:
-        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], policy=runner.Policy(replicas=2), samples_per_job=1,
+        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], policy=runner.Policy(replicas=2, accept_sybil_risk=True), samples_per_job=1,
                             show_progress=False, timeout=30)
     finally:
         _stop(threads)
@@ -127,7 +128,7 @@ def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     v = report.verification
     flagged = set(v["flagged"])
     assert cheat.done > 0, "the cheater never got a job: the test proved nothing"
-    wanted = f"unverified:{cheat.name}" if kind in ("wrong-key", "not-a-dict") else cheat.me.short_id
+    wanted = f"unverified:{cheat.name}" if kind in ("wrong-key", "not-a-dict", "other-model") else cheat.me.short_id
     assert flagged == {wanted}, v
     assert v["replicas"] == 2 and v["audit"]["size"] > 0
     with AuditLog.open(Locations.resolve(s["q"]).audit) as log:

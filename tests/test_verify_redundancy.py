@@ -80,15 +80,15 @@ def test_the_accepted_result_always_has_a_strict_majority(values, k):
     try:
         t = tally(results, replicas=k, max_results=limit)
     except NoMajority:
-        needed = k - len(valid) if len(valid) < k else len(valid) - 2 * best + 1
+        needed = max(k // 2 + 1 - best, len(valid) - 2 * best + 1)
         assert len(values) + needed > limit
         return
     if t.decided:
-        assert len(valid) >= k and len(t.agreeing) * 2 > len(valid)
+        assert len(t.agreeing) >= k // 2 + 1 and len(t.agreeing) * 2 > len(valid)
         assert set(t.agreeing) | set(t.dissenters) == set(results) and not set(t.agreeing) & set(t.dissenters)
         assert all(results[w] == t.winner for w in t.agreeing) and all(results[w] != t.winner for w in t.dissenters)
-    elif len(valid) < k:
-        assert t.more == k - len(valid)
     else:
-        # The tie-breakers asked for are the fewest that could still produce a majority.
-        assert (best + t.more) * 2 > len(valid) + t.more and (best + t.more - 1) * 2 <= len(valid) + t.more - 1
+        # The answers asked for are the fewest that could still reach the quorum and a strict majority.
+        m = t.more
+        assert best + m >= k // 2 + 1 and (best + m) * 2 > len(valid) + m
+        assert best + m - 1 < k // 2 + 1 or (best + m - 1) * 2 <= len(valid) + m - 1

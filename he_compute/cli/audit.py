@@ -10,6 +10,7 @@ with one ``Error: ...`` line naming the first bad entry.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -55,16 +56,25 @@ def register(group: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print the head as JSON on stdout.")
     def verify_cmd(queue_url: str | None, log_path: str | None, size: int | None, root: str | None,
                    as_json: bool) -> None:
-        """Check every entry, the hash chain, the head and an optional checkpoint.
+        """Check every entry, the hash chain, the head, the signed checkpoints, and the newest checkpoint this
+        client kept of the log (or the one given with --size and --root).
 
         Reports the first rewritten, deleted or reordered entry by its index.
 
         Example: hec audit verify --queue sqlite:///srv/hec/queue.db --size 120 --root 3fa1...
         """
+        from ..client import checkpoints
+        from ..transport.locations import Locations
+
         if (size is None) != (root is None):
             raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
         log = _open(queue_url, log_path)
-        head = log.verify(checkpoint=(size, root) if size is not None else None)
+        kept = (size, root) if size is not None else checkpoints.latest(Locations.resolve(queue_url).state,
+                                                                         log.location)
+        head = log.verify(checkpoint=kept)
+        if kept is not None and size is None:
+            click.echo(f"{log.location}: matches the checkpoint of its first {kept[0]} entries this client signed "
+                       "and kept", err=True)
         if as_json:
             click.echo(json.dumps({"log": log.location, **head.to_json()}, indent=2))
         click.echo(f"{log.location}: {head.size} entries intact; checkpoint --size {head.size} --root {head.root}",
@@ -104,10 +114,12 @@ def register(group: click.Group) -> None:
     @audit.command("worker-key")
     @click.option("--state", "state_dir", default=None, metavar="DIR",
                   help="Worker state directory (default $HEC_WORKER_STATE).")
-    def worker_key_cmd(state_dir: str | None) -> None:
+    @click.option("--operator", default=None, metavar="NAME",
+                  help="Who runs this worker, written as operator=NAME on the line (replicas need distinct operators).")
+    def worker_key_cmd(state_dir: str | None, operator: str | None) -> None:
         """Print a worker's public key as an allow-list line (creating the identity on first use).
 
-        Example: hec audit worker-key --state /var/lib/hec-worker >> workers.allow
+        Example: hec audit worker-key --state /var/lib/hec-worker --operator alice >> workers.allow
         """
         import os
 
@@ -117,7 +129,9 @@ def register(group: click.Group) -> None:
         if not state_dir:
             raise HECError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
         me = WorkerIdentity.load_or_create(state_dir)
-        click.echo(me.public_line(f"worker {me.short_id}"))
+        if operator is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", operator):
+            raise HECError(f"{operator[:70]!r} is not an operator name: letters, digits and . _ @ - only")
+        click.echo(me.public_line((f"operator={operator} " if operator else "") + f"worker {me.short_id}"))
 
 
 def verify_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,7 +147,14 @@ def verify_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--canary-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Their known outputs (default: evaluate the canaries once on this machine)."),
         click.option("--allow-workers", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Accept results only from the worker public keys in FILE (hec audit worker-key)."),
+                     help="Accept results only from the worker public keys in FILE (hec audit worker-key); "
+                          "operator=NAME on a line says who runs that worker: replicas need distinct operators."),
+        click.option("--accept-sybil-risk", is_flag=True,
+                     help="Let every worker key vote on its own with --replicas, without known operators (one "
+                          "party with several keys could then supply every replica)."),
+        click.option("--decoys", type=click.FloatRange(0, 1), default=None,
+                     help="Fraction of jobs re-run at random on another worker in verified runs, so that a re-run "
+                          "says nothing about a check [default: 0.02 with --replicas or --canaries]."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -157,4 +178,10 @@ def verify_policy(opts: dict[str, Any], *, keys_dir: Any, server_part: Any, eval
         part = from_container(server_part).server_part() if server_part.kind == "bundle" else server_part
         known = KnownAnswers(Client(keys_dir), read_input(opts["canary_inputs"]), Y, server_part=part,
                              evalkeys=evalkeys)
-    return Policy(replicas=opts["replicas"], canaries=opts["canaries"], known_answers=known, allowed=allowed)
+    decryptor = None
+    if opts["replicas"] > 1 and keys_dir is not None:
+        from ..client.client import Client
+
+        decryptor = known.client if known is not None else Client(keys_dir)  # compares replicas by meaning
+    return Policy(replicas=opts["replicas"], canaries=opts["canaries"], known_answers=known, allowed=allowed,
+                  keys=decryptor, accept_sybil_risk=opts["accept_sybil_risk"], decoys=opts["decoys"])

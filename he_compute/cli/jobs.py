@@ -128,6 +128,10 @@ def register(group: click.Group) -> None:
             if "error" in audit:
                 _echo(f"warning: the audit log {audit['log']} failed verification ({audit['error']}); the results "
                       "were verified by their receipts and kept; run hec audit verify")
+            if v.get("rotate_keys"):
+                _echo("warning: a check failed (flagged workers above); workers who can choose ciphertexts may have "
+                      "learnt from how this run reacted: make new keys with hec keygen BUNDLE --keys DIR --rotate "
+                      "and encrypt again")
 
     @group.command("status")
     @click.argument("job_id", metavar="[JOB]", required=False)

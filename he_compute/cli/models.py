@@ -85,7 +85,10 @@ def register(main: click.Group) -> None:
     @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="Key directory to create (mode 0700).")
     @click.option("--force", is_flag=True, help="Replace keys already in the directory.")
-    def keygen_cmd(bundle: Path, keys_dir: Path, force: bool) -> None:
+    @click.option("--rotate", is_flag=True,
+                  help="Keep the keys already in DIR under DIR/retired/<key id>/ and make new ones (after a failed "
+                       "check: see the README's 'Verifying workers').")
+    def keygen_cmd(bundle: Path, keys_dir: Path, force: bool, rotate: bool) -> None:
         """Generate secret keys into DIR and export the shareable evaluation keys.
 
         Example: hec keygen model.hec --keys keys/
@@ -95,6 +98,10 @@ def register(main: click.Group) -> None:
         from ..client.progress import working
 
         b = load_bundle(bundle)
+        if rotate:
+            from ..client.keys import retire
+
+            _echo(f"retired the old keys to {retire(keys_dir)}")
         start = time.perf_counter()
         with working(f"generating {b.scheme} keys for model {b.model_id[:12]}"):
             client = Client.keygen(b, keys_dir, force=force)

@@ -118,3 +118,20 @@ class Client:
             if progress:
                 progress(int(count))
         return np.concatenate(outputs, axis=0)
+
+    def decrypt_chunk(self, payload: bytes, n_samples: int) -> np.ndarray:
+        """Decrypt one result chunk (size-checked by the scheme before it is parsed)."""
+        return self._backend.decrypt(payload, int(n_samples))
+
+    @property
+    def agreement_tolerance(self) -> float:
+        """How far two honest evaluations' decrypted outputs may differ, relative to ``1 + |y|``.
+
+        TFHE is exact: honest replicas decrypt to the same quantized values whatever their threads or
+        hardware.  CKKS is approximate: the bound is half the scale's bits, well above the rounding noise
+        of honest evaluations and far below any change that moves a prediction.
+        """
+        if self.info.scheme != "ckks":
+            return 0.0
+        scale_bits = int(self.manifest.get("ckks", {}).get("scale_bits", 40))
+        return 2.0 ** -(scale_bits // 2)

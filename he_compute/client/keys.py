@@ -41,6 +41,19 @@ def prepare(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     return private_dir(p)
 
 
+def retire(path: str | os.PathLike[str]) -> Path:
+    """Move the keys in ``path`` to ``path/retired/<key id>/`` (0700), so old results stay decryptable and new
+    keys can be made in ``path`` (``hec keygen --rotate``, after a failed check: see the README)."""
+    p = Path(path)
+    info = read_info(p)
+    target = private_dir(p / "retired") / info.key_id[:16]
+    private_dir(target)
+    for name in (KEYINFO, SECRET, CLIENT, EVALUATION):
+        if (p / name).exists():
+            os.replace(p / name, target / name)
+    return target
+
+
 def write(path: Path, scheme: str, model_id: str, client_part: Container, secret: bytes, evaluation: bytes) -> KeyInfo:
     """Store freshly generated keys; the secret file is written 0600 before anything else."""
     evk = evalkeys.new_container(scheme, model_id, evaluation)

@@ -31,7 +31,8 @@ from ..errors import AuditError
 from .canonical import canonical
 
 AUDIT_VERSION = 1
-KINDS = ("submit", "receipt")
+KINDS = ("submit", "receipt", "checkpoint")
+_CHECKPOINT_DOMAIN = b"he_compute audit checkpoint v1\x00"
 _ZERO = bytes(32)
 
 
@@ -175,6 +176,8 @@ def verify_lines(lines: list[str], head: str | None, *,
             raise AuditError(f"audit entry {n} holds values no honest entry holds (rewritten)", n) from None
         if e.get("leaf") != leaf:
             raise AuditError(f"audit entry {n} was rewritten: its content no longer matches its leaf hash", n)
+        if e["kind"] == "checkpoint":
+            verify_checkpoint(e.get("body"), n, leaves)
         chain = _h(prev + bytes.fromhex(leaf)).hex()
         if e.get("chain") != chain:
             raise AuditError(f"audit entry {n} does not chain to entry {n - 1}: entries before it were "
@@ -216,3 +219,40 @@ def inclusion_proof(leaves: list[bytes], index: int) -> list[str]:
     if not 0 <= index < len(leaves):
         raise AuditError(f"the log has no entry {index}", index)
     return [p.hex() for p in _path(index, leaves)]
+
+
+def _checkpoint_message(size: int, root: str) -> bytes:
+    return _CHECKPOINT_DOMAIN + canonical({"size": size, "root": root})
+
+
+def checkpoint_body(size: int, root: str, signer: Any) -> dict[str, Any]:
+    """A checkpoint entry's body: the log's first ``size`` entries have Merkle root ``root``, signed by the
+    client (``signer`` has ``public_raw`` and ``sign``), so whoever stores the log cannot rewrite it unnoticed."""
+    import base64
+
+    return {"size": size, "root": root, "public_key": base64.b64encode(signer.public_raw).decode(),
+            "sig": base64.b64encode(signer.sign(_checkpoint_message(size, root))).decode()}
+
+
+def verify_checkpoint(body: Any, index: int, leaves: list[bytes]) -> str:
+    """Check a checkpoint entry at ``index``: it covers exactly the entries before it, with their root, and
+    its signature is good; return the signer's key id.  Raise :class:`AuditError` otherwise."""
+    import base64
+    import binascii
+
+    from .signing import fingerprint, verify_signature
+
+    try:
+        size, root = int(body["size"]), str(body["root"])
+        public = base64.b64decode(body["public_key"], validate=True)
+        sig = base64.b64decode(body["sig"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise AuditError(f"audit entry {index} is a malformed checkpoint", index) from None
+    if size != index or merkle_root(leaves[:size]).hex() != root:
+        raise AuditError(f"audit entry {index} is a checkpoint of other entries than those before it: "
+                         "the log was rewritten", index)
+    try:
+        verify_signature(public, sig, _checkpoint_message(size, root))
+    except Exception:  # noqa: BLE001 - a bad key or signature: the checkpoint was forged
+        raise AuditError(f"audit entry {index} is a checkpoint with a bad signature: it was forged", index) from None
+    return fingerprint(public)

@@ -94,3 +94,8 @@ class ClientScheme(Protocol):
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> ClientBackend:
         """Open the client side of one model; ``secret`` is ``None`` before key generation."""
         ...
+
+    def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
+        """The same encrypted input with fresh randomness, using public material only; raise
+        :class:`~he_compute.errors.UnsupportedModelError` where the scheme has no public-key encryption."""
+        ...

@@ -225,6 +225,22 @@ class AuditLog:
         self.store.append(build)
         return out
 
+    def checkpoint(self, signer: Any, *, now_ms: int | None = None) -> dict[str, Any]:
+        """Append a checkpoint of the log as it is (size and Merkle root, computed under the store's lock),
+        signed by ``signer``; return the entry (see :mod:`he_compute.formats.audit`)."""
+        t = int(time.time() * 1000) if now_ms is None else now_ms
+        out: dict[str, Any] = {}
+
+        def build(last: str | None) -> tuple[str, str]:
+            leaves = [bytes.fromhex(e["leaf"]) for e in entries.parse_lines(self.store.lines())]
+            body = entries.checkpoint_body(len(leaves), entries.merkle_root(leaves).hex(), signer)
+            entry, head = entries.next_entry(last, "checkpoint", "-", body, t, self.location)
+            out.update(entry)
+            return canonical(entry).decode(), head
+
+        self.store.append(build)
+        return out
+
     def entries(self) -> list[dict[str, Any]]:
         """Every entry, parsed but not verified (see :meth:`verify`)."""
         return entries.parse_lines(self.store.lines())

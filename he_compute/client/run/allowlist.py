@@ -1,8 +1,10 @@
-"""The client's allow-list of worker public keys.
+"""The client's allow-list of worker public keys, and who operates each.
 
 A text file of public keys, one per line, in the form ``ed25519 <base64 raw
-key> [comment]`` (``#`` starts a comment line), as ``worker.pub`` and
-``hec audit worker-key`` print it.
+key> [operator=NAME] [comment]`` (``#`` starts a comment line), as ``worker.pub``
+and ``hec audit worker-key`` print it.  ``operator=NAME`` says who runs the
+worker: replicas of a job only count as independent when their workers have
+different operators, so one party with many keys gets one vote.
 
 Example::
 
@@ -13,12 +15,15 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ...errors import IdentityError, UntrustedWorker
 from ...files import atomic_write
 from ...formats.signing import fingerprint, parse_public_key, public_key_line, short_id
+
+_OPERATOR = re.compile(r"(?:^|\s)operator=([A-Za-z0-9_.@-]{1,64})(?=\s|$)")
 
 
 class AllowList:
@@ -30,10 +35,11 @@ class AllowList:
         AllowList.from_file("workers.allow").check(other.public_raw)   # raises UntrustedWorker
     """
 
-    def __init__(self, keys: Iterable[bytes] = ()):
+    def __init__(self, keys: Iterable[bytes] = (), *, operator: str | None = None):
         self._keys: dict[str, bytes] = {}
+        self._operators: dict[str, str] = {}
         for k in keys:
-            self.add(k)
+            self.add(k, operator=operator)
 
     @classmethod
     def from_text(cls, text: str, source: str = "allow-list") -> AllowList:
@@ -42,7 +48,10 @@ class AllowList:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 try:
-                    out.add(parse_public_key(line))
+                    tokens = line.split()
+                    rest = " ".join(tokens[2:] if tokens[0] == "ed25519" else tokens[1:])
+                    found = _OPERATOR.search(rest)
+                    out.add(parse_public_key(line), operator=found.group(1) if found else None)
                 except IdentityError as exc:
                     raise IdentityError(f"{source} line {n}: {exc}") from None
         return out
@@ -56,16 +65,36 @@ class AllowList:
             raise IdentityError(f"cannot read allow-list {path}: {exc.strerror}") from exc
         return cls.from_text(text, str(path))
 
-    def add(self, key: bytes | str) -> str:
-        """Add a raw key or an allow-list line; return its worker id."""
+    def add(self, key: bytes | str, *, operator: str | None = None) -> str:
+        """Add a raw key or an allow-list line (``operator`` says who runs it); return its worker id."""
         raw = parse_public_key(key) if isinstance(key, str) else key
         worker_id = fingerprint(raw)
         self._keys[worker_id] = raw
+        if operator:
+            self._operators[worker_id] = operator
         return worker_id
+
+    def operator_of(self, worker_id: str) -> str | None:
+        """Who runs worker ``worker_id`` (``None`` when the list does not say)."""
+        return self._operators.get(worker_id)
+
+    @property
+    def knows_operators(self) -> bool:
+        """Whether every key on the list names its operator."""
+        return bool(self._keys) and set(self._operators) >= set(self._keys)
+
+    def merged(self, other: AllowList) -> AllowList:
+        """A new list with the keys (and operators) of both."""
+        out = AllowList()
+        for src in (self, other):
+            for wid, raw in src._keys.items():
+                out.add(raw, operator=src._operators.get(wid))
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the allow-list file (atomically)."""
-        lines = [public_key_line(raw, f"worker {short_id(wid)}") for wid, raw in sorted(self._keys.items())]
+        lines = [public_key_line(raw, (f"operator={self._operators[wid]} " if wid in self._operators else "")
+                                 + f"worker {short_id(wid)}") for wid, raw in sorted(self._keys.items())]
         atomic_write(path, ("\n".join(lines) + "\n").encode())
 
     def check(self, public_raw: bytes) -> str:

@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ...errors import CanaryFailed
-from ...formats.ciphertexts import chunk_name
-from ...formats.container import Container
 from ...formats.signing import short_id
+from .votes import voter_name, who
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -91,10 +90,13 @@ class KnownAnswers:
         self.atol, self._rng = atol, rng or _RNG
         self._server_part, self._evalkeys, self._local = server_part, evalkeys, None
 
-    def make(self, n: int, count: int) -> list[Canary]:
-        """``n`` canary chunks of ``count`` samples each, drawn at random from the known samples."""
+    def make(self, counts: list[int]) -> list[Canary]:
+        """One canary chunk per entry of ``counts`` (samples in it), drawn at random from the known samples.
+
+        Callers draw ``counts`` from the real chunks' own sizes, so that no chunk size gives a canary away.
+        """
         out = []
-        for _ in range(n):
+        for count in counts:
             rows = [self._rng.randrange(len(self.X)) for _ in range(count)]
             enc = self.client.encrypt(self.X[rows])
             if len(enc.sections) != 1:
@@ -114,9 +116,8 @@ class KnownAnswers:
         return self.decrypt(evaluator.evaluate_payload(payload, keys), count)
 
     def decrypt(self, payload: bytes, count: int) -> np.ndarray:
-        """Decrypt one result chunk with the client's keys."""
-        meta = {"model_id": self.client.model_id, "key_id": self.client.key_id, "chunks": [count]}
-        return self.client.decrypt(Container("results", "", meta, {chunk_name(0): payload}))
+        """Decrypt one result chunk with the client's keys (its size is checked before it is parsed)."""
+        return self.client.decrypt_chunk(payload, count)
 
     def check(self, canary: Canary, result: bytes, *, worker: str) -> None:
         """Raise :class:`CanaryFailed` naming ``worker`` unless ``result`` decrypts to the canary's known outputs."""
@@ -126,8 +127,8 @@ class KnownAnswers:
         except Exception:  # noqa: BLE001 - bytes that do not even decrypt are a wrong answer like any other
             ok = False
         if not ok:
-            raise CanaryFailed(f"worker {short_id(worker)} returned a wrong result for a canary: all its results "
-                               "of this run are rejected", (short_id(worker),))
+            raise CanaryFailed(f"{who(worker)} returned a wrong result for a canary: all its results of this run "
+                               "are rejected", (voter_name(worker),))
 
 
 def check_all(source: KnownAnswers, canaries: Sequence[Canary], results: Sequence[tuple[bytes, str]]) -> None:

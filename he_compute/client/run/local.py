@@ -1,46 +1,71 @@
 """Worker processes started by a run on this machine (``hec run --local-workers N``).
 
 The client never imports the worker's code: it starts ``hec worker`` processes
-by command line (``python -m he_compute worker ...``), each with a throwaway
-identity so that they count as distinct replicas, and stops them when the run
-ends.  Their output goes to one log file per run.
+by command line (``python -m he_compute worker ...``), each with its own state
+directory (a fresh identity, deleted after the run) whose public key it reads
+back: the run knows these workers and who operates them (``local-0``,
+``local-1``...), so they count as distinct replicas.  Their output goes to one
+log file per run.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
 from ...commands import worker_argv
+from ...errors import QueueError
+from .allowlist import AllowList
+
+IDENTITY_WAIT_S = 60.0
+"""How long a local worker may take to create its identity before the run gives up on it."""
 
 STOP_GRACE_S = 15.0
 """How long local workers get to finish the sample in hand after SIGTERM before they are killed."""
 
 
 def worker_command(queue_url: str, blobs_url: str, *, device: str = "cpu", threads: int | None = None,
-                   cpus: list[int] | None = None, burst: bool = False, lease_s: float | None = None) -> list[str]:
+                   cpus: list[int] | None = None, burst: bool = False, lease_s: float | None = None,
+                   state: str | None = None) -> list[str]:
     """The command line of one single-process ``hec worker``."""
-    return worker_argv(queue_url, blobs_url, device=device, threads=threads, cpus=cpus, burst=burst, lease_s=lease_s)
+    return worker_argv(queue_url, blobs_url, device=device, threads=threads, cpus=cpus, burst=burst, lease_s=lease_s,
+                       state=state)
 
 
 def start(queue_url: str, blobs_url: str, n: int, *, device: str = "cpu", threads: int | None = None,
           pin: bool = False, env: dict[str, str] | None = None, log: IO[bytes] | None = None,
-          lease_s: float | None = None) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` single-process workers, each with its own throwaway identity; with ``pin``, worker ``i``
-    is held to cores ``i*threads ...``."""
+          lease_s: float | None = None, states: list[Path] | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` single-process workers, each with its own identity (in ``states[i]`` when given, else a
+    throwaway one); with ``pin``, worker ``i`` is held to cores ``i*threads ...``."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     per = threads or max(1, len(cores) // max(1, n))
     full_env = {**os.environ, **(env or {}), "HEC_WORKER_STATE": ""}
     procs = []
     for i in range(n):
         cpus = [cores[(i * per + k) % len(cores)] for k in range(per)] if pin else None
-        cmd = worker_command(queue_url, blobs_url, device=device, threads=per, cpus=cpus, lease_s=lease_s)
+        cmd = worker_command(queue_url, blobs_url, device=device, threads=per, cpus=cpus, lease_s=lease_s,
+                             state=str(states[i]) if states else None)
         procs.append(subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL))
     return procs
+
+
+def identities(states: list[Path], procs: list[subprocess.Popen[bytes]]) -> AllowList:
+    """The public keys local workers created in their state directories, as operators ``local-0``, ``local-1``..."""
+    known = AllowList()
+    deadline = time.monotonic() + IDENTITY_WAIT_S
+    for i, state in enumerate(states):
+        pub = state / "worker.pub"
+        while not pub.is_file():
+            if procs[i].poll() is not None or time.monotonic() > deadline:
+                raise QueueError(f"local worker {i} did not start (see its log): no identity in {state}")
+            time.sleep(0.05)
+        known.add(pub.read_text().strip(), operator=f"local-{i}")
+    return known
 
 
 def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
@@ -59,15 +84,18 @@ def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) ->
 
 @contextmanager
 def local_workers(n: int, queue_url: str, blobs_url: str, log_dir: Path, *, device: str = "cpu",
-                  env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``with local_workers(2, ...) as procs:`` runs two workers for the block (none when ``n == 0``)."""
+                  env: dict[str, str] | None = None) -> Iterator[tuple[list[subprocess.Popen[bytes]], AllowList]]:
+    """``with local_workers(2, ...) as (procs, known):`` runs two workers for the block (none when ``n == 0``);
+    ``known`` holds their public keys and operators."""
     if n <= 0:
-        yield []
+        yield [], AllowList()
         return
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"workers-{os.getpid()}.log", "ab") as log:
-        procs = start(queue_url, blobs_url, n, device=device, env=env, log=log)
+    with open(log_dir / f"workers-{os.getpid()}.log", "ab") as log, \
+            tempfile.TemporaryDirectory(prefix="hec-local-workers-") as tmp:
+        states = [Path(tmp) / f"w{i}" for i in range(n)]
+        procs = start(queue_url, blobs_url, n, device=device, env=env, log=log, states=states)
         try:
-            yield procs
+            yield procs, identities(states, procs)
         finally:
             stop(procs)

@@ -43,6 +43,7 @@ class RunRecord:
     key: str
     groups: list[dict[str, Any]]                      # {"slots": [...], "spec": {...}, "jobs": [...]}
     canaries: list[dict[str, Any]] = field(default_factory=list)  # {"count": n, "expected": [[...]]}
+    decoys: list[int] = field(default_factory=list)   # groups that get one more run, like a tie-breaker
     state: str = "running"
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
@@ -64,7 +65,8 @@ class RunRecord:
             groups = [{"slots": [int(x) for x in g["slots"]], "spec": dict(g["spec"]),
                        "jobs": [str(j) for j in g["jobs"]]} for g in raw["groups"]]
             canaries = [{"count": int(c["count"]), "expected": c["expected"]} for c in raw.get("canaries", [])]
-            return cls(str(raw["run_id"]), key, groups, canaries, str(raw["state"]), float(raw["created"]),
+            decoys = [int(i) for i in raw.get("decoys", [])]
+            return cls(str(raw["run_id"]), key, groups, canaries, decoys, str(raw["state"]), float(raw["created"]),
                        float(raw["updated"]), path)
         except (OSError, ValueError, KeyError, TypeError):
             return None

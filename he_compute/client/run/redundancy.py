@@ -1,22 +1,22 @@
-"""Redundant execution: decide a job's result from the results of distinct workers.
+"""Redundant execution: decide a job's answer from the answers of distinct voters.
 
-TFHE and CKKS evaluation are deterministic for the same inputs and keys, so
-honest replicas return byte-identical payloads, and so identical output
-digests.  The rule, for ``n`` results from distinct workers of a job asked for
-``K`` replicas:
+Answers are compared by *class*: the caller maps equal answers (equal digests,
+or equal decrypted values, see :mod:`.votes`) to one label.  The rule, for the
+answers of distinct voters to a job asked for ``K`` replicas, with ``c`` the
+largest agreeing class among the ``n`` valid answers:
 
-* discard *invalid* results (bad receipt, unreadable output): no honest worker
-  returns one, so its worker is a dissenter and it counts for nothing;
-* wait until ``n >= K`` valid results;
-* accept the result a *strict majority* of the ``n`` results agree on
-  (``K = 1``: the single result; ``K = 2``: both agree);
-* otherwise ask for ``m = n - 2c + 1`` more results (``c`` = the largest
-  agreeing group), the fewest that could still make a majority: one
+* an *invalid* answer (bad receipt, unreadable output, a flagged voter's) counts
+  for nothing: no honest worker returns one, so its voter is a dissenter;
+* accept the class when ``c`` reaches the quorum ``K // 2 + 1`` **and** is a
+  *strict majority* of the valid answers (``K = 1``: one answer; ``K = 2``: two
+  agreeing; ``K = 3``: two agreeing, so one cheater among three is outvoted even
+  once its answers are struck);
+* otherwise ask for the fewest more answers that could still get there: one
   tie-breaker after a 1-1 split;
 * when that would exceed ``max_results``, fail loudly with :class:`~he_compute.errors.NoMajority`.
 
-Workers whose result differs from the accepted one, or was invalid, are
-*dissenters*; ``max_results`` counts every result, invalid ones included.  Nothing about the outcome is sent back to any worker.
+Voters whose answer differs from the accepted one, or was invalid, are
+*dissenters*; ``max_results`` counts every answer, invalid ones included.  Nothing about the outcome is sent back to any worker.
 
 Example::
 
@@ -71,16 +71,13 @@ def tally(results: Mapping[str, str | None], *, replicas: int, max_results: int 
         raise ValueError("max_results must be at least replicas")
     valid = [d for d in results.values() if d is not None]
     n, total = len(valid), len(results)
-    if n < replicas:
-        more = replicas - n
-    else:
-        votes = Counter(valid)
-        winner, c = votes.most_common(1)[0]
-        if c * 2 > n:
-            agree = tuple(sorted(w for w, d in results.items() if d == winner))
-            dissent = tuple(sorted(w for w, d in results.items() if d != winner))
-            return Tally(winner, agree, dissent, 0)
-        more = n - 2 * c + 1
+    quorum = replicas // 2 + 1
+    winner, c = Counter(valid).most_common(1)[0] if valid else (None, 0)
+    if winner is not None and c >= quorum and c * 2 > n:
+        agree = tuple(sorted(w for w, d in results.items() if d == winner))
+        dissent = tuple(sorted(w for w, d in results.items() if d != winner))
+        return Tally(winner, agree, dissent, 0)
+    more = max(quorum - c, n - 2 * c + 1)
     if total + more > limit:
         groups = ", ".join(f"{d[7:15] if d else 'invalid'}: {', '.join(short_id(w) for w, v in results.items() if v == d)}"
                            for d in sorted(set(results.values()), key=lambda v: v or ""))

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -34,27 +34,38 @@ from ...errors import AuditError, FormatError, InputError, KeyMismatchError
 from ...formats.bundle import from_container
 from ...formats.ciphertexts import check_inputs_match, chunk_name, inputs_digest, results_container
 from ...formats.container import Container
-from ...formats.digests import digest_of
 from ...formats.task import Task
 from ...transport.audit import AuditLog
 from ...transport.queue import DEFAULT_MAX_ATTEMPTS
+from .. import checkpoints
 from ..progress import progress
 from .allowlist import AllowList
-from .canaries import Canary, KnownAnswers, canary_check, canary_count, shuffle_in
+from . import plan
+from .canaries import Canary, KnownAnswers, canary_check
 from .connection import Connection
 from .local import local_workers as start_local_workers
 from .record import RunRecord, run_key
 from .supervisor import Group, Supervisor
+from .votes import Meaning, Voters
 
 MAX_JOBS_AUTO = 64
 """With ``samples_per_job`` left to chance, inputs are split into at most this many jobs."""
 
 
+DEFAULT_DECOYS = 0.02
+"""Fraction of job groups that get one more run in every run where a check can fail (see the Supervisor)."""
+
+
 @dataclass(frozen=True)
 class Policy:
-    """How a run is verified: ``replicas`` distinct workers per job, a fraction of ``canaries`` drawn from
-    ``known_answers``, receipts only from ``allowed`` keys, an audit log, and ``max_attempts`` per job
-    (capped by the queue)."""
+    """How a run is verified.
+
+    ``replicas`` answers per job from distinct operators (known from ``allowed``'s ``operator=`` entries or
+    the run's own local workers; ``accept_sybil_risk`` lets every key vote for itself instead); a fraction
+    of ``canaries`` drawn from ``known_answers``; receipts only from ``allowed`` keys; ``keys``, a
+    :class:`~he_compute.client.client.Client` that compares disagreeing replicas by their decrypted values;
+    ``decoys``, the fraction of groups re-run at random (default 2% when a check can fail); an audit log;
+    ``max_attempts`` per job (capped by the queue)."""
 
     replicas: int = 1
     canaries: float = 0.0
@@ -62,6 +73,9 @@ class Policy:
     allowed: AllowList | None = None
     audit: bool = True
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    keys: Any = None
+    accept_sybil_risk: bool = False
+    decoys: float | None = None
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -71,6 +85,30 @@ class Policy:
         if self.canaries and self.known_answers is None:
             raise InputError("canaries need known answers: pass known_answers=KnownAnswers(client, X, Y) "
                              "(or hec run --canary-inputs X.npy --keys DIR)")
+        if self.decoys is not None and not 0 <= self.decoys <= 1:
+            raise InputError(f"the decoy fraction must be in [0, 1], not {self.decoys}")
+
+    @property
+    def decoy_fraction(self) -> float:
+        """Decoys asked for, or the default when a check can fail (replicas or canaries), else none."""
+        if self.decoys is not None:
+            return self.decoys
+        return DEFAULT_DECOYS if self.replicas > 1 or self.canaries else 0.0
+
+    @property
+    def decryptor(self) -> Any:
+        """The client that can compare answers by meaning: ``keys``, else the canaries' client."""
+        return self.keys if self.keys is not None else getattr(self.known_answers, "client", None)
+
+    def check_operators(self, local_workers: int) -> None:
+        """Refuse replicas that one party could supply alone (see :mod:`.votes`)."""
+        if self.replicas == 1 or self.accept_sybil_risk or local_workers > 0:
+            return
+        if self.allowed is None or not self.allowed.knows_operators:
+            raise InputError(f"--replicas {self.replicas} needs workers whose operators are known, or one party "
+                             "with several keys could supply every replica: pass --allow-workers FILE with "
+                             "operator=NAME on each line, run --local-workers N, or accept the risk with "
+                             "--accept-sybil-risk")
 
 
 @dataclass
@@ -131,23 +169,23 @@ def run(
     policy = policy or Policy()
     server_part = _server_part_of(server_part)
     _check(ciphertexts, server_part, evalkeys)
+    policy.check_operators(local_workers)
     t0 = time.perf_counter()
     report = RunReport(result=Container("results", ciphertexts.scheme), job_ids=[])
     with Connection(queue, blobs) as conn:
-        server, keys, inputs = _upload(conn, ciphertexts, server_part, evalkeys, report)
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
-        report.seconds["upload"] = round(time.perf_counter() - t0, 4)
-
-        per_job = samples_per_job or max(1, math.ceil(len(inputs) / MAX_JOBS_AUTO))
+        per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
         key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
                       keys=evalkeys.meta["key_id"], queue=conn.queue_url, replicas=policy.replicas,
                       canaries=policy.canaries, per_job=per_job)
         record = RunRecord.load_or_none(conn.where.state, key) if resume else None
         if record is None:
-            record = _new_record(conn, policy, key, inputs, counts, per_job,
-                                 _spec_maker(server_part, evalkeys, server, keys))
+            record = _prepare(conn, policy, key, ciphertexts, server_part, evalkeys, counts, per_job, report)
         else:
+            plan.upload(conn, Container("ciphertexts", ciphertexts.scheme), server_part, evalkeys, [], report.count,
+                        rerandomize=False)  # the public parts, in case the store lost them
             report.resumed = sum(1 for g in record.groups if g["jobs"])
+        report.seconds["upload"] = round(time.perf_counter() - t0, 4)
         tasks = [(g["slots"], g["spec"]) for g in record.groups]
         canaries = [Canary(b"", int(c["count"]), np.asarray(c["expected"], dtype=np.float64))
                     for c in record.canaries]
@@ -155,14 +193,15 @@ def run(
         device = str(server_part.meta.get("device", "cpu"))
         t1 = time.perf_counter()
         with start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
-                                 env=worker_env) as procs, \
+                                 env=worker_env) as (procs, local), \
                 progress("run", sum(counts), enabled=show_progress) as advance, \
                 conn.audit_log(policy.audit) as log:
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
                              audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part),
-                             run_id=record.run_id, on_submitted=record.add_job)
+                             run_id=record.run_id, on_submitted=record.add_job, decoys=frozenset(record.decoys),
+                             voters=_voters(policy, local), meaning=_meaning(policy, conn, ciphertexts))
             report.run_id = sup.run_id
-            check = (canary_check(policy.known_answers, canaries, _canary_positions(tasks), conn.store)
+            check = (canary_check(policy.known_answers, canaries, plan.canary_positions(tasks), conn.store)
                      if canaries else None)
 
             def submitted(ids: list[str]) -> None:
@@ -180,11 +219,11 @@ def run(
             except BaseException:
                 record.finish("failed")
                 raise
-            sections = _collect(conn, groups, len(inputs))
+            sections = _collect(conn, groups, len(counts))
             record.finish("done")
             report.verification = {**sup.summary(), "canaries": len(canaries)}
             if log is not None:
-                report.verification["audit"] = _audit_summary(log)
+                report.verification["audit"] = _audit_summary(log, conn.where.state)
         report.worker_stats = sup.job_stats
         report.seconds["wait"] = round(time.perf_counter() - t1, 4)
     report.result = results_container(ciphertexts, sections)
@@ -192,12 +231,44 @@ def run(
     return report
 
 
-def _audit_summary(log: AuditLog) -> dict[str, Any]:
-    """The log's head after the run; a broken log is reported, never a reason to drop verified results."""
+def _prepare(conn: Connection, policy: Policy, key: str, ciphertexts: Container, server_part: Container,
+             evalkeys: Container, counts: list[int], per_job: int, report: RunReport) -> RunRecord:
+    """A fresh run: make canaries, upload everything in one shuffled batch, cut groups, write the record."""
+    canaries: list[Canary] = []
+    rerandomize = False
+    if policy.canaries and policy.known_answers is not None:
+        rerandomize = plan.can_rerandomize(ciphertexts.scheme, evalkeys, ciphertexts.sections[chunk_name(0)])
+        canaries = plan.make_canaries(policy.known_answers, counts, policy.canaries, state=conn.where.state,
+                                      inputs_digest=inputs_digest(ciphertexts), key_id=evalkeys.meta["key_id"],
+                                      reuse=not rerandomize)
+    uploads = plan.upload(conn, ciphertexts, server_part, evalkeys, canaries, report.count, rerandomize=rerandomize)
+    make_spec = _spec_maker(server_part, evalkeys, uploads.server, uploads.keys)
+    return plan.new_record(conn, key, uploads, counts, per_job, make_spec, policy.decoy_fraction)
+
+
+def _voters(policy: Policy, local: AllowList) -> Voters:
+    """Who votes: operators from the allow-list and the run's own local workers; keys only if allowed to."""
+    operators = policy.allowed.merged(local) if policy.allowed is not None else local
+    return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk)
+
+
+def _meaning(policy: Policy, conn: Connection, ciphertexts: Container) -> Meaning | None:
+    """Compare disagreeing replicas by decrypted values when the run holds keys that can decrypt them."""
+    client = policy.decryptor
+    if policy.replicas == 1 or client is None or client.key_id != ciphertexts.meta.get("key_id"):
+        return None
+    return Meaning(conn.store.get, client.decrypt_chunk, client.agreement_tolerance)
+
+
+def _audit_summary(log: AuditLog, state: Path) -> dict[str, Any]:
+    """Check the log against this client's kept checkpoint and sign a new one; a broken log is reported
+    (and not signed), never a reason to drop results that their receipts verified."""
     try:
-        return {"log": log.location, **log.verify().to_json()}
+        entry = checkpoints.checkpoint(log, state)
     except AuditError as exc:
         return {"log": log.location, "error": str(exc)}
+    return {"log": log.location, "size": entry["i"] + 1, "checkpoint": entry["body"]["size"],
+            "root": entry["body"]["root"]}
 
 
 def _output_check(server_part: Container) -> Callable[[bytes, int], None]:
@@ -226,32 +297,6 @@ def _check(ciphertexts: Container, server_part: Container, evalkeys: Container) 
         raise KeyMismatchError("the evaluation keys were made for another model than this bundle")
 
 
-def _upload(conn: Connection, ciphertexts: Container, server_part: Container, evalkeys: Container,
-            report: RunReport) -> tuple[str, str, list[str]]:
-    """Put what the store lacks; return the digests of the server part, the keys and every chunk."""
-
-    def put(data: bytes, name: str) -> str:
-        digest = digest_of(data)
-        fresh = not conn.store.exists(digest)
-        if fresh:
-            conn.store.put(data)
-        report.count(name, fresh)
-        return digest
-
-    server = put(server_part.to_bytes(), "server")
-    keys = put(evalkeys.to_bytes(), "keys")
-    inputs = [put(ciphertexts.sections[chunk_name(i)], "inputs") for i in range(len(ciphertexts.sections))]
-    return server, keys, inputs
-
-
-def _canaries(conn: Connection, policy: Policy, n_real: int, count: int) -> list[tuple[str, Canary]]:
-    """Make and upload the run's canary chunks: ``(digest, canary)`` each."""
-    if not policy.canaries or policy.known_answers is None:
-        return []
-    made = policy.known_answers.make(canary_count(n_real, policy.canaries), count)
-    return [(conn.store.put(c.payload), c) for c in made]
-
-
 def _spec_maker(server_part: Container, evalkeys: Container, server: str,
                 keys: str) -> Callable[[list[str], list[int]], dict[str, Any]]:
     def make(inputs: list[str], counts: list[int]) -> dict[str, Any]:
@@ -259,29 +304,6 @@ def _spec_maker(server_part: Container, evalkeys: Container, server: str,
                     tuple(inputs), tuple(counts)).to_json()
 
     return make
-
-
-def _new_record(conn: Connection, policy: Policy, key: str, inputs: list[str], counts: list[int], per_job: int,
-                make_spec: Callable[[list[str], list[int]], dict[str, Any]]) -> RunRecord:
-    """Make the run's canaries, shuffle them in with the real chunks into job groups, and write it down."""
-    canaries = _canaries(conn, policy, len(inputs), max(counts))
-    order = shuffle_in(len(inputs), len(canaries))
-    digest_of_slot = lambda s: inputs[s] if s >= 0 else canaries[-s - 1][0]  # noqa: E731
-    count_of_slot = lambda s: counts[s] if s >= 0 else canaries[-s - 1][1].count  # noqa: E731
-    groups = []
-    for start in range(0, len(order), per_job):
-        slots = order[start : start + per_job]
-        spec = make_spec([digest_of_slot(s) for s in slots], [count_of_slot(s) for s in slots])
-        groups.append({"slots": slots, "spec": spec, "jobs": []})
-    record = RunRecord("r" + uuid.uuid4().hex[:16], key, groups,
-                       [{"count": c.count, "expected": c.expected} for _, c in canaries])
-    record.save(conn.where.state)
-    return record
-
-
-def _canary_positions(tasks: list[tuple[list[int], dict[str, Any]]]) -> dict[int, tuple[int, int]]:
-    """For canary ``j`` (slot ``-j-1``), its ``(group, position)``."""
-    return {-s - 1: (gi, pos) for gi, (slots, _) in enumerate(tasks) for pos, s in enumerate(slots) if s < 0}
 
 
 def _collect(conn: Connection, groups: list[Group], n_real: int) -> dict[str, bytes]:

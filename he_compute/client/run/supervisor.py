@@ -1,28 +1,21 @@
-"""The verified run loop: replicas on distinct workers, receipts, tie-breakers, flagged workers.
+"""The verified run loop: replicas on distinct operators, receipts, answers compared by meaning, decoys.
 
-:func:`he_compute.client.run.run` hands every run here; with ``replicas=1``
-and no canaries the rules reduce to "one valid receipt per job".  What the
-client accepts:
+:func:`he_compute.client.run.run` hands every run here; with ``replicas=1`` and no canaries the rules
+reduce to "one valid receipt per job".  What the client accepts:
 
-1. Chunks (real ones and canaries, shuffled together) are grouped into job
-   *groups*; each group is submitted ``K`` times.
-2. Every result must parse as a :class:`~he_compute.formats.task.Result` and
-   carry a receipt signed by its worker (on the allow-list, if one is given)
-   naming the job, model, keys, inputs and outputs; output blobs must exist.
-   Anything else is an invalid result and its worker is flagged.
-3. A group's result is what a strict majority of *distinct* workers (by
-   public key, not by queue name) returned (:func:`.redundancy.tally`); a
-   second result from the same worker is ignored.  On a split, tie-breakers
-   go to workers that have not answered this group yet, routed to them
-   (:func:`~he_compute.transport.queue.routed_device`) when one is known.
-4. Dissenters are flagged for the rest of the run: their other results count
-   for nothing and groups that depended on them are re-run.
-5. Canary chunks are checked by a callback once all groups are decided; a
-   worker that got one wrong is flagged the same way.  When no unflagged
-   worker is known to re-run its work, the run fails naming it.
+1. Chunks (real ones and canaries, shuffled together) are grouped into job *groups*; each group is
+   submitted ``K`` times, and the queue never gives one operator two of them.
+2. Every result is checked (:mod:`.checks`); an invalid one flags its worker.
+3. Each valid answer votes as its worker's *voter* (:mod:`.votes`): its operator when known, so one party
+   with many keys votes once.  Answers are compared by digest, and when digests differ, by their
+   decrypted values (honest TFHE replicas differ in bytes).  A strict majority of voters decides
+   (:func:`.redundancy.tally`); on a split, tie-breakers go to other voters, routed when one is known.
+4. Dissenters are flagged for the rest of the run: their other answers count for nothing and groups that
+   depended on them are re-run.  Canaries are checked by a callback once all groups are decided.
+5. **No reaction oracle**: a random sample of groups (``decoys``) gets one more run on another voter in
+   every verified run, scheduled like a tie-breaker, so a re-run tells a worker nothing about a check.
 
-Nothing about any verdict is written to the queue: workers only ever see
-ordinary jobs.  Submissions and receipts go to the audit log.
+Nothing about any verdict is written to the queue: workers only ever see ordinary jobs.
 """
 
 from __future__ import annotations
@@ -33,24 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...errors import (
+    BadOutput,
     CanaryFailed,
     FormatError,
     JobFailed,
-    BadOutput,
     NoMajority,
     QueueError,
-    ReceiptError,
     TransportError,
     VerificationError,
 )
-from ...formats.receipt import Receipt, verify_receipt
-from ...formats.signing import short_id
-from ...formats.task import Result
 from ...transport.audit import AuditLog
 from ...transport.blobs import BlobStore
 from ...transport.queue import Job, JobState, Producer, routed_device
 from .allowlist import AllowList
+from .checks import OutputCheck, check_result, loggable
 from .redundancy import result_digest, tally
+from .votes import Meaning, Voters, voter_name, who
 
 POLL_S = 0.05
 TARGET_WAIT_S = 3.0
@@ -65,12 +56,15 @@ class Group:
     index: int
     slots: list[int]
     spec: dict[str, Any]
-    results: dict[str, str | None] = field(default_factory=dict)   # worker id -> result digest (None: invalid)
-    outputs: dict[str, list[str]] = field(default_factory=dict)    # result digest -> output digests
+    results: dict[str, str | None] = field(default_factory=dict)   # voter -> answer digest (None: invalid)
+    outputs: dict[str, list[str]] = field(default_factory=dict)    # answer digest -> output digests
     pending: set[str] = field(default_factory=set)                 # job ids not finished yet
     winner: str | None = None
     agreeing: tuple[str, ...] = ()
     submitted: int = 0
+    decoy: bool = False        # gets one more run once decided, like a tie-breaker (not waited for)
+    decoy_sent: bool = False
+    revisit: bool = False      # an answer arrived after the decision: tally again
 
     @property
     def samples(self) -> int:
@@ -85,32 +79,34 @@ class Group:
 
 
 CanaryCheck = Callable[["Supervisor"], bool]
-OutputCheck = Callable[[bytes, int], None]
-"""Raises FormatError unless the bytes can be the model's encrypted result for that many samples."""
 
 
 class Supervisor:
     """Runs one verified evaluation through a queue; see the module docstring."""
 
     def __init__(self, q: Producer, store: BlobStore, *, device: str, replicas: int, allowed: AllowList | None,
-                 audit: AuditLog | None, max_attempts: int, max_results: int | None = None, run_id: str | None = None,
-                 check_output: OutputCheck | None = None, on_submitted: Callable[[int, str], None] | None = None):
+                 audit: AuditLog | None, max_attempts: int, run_id: str | None = None,
+                 check_output: OutputCheck | None = None, on_submitted: Callable[[int, str], None] | None = None,
+                 voters: Voters | None = None, meaning: Meaning | None = None, decoys: frozenset[int] = frozenset()):
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
-        self.check_output = check_output
-        self.on_submitted = on_submitted  # (group index, job id), e.g. to write the run down
-        self.max_results = max_results or replicas + 2
+        self.check_output, self.on_submitted = check_output, on_submitted  # (group, job id): write the run down
+        self.voters = voters or Voters(allowed, keys_vote=True)
+        self.meaning, self.decoys = meaning, decoys
         self.groups: list[Group] = []
         self.jobs: dict[str, Group] = {}
-        self.flagged: dict[str, str] = {}       # worker id -> why
+        self.flagged: dict[str, str] = {}       # voter (or unverified:name) -> why
         self.known: list[str] = list(allowed.worker_ids) if allowed else []
         self.seen: list[str] = []               # workers with a valid receipt this run, in order
+        self.voter_of: dict[str, str] = {}      # worker id -> voter
         self.targeted: dict[str, tuple[str, float]] = {}  # job id -> (worker it was routed to, when)
         self.unresponsive: set[str] = set()
-        self.stats = {"submitted": 0, "tie_breakers": 0, "duplicates": 0, "invalid": 0, "reruns": 0}
+        self.decoy_jobs: set[str] = set()   # nobody waits for these: the run may end before they do
+        self.stats = {"submitted": 0, "tie_breakers": 0, "duplicates": 0, "invalid": 0, "reruns": 0,
+                      "unattributed": 0, "decoys": len(decoys), "decoys_sent": 0}
         self.job_stats: list[dict[str, Any]] = []  # what each accepted job's worker reported (cache hits, timings)
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -122,10 +118,9 @@ class Supervisor:
         """Submit every group K times and loop until all are decided and the canaries pass.
 
         ``workers_alive`` says whether local workers (if any) still run; ``on_submit`` gets the first
-        round of job ids (for progress and cancellation handles); ``adopt`` maps group indices to jobs
-        an earlier attempt of this run submitted (finished ones are collected, live ones waited for).
-        On any exception every pending job is cancelled before it propagates, so no job of this run
-        stays queued.
+        round of job ids; ``adopt`` maps group indices to jobs an earlier attempt of this run submitted
+        (finished ones are collected, live ones waited for).  On any exception every pending job is
+        cancelled before it propagates, so no job of this run stays queued.
         """
         try:
             return self._run(tasks, timeout, workers_alive, advance, canary_check, on_submit, adopt or {})
@@ -133,23 +128,11 @@ class Supervisor:
             self.cancel_pending()
             raise
 
-    def _adopt(self, g: Group, job_ids: list[str]) -> None:
-        """Take over jobs of an earlier attempt that finished or are still alive; the rest are resubmitted."""
-        for job_id in job_ids:
-            try:
-                state = self.q.status(job_id).state
-            except QueueError:
-                continue
-            if state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE):
-                g.pending.add(job_id)
-                self.jobs[job_id] = g
-                g.submitted += 1
-
     def _run(self, tasks: list[tuple[list[int], dict[str, Any]]], timeout: float | None,
              workers_alive: Callable[[], bool], advance: Callable[[int], None],
              canary_check: CanaryCheck | None, on_submit: Callable[[list[str]], None] | None,
              adopt: dict[int, list[str]]) -> list[Group]:
-        self.groups = [Group(i, slots, spec) for i, (slots, spec) in enumerate(tasks)]
+        self.groups = [Group(i, slots, spec, decoy=i in self.decoys) for i, (slots, spec) in enumerate(tasks)]
         for g in self.groups:
             self._adopt(g, adopt.get(g.index, []))
             self._submit(g, max(0, self.replicas - g.submitted))
@@ -182,12 +165,24 @@ class Supervisor:
             if deadline is not None and time.monotonic() > deadline:
                 stuck = next(g for g in self.groups if g.winner is None)
                 detail = (f"group {stuck.index}: {len(stuck.results)} result(s), {len(stuck.pending)} job(s) waiting; "
-                          f"flagged workers: {self._flag_list() or 'none'}")
+                          f"flagged: {self._flag_list() or 'none'}")
                 message = (f"timed out with {len(shown)}/{len(self.groups)} jobs done ({detail}); the jobs were "
                            f"cancelled: start workers (hec worker --queue {self.q.url}) or pass a longer --timeout")
                 # With workers flagged, what is missing is a trustworthy result, not capacity alone.
                 raise VerificationError(message) if self.flagged else QueueError(message)
             time.sleep(POLL_S)
+
+    def _adopt(self, g: Group, job_ids: list[str]) -> None:
+        """Take over jobs of an earlier attempt that finished or are still alive; the rest are resubmitted."""
+        for job_id in job_ids:
+            try:
+                state = self.q.status(job_id).state
+            except QueueError:
+                continue
+            if state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE):
+                g.pending.add(job_id)
+                self.jobs[job_id] = g
+                g.submitted += 1
 
     def _poll(self) -> None:
         """Look at every pending job once: take finished ones, redirect stale routed ones, stop on failures."""
@@ -207,7 +202,8 @@ class Supervisor:
 
     # -- submission -----------------------------------------------------------------------------------------
 
-    def _submit(self, g: Group, n: int) -> None:
+    def _submit(self, g: Group, n: int) -> list[str]:
+        ids = []
         for _ in range(n):
             target = self._pick_target(g)
             device = routed_device(self.device, target) if target else self.device
@@ -223,108 +219,110 @@ class Supervisor:
                 self.on_submitted(g.index, job_id)
             if self.audit:
                 self.audit.append("submit", job_id, {"spec": g.spec, "device": device})
+            ids.append(job_id)
+        return ids
 
     def _pick_target(self, g: Group) -> str | None:
-        """For replicas beyond the first K: a known, unflagged worker that has not answered this group."""
+        """For runs beyond the first K: a known worker of an unflagged voter that has not answered this group."""
         if g.submitted < self.replicas:
             return None
-        busy = set(g.results) | {self.targeted[j][0] for j in g.pending if j in self.targeted}
-        trusted = [w for h in self.groups if h.winner for w in h.agreeing]
+        busy = set(g.results) | {self.voter_of.get(self.targeted[j][0], self.targeted[j][0])
+                                 for j in g.pending if j in self.targeted}
+        trusted = [w for w, v in self.voter_of.items() if any(v in h.agreeing for h in self.groups if h.winner)]
         for w in trusted + self.seen + self.known:
-            if w not in busy and w not in self.flagged and w not in self.unresponsive:
+            v = self.voter_of.get(w) or self.voters.voter(w) or w
+            if v not in busy and v not in self.flagged and w not in self.unresponsive:
                 return w
         return None
 
     # -- results --------------------------------------------------------------------------------------------
-
-    def _check_result(self, job: Job, g: Group) -> tuple[Result, Receipt]:
-        """Parse and verify one finished job's result; raise a VerificationError or FormatError."""
-        result = Result.from_json(job.result)
-        if list(result.inputs) != g.spec["inputs"]:
-            raise ReceiptError(f"job {job.id} returned a result for other inputs")
-        r = verify_receipt(result.receipt, allowed=self.allowed, expected={
-            "job_id": job.id, "model_id": g.spec["model_id"], "key_id": g.spec["key_id"],
-            "inputs": g.spec["inputs"], "outputs": list(result.outputs)})
-        if len(result.outputs) != len(g.spec["inputs"]) or not all(self.store.exists(d) for d in result.outputs):
-            raise BadOutput(f"job {job.id}: worker {r.worker} names output blobs that are not in the store",
-                            r.worker_id)
-        if self.check_output is not None:
-            for digest, count in zip(result.outputs, g.spec["counts"]):
-                try:
-                    self.check_output(self.store.get(digest), int(count))  # sizes and framing, nothing parsed
-                except FormatError as exc:  # IntegrityError and LimitExceeded included
-                    raise BadOutput(f"job {job.id}: worker {r.worker} returned a malformed result ({exc})",
-                                    r.worker_id) from None
-        return result, r
 
     def _take(self, job: Job) -> None:
         g = self.jobs[job.id]
         g.pending.discard(job.id)
         receipt = job.result.get("receipt") if isinstance(job.result, dict) else None
         if self.audit:
-            self.audit.append("receipt", job.id, receipt if _loggable(receipt) else {"unreadable": True})
+            self.audit.append("receipt", job.id, receipt if loggable(receipt) else {"unreadable": True})
         try:
-            result, r = self._check_result(job, g)
+            result, r = check_result(job, g.spec, self.store, allowed=self.allowed, check_output=self.check_output)
         except (FormatError, VerificationError) as exc:
             self.stats["invalid"] += 1
-            # Only a receipt valid for this very job binds its signer (BadOutput carries it); anything else
-            # (a forged or replayed receipt) may name an honest worker, so the blame goes to the queue name.
-            who = exc.worker_id if isinstance(exc, BadOutput) else f"unverified:{job.worker or job.id}"
+            signer = exc.worker_id if isinstance(exc, BadOutput) else None
+            who = (self.voters.voter(signer) or signer) if signer else f"unverified:{job.worker or job.id}"
             self._flag(who, f"returned an invalid result for job {job.id}: {exc}")
             g.results.setdefault(who, None)
             return
-        if r.worker_id in g.results or r.worker_id in self.flagged:
+        voter = self.voters.voter(r.worker_id)
+        if voter is None:  # a worker whose operator nobody vouches for: its answer does not count
+            self.stats["unattributed"] += 1
+            return
+        self.voter_of[r.worker_id] = voter
+        if voter in g.results or voter in self.flagged:
             self.stats["duplicates"] += 1
             return
+        g.revisit = g.winner is not None  # a decoy's answer: it is checked against the decision
         if r.worker_id not in self.seen:
             self.seen.append(r.worker_id)
         self.job_stats.append({"job": job.id, **result.stats})
         digest = result_digest(result.outputs)
-        g.results[r.worker_id] = digest
+        g.results[voter] = digest
         g.outputs[digest] = list(result.outputs)
 
-    def flag(self, worker: str, why: str) -> None:
-        """Flag a worker for the rest of the run (canary checks call this)."""
-        self._flag(worker, why)
+    def flag(self, voter: str, why: str) -> None:
+        """Flag a voter for the rest of the run (canary checks call this)."""
+        self._flag(voter, why)
 
-    def _flag(self, worker: str, why: str) -> None:
-        """Flag a worker and take back every decision that leaned on it."""
-        if worker in self.flagged:
+    def _flag(self, voter: str, why: str) -> None:
+        """Flag a voter and take back every decision that leaned on it."""
+        if voter in self.flagged:
             return
-        self.flagged[worker] = why
+        self.flagged[voter] = why
         for g in self.groups:
-            if worker in g.results:
-                if g.results[worker] is not None:
-                    g.results[worker] = None  # kept as 'answered, invalid' so it is never asked again
-                if g.winner is not None and worker in g.agreeing:
+            if voter in g.results:
+                if g.results[voter] is not None:
+                    g.results[voter] = None  # kept as 'answered, invalid' so it is never asked again
+                if g.winner is not None and voter in g.agreeing:
                     g.winner, g.agreeing = None, ()
                     self.stats["reruns"] += 1
 
     def _decide(self, g: Group) -> int:
-        """Decide ``g`` if possible; return how many more results it needs."""
-        if g.winner is not None:
+        """Decide ``g`` if possible (again, when a late answer came in); return how many more answers it needs."""
+        if g.winner is not None and not g.revisit:
             return 0
-        if g.submitted > 3 * self.max_results and not g.pending:
+        g.revisit = False
+        limit = self.replicas + 2
+        if g.submitted > 3 * limit and not g.pending:
             raise NoMajority(f"job group {g.index}: {g.submitted} submissions gave only {len(g.results)} distinct "
-                             f"worker(s); start more workers (flagged: {self._flag_list() or 'none'})")
-        t = tally(g.results, replicas=self.replicas, max_results=self.max_results, label=f"job group {g.index}")
+                             f"voter(s); start more workers (flagged: {self._flag_list() or 'none'})")
+        results = g.results
+        if self.meaning is not None and len({d for d in results.values() if d is not None}) > 1:
+            results = self.meaning.classes(results, g.outputs, g.spec["counts"])
+        t = tally(results, replicas=self.replicas, max_results=limit, label=f"job group {g.index}")
         if t.decided:
             g.winner, g.agreeing = t.winner, t.agreeing
             for w in t.dissenters:
                 if w not in self.flagged:
                     self._flag(w, f"dissented from the majority on job group {g.index}")
+            if g.decoy and not g.decoy_sent:  # looks like a tie-breaker to workers; the run does not wait for it
+                g.decoy_sent = True
+                self.stats["decoys_sent"] += 1
+                self.decoy_jobs.update(self._submit(g, 1))
             return 0
+        if g.winner is not None:  # a late answer broke the majority: decide again with more answers
+            g.winner, g.agreeing = None, ()
+            self.stats["reruns"] += 1
         return t.more
 
     def _check_rerun_possible(self, g: Group) -> None:
-        """Fail now, naming the flagged workers, when a group can only be re-run by workers already flagged."""
+        """Fail now, naming the flagged voters, when a group can only be re-run by voters already flagged."""
         if not self.flagged or self._pick_target(g) is not None or g.submitted < self.replicas:
             return
-        if any(w not in self.flagged for w in self.seen) or (self.allowed is None and not self.flagged):
+        if any(self.voter_of.get(w, w) not in self.flagged for w in self.seen) or \
+                (self.allowed is None and not self.flagged):
             return
-        if any(h.pending for h in self.groups):
+        if any(j not in self.decoy_jobs for h in self.groups for j in h.pending):
             return  # results still to come may bring an honest worker into view
-        reasons = "; ".join(f"worker {worker_name(w)} {why}" for w, why in self.flagged.items())
+        reasons = "; ".join(f"{who(w)} {why}" for w, why in self.flagged.items())
         raise CanaryFailed(f"cannot verify the run: {reasons}; its results were rejected and no other worker is "
                            "available to re-run them", tuple(worker_name(w) for w in self.flagged))
 
@@ -342,24 +340,15 @@ class Supervisor:
                 g.pending.discard(job_id)
 
     def summary(self) -> dict[str, Any]:
-        """What ``report.verification`` shows."""
+        """What ``report.verification`` shows; ``rotate_keys`` when a check failed (see the README)."""
         return {"replicas": self.replicas, "groups": len(self.groups), **self.stats,
                 "flagged": {worker_name(w): why for w, why in self.flagged.items()},
-                "workers": [short_id(w) for w in self.seen]}
+                "workers": [worker_name(w) for w in self.seen],
+                "voters": sorted({voter_name(self.voter_of[w]) for w in self.seen if w in self.voter_of}),
+                "compared_by_meaning": self.meaning.decrypted if self.meaning else 0,
+                "rotate_keys": bool(self.flagged)}
 
 
-def worker_name(worker: str) -> str:
-    """How messages name a worker: its short id, or the queue name it used when its receipt was not valid."""
-    return worker if worker.startswith("unverified:") else short_id(worker)
-
-
-def _loggable(receipt: Any) -> bool:
-    from ...formats.canonical import canonical
-
-    if not isinstance(receipt, dict):
-        return False
-    try:
-        canonical(receipt)
-    except ValueError:
-        return False
-    return True
+def worker_name(voter: str) -> str:
+    """How messages name a voter or worker."""
+    return voter_name(voter)

@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import FormatError, KeyMismatchError
 from ...formats.bundle import Bundle
 from . import params
-from .payload import Payload, check_output, pack
+from .payload import Payload, check_output, pack, unpack
 
 
 @dataclass
@@ -131,6 +131,21 @@ class CKKSClientScheme:
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> CKKSClient:
         """Encoding, post-processing and (if given) the secret context."""
         return CKKSClient(manifest, sections, secret)
+
+    def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
+        """Add a fresh encryption of zero (public key from the evaluation context) to every ciphertext."""
+        import tenseal as ts
+
+        try:
+            ctx = ts.context_from(evaluation)
+        except Exception as exc:  # TenSEAL raises ValueError/RuntimeError on bad protobufs
+            raise FormatError(f"CKKS evaluation keys are unreadable: {exc}") from exc
+        p = unpack(payload, role="input")
+        fresh = []
+        for ct in p.ciphertexts:
+            vec = ts.ckks_vector_from(ctx, ct)
+            fresh.append((vec + ts.ckks_vector(ctx, [0.0] * vec.size())).serialize())
+        return pack(Payload("input", p.packing, p.n_samples, fresh))
 
 
 SCHEME = CKKSClientScheme()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, UnsafeArtifactError
+from ...errors import FormatError, UnsafeArtifactError, UnsupportedModelError
 from ...formats.bundle import Bundle
 from .artifacts import check_processing, check_result_size
 
@@ -107,6 +107,10 @@ class TFHEClientScheme:
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> TFHEClient:
         """Quantizers, post-processing and (if given) the secret keyset."""
         return TFHEClient(sections, secret)
+
+    def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
+        """Not possible: Concrete's TFHE has no public-key encryption, and only the secret key re-encrypts."""
+        raise UnsupportedModelError("TFHE ciphertexts cannot be re-randomized without the secret key")
 
     def import_deployment(self, directory: Any) -> Bundle:
         """Bundle an existing Concrete ML deployment directory (``client.zip`` + ``server.zip``)."""
