@@ -20,8 +20,12 @@ import numpy as np
 from numpy.polynomial import chebyshev as C
 
 
-def linear_batch(eng: Any, xs: list[Any], matrix: np.ndarray, bias: np.ndarray) -> list[Any]:
-    """``W x + b`` with one ciphertext per feature: plaintext products summed, then ONE rescale per output."""
+def linear_batch(eng: Any, xs: list[Any], matrix: np.ndarray, bias: np.ndarray, relin: Any) -> list[Any]:
+    """``W x + b`` with one ciphertext per feature: plaintext products summed, then ONE rescale per output.
+
+    Inputs may be unrelinearized products (see ``lazy`` in :func:`poly`): each
+    output is relinearized once, instead of each input.
+    """
     lvl = max(eng.level(x) for x in xs)
     xs = [eng.to_level(x, lvl) for x in xs]
     target = eng.scales[lvl + 1]
@@ -29,7 +33,7 @@ def linear_batch(eng: Any, xs: list[Any], matrix: np.ndarray, bias: np.ndarray) 
     for i in range(matrix.shape[0]):
         cols = np.flatnonzero(matrix[i])
         acc = eng.dot_plain([xs[j] for j in cols], matrix[i, cols].tolist(), target)
-        out.append(eng.add_const(acc, float(bias[i])))
+        out.append(eng.relinearize(eng.add_const(acc, float(bias[i])), relin))
     return out
 
 
@@ -54,8 +58,8 @@ class Chebyshev:
     (a scalar for batch packing, a slot vector for per-neuron single packing).
     """
 
-    def __init__(self, eng: Any, u: Any, relin: Any, degree: int, expand: Callable[[np.ndarray], Any]):
-        self.eng, self.relin, self.expand = eng, relin, expand
+    def __init__(self, eng: Any, u: Any, relin: Any, degree: int, expand: Callable[[np.ndarray], Any], lazy: bool = False):
+        self.eng, self.relin, self.expand, self.lazy = eng, relin, expand, lazy
         self.t: dict[int, Any] = {1: u}
         k = 1
         while 2 * k <= degree:
@@ -64,7 +68,7 @@ class Chebyshev:
             self.t[2 * k] = eng.add_const(sq, -1.0)
             k *= 2
 
-    def __call__(self, c: np.ndarray, level: int, scale: float) -> tuple[Any, np.ndarray]:
+    def __call__(self, c: np.ndarray, level: int, scale: float, top: bool = False) -> tuple[Any, np.ndarray]:
         """``(ciphertext or None, constant row still to add)`` for coefficient rows ``c`` at ``level``/``scale``."""
         eng = self.eng
         nonzero = np.flatnonzero(np.any(c != 0.0, axis=1))
@@ -82,7 +86,7 @@ class Chebyshev:
         if h is None:
             ct = eng.mul_const(tk, self.expand(h0), scale) if np.any(h0 != 0.0) else None
         else:
-            ct = eng.mul(eng.add_const(h, self.expand(h0)), tk, self.relin, scale)
+            ct = eng.mul(eng.add_const(h, self.expand(h0)), tk, None if top and self.lazy else self.relin, scale)
         low, c0 = self(r @ c, level, scale)
         if ct is None:
             return low, c0
@@ -91,14 +95,18 @@ class Chebyshev:
 
 
 def poly(eng: Any, x: Any, coeffs: np.ndarray, relin: Any, expand: Callable[[np.ndarray], Any],
-         domain: tuple[Any, Any] | None = None) -> Any:
-    """A Chebyshev polynomial (coefficient rows ``coeffs``) on one ciphertext; ``domain`` maps x into [-1, 1] first."""
+         domain: tuple[Any, Any] | None = None, lazy: bool = False) -> Any:
+    """A Chebyshev polynomial (coefficient rows ``coeffs``) on one ciphertext; ``domain`` maps x into [-1, 1] first.
+
+    ``lazy`` leaves the last product unrelinearized, for a following linear
+    layer to relinearize once per output (16 neurons -> 2 logits: 2 key switches, not 16).
+    """
     if domain is not None:  # (1 / half, -mid / half), already expanded: costs one level
         x = eng.add_const(eng.mul_const(x, domain[0], eng.scales[eng.level(x) + 1]), domain[1])
     degree = coeffs.shape[0] - 1
     depth = max(1, int(np.ceil(np.log2(degree + 1))))
     level = eng.level(x) + depth
-    ct, c0 = Chebyshev(eng, x, relin, degree, expand)(coeffs, level, eng.scales[level])
+    ct, c0 = Chebyshev(eng, x, relin, degree, expand, lazy)(coeffs, level, eng.scales[level], top=True)
     return eng.add_const(ct, expand(c0))
 
 

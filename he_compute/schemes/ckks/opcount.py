@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-OPS = ("mul_plain", "add", "rescale", "mul_ct", "rotate", "mod_switch", "add_plain")
+OPS = ("mul_plain", "add", "rescale", "mul_ct", "relin", "rotate", "mod_switch", "add_plain")
 # Relative cost of each operation at one level (mul_plain = 1), measured with SEAL at N=8192 on this machine;
 # used only to compare packings for packing="auto".
-RELATIVE_COST = {"mul_plain": 1.0, "add": 0.3, "rescale": 3.5, "mul_ct": 15.0, "rotate": 14.0, "mod_switch": 1.0,
+RELATIVE_COST = {"mul_plain": 1.0, "add": 0.3, "rescale": 3.5, "mul_ct": 1.5, "relin": 13.5, "rotate": 14.0, "mod_switch": 1.0,
                  "add_plain": 0.5}
 
 
@@ -27,6 +27,7 @@ class FakeCt:
 
     lvl: int
     scale: float
+    lazy: bool = False  # three parts: relinearization still owed
 
 
 class Counter:
@@ -54,10 +55,12 @@ class Counter:
 
     def dot_plain(self, cts: list[FakeCt], values: list[Any], scale: float) -> FakeCt:
         lvl = cts[0].lvl
+        if any(c.lazy for c in cts):
+            self._tick("mul_plain", lvl, len(cts) // 2)  # a third part costs half a product more
         self._tick("mul_plain", lvl, len(cts))
         self._tick("add", lvl, len(cts) - 1)
         self._tick("rescale", lvl)
-        return FakeCt(lvl + 1, scale)
+        return FakeCt(lvl + 1, scale, any(c.lazy for c in cts))
 
     def mul_const(self, ct: FakeCt, value: Any, scale: float) -> FakeCt:
         return self.dot_plain([ct], [value], scale)
@@ -66,8 +69,15 @@ class Counter:
         lvl = max(a.lvl, b.lvl)
         self.to_level(a, lvl), self.to_level(b, lvl)
         self._tick("mul_ct", lvl)
+        if relin is not None:
+            self._tick("relin", lvl)
         self._tick("rescale", lvl)
-        return FakeCt(lvl + 1, scale or a.scale)
+        return FakeCt(lvl + 1, scale or a.scale, relin is None)
+
+    def relinearize(self, ct: FakeCt, relin: Any) -> FakeCt:
+        if ct.lazy:
+            self._tick("relin", ct.lvl)
+        return FakeCt(ct.lvl, ct.scale)
 
     def add(self, a: FakeCt, b: FakeCt) -> FakeCt:
         self._tick("add", a.lvl)
@@ -98,7 +108,7 @@ def op_counts(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str
     steps = build_steps(plan, weights, packing, block, slots)
     n_in = int(np.prod(plan["input_shape"]))
     xs = [FakeCt(0, counter.scales[0]) for _ in range(1 if packing == "single" else n_in)]
-    run(counter, steps, xs, (None, None), packing, block, slots)
+    run(counter, steps, xs, (True, True), packing, block, slots)
     return {"counts": dict(counter.counts), "work": dict(counter.work)}
 
 

@@ -169,7 +169,11 @@ class Engine:
         return self.dot_plain([ct], [value], scale)
 
     def mul(self, a: Any, b: Any, relin: Any, scale: float | None = None) -> Any:
-        """``a * b`` (relinearized, rescaled) at the lower level of the two plus one."""
+        """``a * b`` rescaled, at the lower level of the two plus one; relinearized unless ``relin`` is None.
+
+        An unrelinearized (3-part) product may still be added and multiplied by
+        plaintexts; :meth:`relinearize` brings it back once, after those sums.
+        """
         lvl = max(self.level(a), self.level(b))
         same = a is b
         a, b = self.to_level(a, lvl), self.to_level(b, lvl)
@@ -178,11 +182,18 @@ class Engine:
             self.evaluator.square(a, out)
         else:
             self.evaluator.multiply(a, b, out)
-        self.evaluator.relinearize_inplace(out, relin)
+        if relin is not None:
+            self.evaluator.relinearize_inplace(out, relin)
         self.evaluator.rescale_to_next_inplace(out)
         if scale is not None:
             out.scale = scale
         return out
+
+    def relinearize(self, ct: Any, relin: Any) -> Any:
+        """Back to two parts (in place) if a lazy product left three."""
+        if ct.size() > 2:
+            self.evaluator.relinearize_inplace(ct, relin)
+        return ct
 
     def add(self, a: Any, b: Any) -> Any:
         """``a += b`` (same level and scale)."""

@@ -68,25 +68,27 @@ def block_vector(values: np.ndarray, block: int, slots: int) -> np.ndarray:
 def run(eng: Any, steps: list[tuple], xs: list[Any], keys: Any, packing: str, block: int = 0, slots: int = 0) -> list[Any]:
     """Apply the steps to the input ciphertexts (works on :class:`.seal.Engine` and :class:`.opcount.Counter`)."""
     relin, galois = keys
-    for step in steps:
+    for i, step in enumerate(steps):
         kind = step[0]
+        # Products feeding a batch linear layer stay unrelinearized: it relinearizes once per output.
+        lazy = i + 1 < len(steps) and steps[i + 1][0] == "linear" and relin is not None
         if kind == "linear":
-            xs = kernels.linear_batch(eng, xs, step[1], step[2])
+            xs = kernels.linear_batch(eng, xs, step[1], step[2], relin)
         elif kind == "diag":
             xs = [kernels.linear_single(eng, xs[0], block, step[1], step[2], step[3], galois)]
         elif kind == "square":
-            xs = [eng.mul(x, x, relin) for x in xs]
+            xs = [eng.mul(x, x, None if lazy else relin) for x in xs]
         elif kind == "poly":
             coeffs, groups, dom = step[1:]
             if packing == "batch":
                 xs = [kernels.poly(eng, x, coeffs[:, [groups[f]]], relin, lambda row: float(row[0]),
-                                   None if dom is None else (float(dom[0, groups[f]]), float(dom[1, groups[f]])))
+                                   None if dom is None else (float(dom[0, groups[f]]), float(dom[1, groups[f]])), lazy)
                       for f, x in enumerate(xs)]
             else:
                 expand = lambda row: block_vector(row, block, slots)  # noqa: E731
                 xs = [kernels.poly(eng, xs[0], coeffs, relin, expand,
                                    None if dom is None else (expand(dom[0]), expand(dom[1])))]
-    return xs
+    return [eng.relinearize(x, relin) for x in xs] if relin is not None else xs
 
 
 class CKKSServer:
