@@ -16,9 +16,10 @@ from . import accuracy, approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, plan_depth, run_layer, run_plan
 
 POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
-# Worst-case output error (logit units) the compiler aims for unless told otherwise: chosen from
-# bench/results/ckks_tradeoff.png (see bench/bench_ckks_tradeoff.py).
-DEFAULT_MAX_ERROR = 0.5
+# Unless max_error is given, the compiler aims for a worst-case output error of this fraction of the
+# span of the model's outputs on the calibration data: chosen from bench/results/ckks_tradeoff.png
+# (bench/bench_ckks_tradeoff.py), where it keeps 100% argmax agreement at the throughput knee.
+DEFAULT_RELATIVE_ERROR = 0.05
 
 
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
@@ -35,7 +36,7 @@ def _next_linear(raw: list[dict[str, Any]], i: int) -> str | None:
 
 
 def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None = None,
-               max_error: float = DEFAULT_MAX_ERROR, range_margin: float = approx.DEFAULT_MARGIN,
+               max_error: float | None = None, range_margin: float = approx.DEFAULT_MARGIN,
                max_degree: int = approx.MAX_DEGREE * 2 + 1) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
     """Return (plan, weight sections, info) for ``model``; ``info`` holds post-processing, fits and error bounds.
 
@@ -109,6 +110,9 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
             cache[idx, degree] = approx.fit_layer(a["expr"], a["mid"], a["half"], degree, a["fold"])
         return cache[idx, degree]
 
+    exact = x.reshape(x.shape[0], -1)
+    if max_error is None:
+        max_error = DEFAULT_RELATIVE_ERROR * max(float(exact.max() - exact.min()), 1e-3)
     fits, bound = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree, max_degree)
     records = []
     for idx, f in fits.items():
@@ -122,12 +126,11 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
     plan = {"version": PLAN_VERSION, "input_shape": list(input_shape), "output_shape": [int(np.prod(x.shape[1:]))],
             "layers": layers}
     check_plan(plan, weights)
-    exact = x.reshape(x.shape[0], -1)
     observed = float(np.abs(run_plan(plan, weights, X.reshape(X.shape[0], *input_shape)) - exact).max())
     peak = float(np.abs(exact).max())
     if peak >= 2 ** (params.INT_BITS + 16):
         raise UnsupportedModelError("model outputs on the calibration data exceed 2**28: rescale the model's outputs")
-    info = {"post": post, "task": task, "fits": records, "predicted_max_error": bound,
+    info = {"post": post, "task": task, "fits": records, "predicted_max_error": bound, "max_error": max_error,
             "calibration_max_error": observed, "output_peak": peak}
     return plan, {k: npy_bytes(v) for k, v in weights.items()}, info
 
@@ -186,8 +189,8 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     """Compile ``model`` for CKKS (SEAL through TenSEAL) and return its bundle.
 
     ``max_error``: the worst-case absolute error allowed on the outputs (logits
-    for classifiers) for inputs within the calibration ranges (default
-    ``DEFAULT_MAX_ERROR``); activation degrees, and so depth and speed, follow
+    for classifiers) for inputs within the calibration ranges (default:
+    ``DEFAULT_RELATIVE_ERROR`` of the outputs' calibration span); activation degrees, and so depth and speed, follow
     from it, and a target no 128-bit parameters reach is refused.
     ``activation_degree`` forces one degree instead (a warning says when the
     predicted error then exceeds ``max_error``).  ``packing``: ``"batch"``
@@ -199,11 +202,11 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     (computed on the client from the decrypted decision scores); a torch/ONNX
     graph ending in Sigmoid/Softmax gets that op applied on the client too.
     """
-    target = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
-    if not target > 0:
+    if max_error is not None and not float(max_error) > 0:
         raise InputError(f"max_error must be positive, not {max_error!r}")
-    plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree, max_error=target,
+    plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree, max_error=max_error,
                                              range_margin=range_margin)
+    target = info["max_error"]
     from .plan import load_npy
 
     weights = {k: load_npy(v, k) for k, v in weight_sections.items()}
