@@ -39,10 +39,12 @@ class Counter:
         self.dropped = [2.0**scale_bits] * (depth + 2)
         self.counts: _Tally = _Tally()
         self.work: _Tally = _Tally()  # ops x primes in the ciphertext: what the time is proportional to
+        self.by_level: _Tally = _Tally()  # (op, level) -> count, to price with measured per-level costs
 
     def _tick(self, op: str, lvl: int, times: int = 1) -> None:
         self.counts[op] += times
         self.work[op] += times * (self.depth + 1 - lvl)
+        self.by_level[op, lvl] += times
 
     def level(self, ct: FakeCt) -> int:
         return ct.lvl
@@ -95,7 +97,9 @@ class Counter:
 
 def op_counts(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str = "batch", block: int = 0,
               slots: int = 0) -> dict[str, Any]:
-    """Operations one chunk of a plan costs: ``{"counts": {op: n}, "work": {op: n x primes}}``.
+    """Operations one chunk of a plan costs.
+
+    ``{"counts": {op: n}, "work": {op: n x primes}, "by_level": {(op, level): n}}``.
 
     A chunk is ``slots`` samples for batch packing and ``slots / (2 block)``
     samples for single packing.
@@ -109,7 +113,7 @@ def op_counts(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str
     n_in = int(np.prod(plan["input_shape"]))
     xs = [FakeCt(0, counter.scales[0]) for _ in range(1 if packing == "single" else n_in)]
     run(counter, steps, xs, (True, True), packing, block, slots)
-    return {"counts": dict(counter.counts), "work": dict(counter.work)}
+    return {"counts": dict(counter.counts), "work": dict(counter.work), "by_level": dict(counter.by_level)}
 
 
 def relative_cost(counts: dict[str, Any]) -> float:
