@@ -20,6 +20,9 @@ POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
 # span of the model's outputs on the calibration data: chosen from bench/results/ckks_tradeoff.png
 # (bench/bench_ckks_tradeoff.py), where it keeps 100% argmax agreement at the throughput knee.
 DEFAULT_RELATIVE_ERROR = 0.05
+# Batch packing costs the same per slot at any ring degree, but each chunk pays Python and serialization
+# overheads: below N=8192 they dominate (measured: logistic regression 2x faster per sample at 8192 than 4096).
+BATCH_MIN_DEGREE = 8192
 
 
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
@@ -215,6 +218,9 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     ckks = params.choose(depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
                          coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
+    if chosen == "batch" and ckks["poly_modulus_degree"] < BATCH_MIN_DEGREE and poly_modulus_degree is None \
+            and coeff_mod_bit_sizes is None:
+        ckks = params.choose(depth, scale_bits=scale_bits, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE)
     steps: list[int] = []
     block = 0
     if chosen == "single":

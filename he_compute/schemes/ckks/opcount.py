@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-OPS = ("mul_plain", "add", "rescale", "mul_ct", "relin", "rotate", "mod_switch", "add_plain")
+OPS = ("load", "mul_plain", "add", "rescale", "mul_ct", "relin", "rotate", "mod_switch", "add_plain", "dump")
 # Relative cost of each operation at one level (mul_plain = 1), measured with SEAL at N=8192 on this machine;
 # used only to compare packings for packing="auto".
 RELATIVE_COST = {"mul_plain": 1.0, "add": 0.3, "rescale": 3.5, "mul_ct": 1.5, "relin": 13.5, "rotate": 14.0, "mod_switch": 1.0,
-                 "add_plain": 0.5}
+                 "add_plain": 0.5, "load": 2.0, "dump": 3.0}
 
 
 @dataclass
@@ -112,7 +112,9 @@ def op_counts(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str
     steps = build_steps(plan, weights, packing, block, slots)
     n_in = int(np.prod(plan["input_shape"]))
     xs = [FakeCt(0, counter.scales[0]) for _ in range(1 if packing == "single" else n_in)]
-    run(counter, steps, xs, (True, True), packing, block, slots)
+    counter._tick("load", 0, len(xs))  # the worker parses every input ciphertext and serializes every output
+    out = run(counter, steps, xs, (True, True), packing, block, slots)
+    counter._tick("dump", depth, len(out))
     return {"counts": dict(counter.counts), "work": dict(counter.work), "by_level": dict(counter.by_level)}
 
 

@@ -52,6 +52,7 @@ def choose(
     scale_bits: int | None = None,
     coeff_mod_bit_sizes: list[int] | None = None,
     int_bits: int = INT_BITS,
+    min_degree: int = DEGREES[0],
 ) -> dict[str, Any]:
     """Pick ``N``, the prime chain and the scale for a plan of multiplicative depth ``depth``.
 
@@ -59,7 +60,9 @@ def choose(
     rescale and no more, because every prime costs time in every operation.  The
     smallest ``N`` whose 128-bit budget leaves at least ``MIN_AUTO_SCALE_BITS`` of
     scale wins (smaller rings are faster per ciphertext and have smaller keys).
-    Explicit values are honoured but still checked; a plan too deep for 128-bit
+    ``min_degree`` lets batch packing skip rings whose per-chunk overheads
+    (Python calls, serialization) outweigh their per-slot cost.  Explicit values
+    are honoured but still checked; a plan too deep for 128-bit
     parameters is refused with the depth it needs.
     """
     if coeff_mod_bit_sizes is not None:
@@ -67,7 +70,7 @@ def choose(
         n = poly_modulus_degree or next((n for n, b in sorted(MAX_COEFF_BITS_128.items()) if sum(chain) <= b), 32768)
         scale = scale_bits or (chain[1] if len(chain) > 2 else chain[0])
         return _finish(depth, int(n), chain, int(scale))
-    degrees = [poly_modulus_degree] if poly_modulus_degree else list(DEGREES)
+    degrees = [poly_modulus_degree] if poly_modulus_degree else [n for n in DEGREES if n >= min_degree]
     for n in degrees:
         bound = MAX_COEFF_BITS_128.get(int(n), 0)
         scale = scale_bits or min(MAX_SCALE_BITS, (bound - 2 * int_bits) // (depth + 2))
