@@ -88,7 +88,7 @@ def minimax(g: Any, a: float, b: float, degree: int) -> tuple[np.ndarray, float,
     from numpy.polynomial import chebyshev as C
     from scipy.optimize import linprog
 
-    k = np.arange(max(400, 24 * (degree + 1)))
+    k = np.arange(max(200, 10 * (degree + 1)))
     nodes = np.concatenate([(a + b) / 2 + (b - a) / 2 * np.cos(np.pi * (k + 0.5) / k.size), [a, b, 0.0 if a < 0 < b else a]])
     A, y = C.chebvander(nodes, degree), g(nodes)
     m = degree + 1

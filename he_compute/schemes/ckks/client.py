@@ -52,6 +52,8 @@ class CKKSClient:
         try:
             encoding = json.loads(sections["encoding.json"])
             self.n_out, self.post = int(encoding["plan_outputs"]), encoding["postprocess"]
+            clip = encoding.get("input_clip")
+            self.clip = None if clip is None else (np.asarray(clip[0], dtype=np.float64), np.asarray(clip[1], dtype=np.float64))
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(f"CKKS client part lacks a valid encoding.json ({exc}): re-compile the bundle") from exc
         self.packing = self.ckks["packing"]
@@ -90,6 +92,11 @@ class CKKSClient:
         """Batch: one ciphertext per feature over up to ``slots`` samples; single: ``[x, x]`` blocks."""
         enc = sealapi().Encryptor(self.engine.context, self._key())
         flat = np.asarray(X, dtype=np.float64).reshape(X.shape[0], -1)
+        if self.clip is not None and self.clip[0].shape == flat.shape[1:]:
+            # Polynomial activations are only accurate (and bounded) on the calibration ranges: an outlier
+            # feature would blow up through a high-degree polynomial, so it is clipped to the calibration
+            # range widened by the compile margin (encoding.json in the client part).
+            flat = np.clip(flat, self.clip[0], self.clip[1])
         chunks = []
         if self.packing == "single":
             per = self.slots // (2 * self.block)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from typing import Any
@@ -12,7 +13,7 @@ from ...bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
 from .._onnx import is_onnx
-from . import accuracy, approx, frontend, params
+from . import accuracy, approx, frontend, limits, params
 from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, plan_depth, run_layer, run_plan
 
 POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
@@ -23,6 +24,10 @@ DEFAULT_RELATIVE_ERROR = 0.05
 # Batch packing costs the same per slot at any ring degree, but each chunk pays Python and serialization
 # overheads: below N=8192 they dominate (measured: logistic regression 2x faster per sample at 8192 than 4096).
 BATCH_MIN_DEGREE = 8192
+# With polynomial activations the client clips each feature to its calibration range widened by this
+# fraction of its span: far outliers would blow up through a high-degree polynomial, and a box this wide
+# leaves in-distribution samples (and so agreement with the clear model) untouched.
+CLIP_MARGIN = 0.5
 
 
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
@@ -116,7 +121,14 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
     exact = x.reshape(x.shape[0], -1)
     if max_error is None:
         max_error = DEFAULT_RELATIVE_ERROR * max(float(exact.max() - exact.min()), 1e-3)
-    fits, bound = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree, max_degree)
+    X_plan = X.reshape(X.shape[0], *input_shape)
+
+    def calibration_error(fits: dict[int, dict[str, Any]]) -> float:
+        trial = [dict(layer, coeffs=fits[i]["coeffs"]) if i in fits else layer for i, layer in enumerate(layers)]
+        return float(np.abs(run_plan({"layers": trial}, weights, X_plan) - exact).max())
+
+    fits, errors = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree, max_degree,
+                                           calibration_error)
     records = []
     for idx, f in fits.items():
         layers[idx]["coeffs"] = f["coeffs"]
@@ -128,13 +140,14 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
                         "max_fit_error": float(f["errors"].max())})
     plan = {"version": PLAN_VERSION, "input_shape": list(input_shape), "output_shape": [int(np.prod(x.shape[1:]))],
             "layers": layers}
-    check_plan(plan, weights)
-    observed = float(np.abs(run_plan(plan, weights, X.reshape(X.shape[0], *input_shape)) - exact).max())
+    # The depth a worker accepts is a limit for strangers' plans; here the 128-bit parameters decide (compile()).
+    check_plan(plan, weights, dataclasses.replace(limits.current(), max_depth=1 << 20))
     peak = float(np.abs(exact).max())
     if peak >= 2 ** (params.INT_BITS + 16):
         raise UnsupportedModelError("model outputs on the calibration data exceed 2**28: rescale the model's outputs")
-    info = {"post": post, "task": task, "fits": records, "predicted_max_error": bound, "max_error": max_error,
-            "calibration_max_error": observed, "output_peak": peak}
+    info = {"post": post, "task": task, "fits": records, "predicted_max_error": errors["predicted"],
+            "worst_case_bound": errors["worst_case_bound"], "max_error": max_error,
+            "calibration_max_error": errors["calibration"], "output_peak": peak}
     return plan, {k: npy_bytes(v) for k, v in weights.items()}, info
 
 
@@ -251,8 +264,10 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "postprocess": post,
         "activations": info["fits"],
         "max_error_target": target,
+        "input_clip_margin": CLIP_MARGIN if info["fits"] else None,
         "predicted_max_error": info["predicted_max_error"],
         "calibration_max_error": info["calibration_max_error"],
+        "worst_case_error_bound": info["worst_case_bound"],
         "warnings": warned,
     }
     manifest = {
@@ -265,6 +280,13 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "security_level": params.SECURITY_LEVEL,
         "ckks": ckks,
     }
-    client = {"encoding.json": json.dumps({"plan_outputs": n_out, "postprocess": post}).encode()}
+    encoding: dict[str, Any] = {"plan_outputs": n_out, "postprocess": post}
+    if info["fits"]:  # only fitted polynomials blow up outside their ranges; linear and x*x plans stay exact
+        Xc = np.asarray(X_calib, dtype=np.float64).reshape(len(X_calib), -1)
+        # A feature constant on the calibration data still gets room: the median span of the others.
+        span = np.maximum(np.ptp(Xc, axis=0), float(np.median(np.ptp(Xc, axis=0))) + 1e-9)
+        encoding["input_clip"] = [(Xc.min(axis=0) - CLIP_MARGIN * span).tolist(),
+                                  (Xc.max(axis=0) + CLIP_MARGIN * span).tolist()]
+    client = {"encoding.json": json.dumps(encoding).encode()}
     server = {"plan.json": json.dumps(plan, sort_keys=True).encode(), **weight_sections}
     return Bundle.create("ckks", manifest, client, server)

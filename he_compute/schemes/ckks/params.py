@@ -20,8 +20,8 @@ MAX_COEFF_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 3276
 # Bits above the scale kept in the first (and special) prime: outputs must stay below 2**(INT_BITS-1).
 # The compiler asks for more when the calibration outputs need it (``int_bits``).
 INT_BITS = 8
-# Below this scale CKKS noise (~2**-scale * N) approaches the 1e-3 error targets users ask for.
-MIN_AUTO_SCALE_BITS = 28
+# Below this scale CKKS noise (~2**-scale * N, amplified by deep layers) approaches the 1e-2 targets users ask for.
+MIN_AUTO_SCALE_BITS = 26
 MAX_SCALE_BITS = 40
 # Ring degrees tried, smallest (fastest, smallest keys) first.
 DEGREES = (4096, 8192, 16384, 32768)

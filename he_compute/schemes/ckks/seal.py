@@ -76,6 +76,40 @@ def load(cls_name: str, context: Any, data: bytes, what: str) -> Any:
     return obj
 
 
+def _primes(n: int, bits: list[int], scale_bits: int) -> tuple[list[int], float]:
+    """The coefficient modulus (prime values) and the fresh scale, the same on both sides.
+
+    ``S_{l+1} = S_l**2 / q_l`` doubles any relative gap between ``S_l`` and the
+    prime ``q_l`` it is divided by, so with SEAL's default primes (all just below
+    2**bits) the scale runs away after ten levels.  Picking, level by level, the
+    candidate prime closest to the current scale keeps every ``S_l`` within a
+    prime gap of the start: a random walk instead of a doubling.
+    """
+    s = sealapi()
+    depth = len(bits) - 2
+    if depth < 1 or any(b != scale_bits for b in bits[1:-1]):
+        return [m.value() for m in s.CoeffModulus.Create(n, bits)], 2.0**scale_bits
+    extra = depth + 24
+    while True:
+        try:
+            made = [m.value() for m in s.CoeffModulus.Create(n, [bits[0]] + [scale_bits] * (depth + extra) + [bits[-1]])]
+            break
+        except (ValueError, RuntimeError):  # not that many primes of this size for this ring: take fewer spares
+            if extra == 0:
+                raise
+            extra //= 2
+    pool = sorted(made[1:-1])
+    scale = start = float(pool[len(pool) // 2])
+    chosen = []
+    for _ in range(depth):
+        q = min(pool, key=lambda p: abs(p - scale))
+        pool.remove(q)
+        chosen.append(q)
+        scale = scale * scale / q
+    # SEAL drops the last data prime first: the prime for level 0 goes last.
+    return [made[0], *reversed(chosen), made[-1]], start
+
+
 def galois_elt(step: int, n: int) -> int:
     """SEAL's Galois element for a left rotation by ``step`` slots (negative: right) in ring degree ``n``."""
     slots = n // 2
@@ -94,7 +128,8 @@ class Engine:
         bits = [int(b) for b in ckks["coeff_mod_bit_sizes"]]
         parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(self.n)
-        parms.set_coeff_modulus(s.CoeffModulus.Create(self.n, bits))
+        primes, start = _primes(self.n, bits, int(ckks["scale_bits"]))
+        parms.set_coeff_modulus([s.Modulus(p) for p in primes])
         # TC128 makes SEAL itself refuse parameters above the HE-standard bound (a second check after params.py).
         self.context = s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128)
         if not self.context.parameters_set():
@@ -111,7 +146,7 @@ class Engine:
             data = data.next_context_data()
         self.depth = len(self.parms_ids) - 1
         self._level = {tuple(p): i for i, p in enumerate(self.parms_ids)}
-        self.scales = [2.0 ** int(ckks["scale_bits"])]
+        self.scales = [start]
         for lvl in range(self.depth):
             self.scales.append(self.scales[lvl] ** 2 / self.dropped[lvl])
 
