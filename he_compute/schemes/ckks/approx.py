@@ -25,7 +25,9 @@ DEFAULT_MARGIN = 0.2
 # Degrees 2**m - 1 are the largest a depth of m levels evaluates (see kernels.poly); nothing else is worth it.
 DEGREES = (3, 7, 15, 31)
 MAX_DEGREE = 31
-HOMOGENEOUS = ("relu",)
+# Fits stay within EXTENSION_SLACK x their error up to EXTENSION x the fitted half-width (see minimax).
+EXTENSION = 1.6
+EXTENSION_SLACK = 4.0
 
 
 def evaluate(expr: Any, x: np.ndarray) -> np.ndarray:
@@ -82,19 +84,26 @@ def depth_of_degree(degree: int) -> int:
 def minimax(g: Any, a: float, b: float, degree: int) -> tuple[np.ndarray, float, float]:
     """Chebyshev coefficients (basis on [-1, 1]) of the best degree-``degree`` fit of ``g`` on ``[a, b]``.
 
-    Returns ``(coeffs, max_error, lipschitz)``: the worst error and the largest
-    slope of the polynomial, both measured on a dense grid of ``[a, b]``.
+    Past the interval, up to ``EXTENSION`` times its half-width on each side, the
+    error may be at most ``EXTENSION_SLACK`` times the error inside: an input a
+    little out of range then costs a bounded error instead of the explosion of
+    an unconstrained high-degree polynomial.  Returns ``(coeffs, max_error,
+    lipschitz)``, both measured on a dense grid of ``[a, b]``.
     """
     from numpy.polynomial import chebyshev as C
     from scipy.optimize import linprog
 
     k = np.arange(max(200, 10 * (degree + 1)))
-    nodes = np.concatenate([(a + b) / 2 + (b - a) / 2 * np.cos(np.pi * (k + 0.5) / k.size), [a, b, 0.0 if a < 0 < b else a]])
+    mid, half = (a + b) / 2, (b - a) / 2
+    nodes = np.concatenate([mid + half * np.cos(np.pi * (k + 0.5) / k.size), [a, b, 0.0 if a < 0 < b else a]])
+    outer = np.concatenate([np.linspace(b, mid + EXTENSION * half, 60)[1:], np.linspace(mid - EXTENSION * half, a, 60)[:-1]])
     A, y = C.chebvander(nodes, degree), g(nodes)
+    Ao, yo = C.chebvander(outer, degree), g(outer)
     m = degree + 1
-    # minimize e  subject to  |A c - y| <= e  (variables c_0..c_d, e)
-    ones = np.ones((nodes.size, 1))
-    res = linprog(np.r_[np.zeros(m), 1.0], A_ub=np.block([[A, -ones], [-A, -ones]]), b_ub=np.r_[y, -y],
+    # minimize e  subject to  |A c - y| <= e inside and |Ao c - yo| <= slack * e outside (variables c, e)
+    ones, slack = np.ones((nodes.size, 1)), np.full((outer.size, 1), EXTENSION_SLACK)
+    res = linprog(np.r_[np.zeros(m), 1.0],
+                  A_ub=np.block([[A, -ones], [-A, -ones], [Ao, -slack], [-Ao, -slack]]), b_ub=np.r_[y, -y, yo, -yo],
                   bounds=[(None, None)] * m + [(0, None)], method="highs")
     coeffs = res.x[:m] if res.status == 0 else C.chebfit(nodes, y, degree)
     dense = np.linspace(a, b, 8001)
