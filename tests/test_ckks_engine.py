@@ -126,6 +126,7 @@ def test_single_packing_digits_with_only_the_rotation_keys_it_needs(digits, tmp_
         server.load_keys(he_compute.read_evaluation_keys(other.evaluation_keys_path).sections["keys"])
 
 
+@pytest.mark.slow
 def test_digits_cnn_conv_relu_conv_relu_linear(digits, tmp_path):
     X_tr, X_te, y_tr, y_te = (a.reshape(-1, 1, 8, 8) if a.ndim == 2 else a for a in digits)
     net = train(seq(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
@@ -162,6 +163,7 @@ def deep_mlp(hidden: int, X, y):
     return train(seq(*layers, torch.nn.Linear(16, 2)), X, y, 60)
 
 
+@pytest.mark.slow
 def test_four_hidden_layer_mlp_compiles_runs_and_too_deep_a_model_is_refused_with_its_depth(cancer, tmp_path):
     from he_compute.schemes.ckks.plan import check_sections, run_plan
 
