@@ -110,8 +110,7 @@ def poly(eng: Any, x: Any, coeffs: np.ndarray, relin: Any, expand: Callable[[np.
     if ct is None:
         # A constant polynomial (a neuron that never fires on the calibration data): SEAL refuses to
         # make an all-zero product, so carry x at 2**-20 (an error below 1e-6) to hold the constant.
-        ct = eng.to_level(eng.mul_const(x, expand(np.full(coeffs.shape[1], 2.0**-20)), eng.scales[eng.level(x) + 1]), level)
-        ct.scale = eng.scales[level] if hasattr(ct, "parms_id") else ct.scale
+        ct = eng.to_level(eng.mul_const(x, expand(np.full(coeffs.shape[1], 2.0**-20)), eng.scales[level]), level)
     return eng.add_const(ct, expand(c0))
 
 
