@@ -193,9 +193,11 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
     keys = ev.load_keys(he_compute.read_evaluation_keys(client.evaluation_keys_path))
     first = enc.sections["chunk/000000"]
     ev.evaluate_payload(first, keys)  # warm
-    t0 = time.perf_counter()
-    ev.evaluate_payload(first, keys)
-    t_chunk = time.perf_counter() - t0
+    t_chunk = float("inf")
+    for _ in range(2):  # best of two: other jobs share these two cores
+        t0 = time.perf_counter()
+        ev.evaluate_payload(first, keys)
+        t_chunk = min(t_chunk, time.perf_counter() - t0)
     rate2, results = two_process_throughput(bundle, client, enc)
     res = he_compute.container.Container("results", "ckks", {**{k: enc.meta[k] for k in (
         "model_id", "key_id", "n_samples", "chunks", "output_shape")}, "inputs_digest": ""},
@@ -211,6 +213,7 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
     limit1 = limit_seconds(counts, costs)
     # old engine on one chunk, same weights, its own fit and parameters
     old_out, old_t, old_p = old_run(old_layers, X[: ck["slots"]])
+    old_t = min(old_t, old_run(old_layers, X[: ck["slots"]])[1])
     old_ref = ref[: ck["slots"]]
     row = {
         "model": name, "N": ck["poly_modulus_degree"], "primes": len(ck["coeff_mod_bit_sizes"]),
@@ -335,7 +338,7 @@ def write(rows, single, load, cli) -> None:
                      f"{r['old_agree']:.2%} / {r['agree']:.2%}", f"{r['old_err']:.3g} / {r['err']:.3g} ({r['predicted']:.3g})"])
     text = [f"# CKKS engine: old vs new (python bench/bench_ckks_engine.py{' --cli' if cli else ''})", "",
             f"Load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores). Throughput in samples/s, "
-            f"evaluation only, {ROWS:,} rows (test split tiled); agreement and error against the clear float model "
+            f"evaluation only (one chunk: best of two runs), {ROWS:,} rows (test split tiled); agreement and error against the clear float model "
             f"on all rows.", "", table(head, body), ""]
     for r in rows:
         text.append(f"- {r['model']}: one chunk of {r['slots']} samples: new {r['new_chunk_s']:.3f} s vs limit "

@@ -38,9 +38,11 @@ def point(net, X_tr, X, ref, target, tmp: Path) -> dict:
     ev = he_compute.Evaluator(bundle.server_part())
     keys = ev.load_keys(he_compute.read_evaluation_keys(client.evaluation_keys_path))
     enc = client.encrypt(X[: ck["slots"]])
-    t0 = time.perf_counter()
-    res = ev.evaluate(enc, keys)
-    secs = time.perf_counter() - t0
+    secs = float("inf")
+    for _ in range(2):  # best of two: other jobs share these two cores
+        t0 = time.perf_counter()
+        res = ev.evaluate(enc, keys)
+        secs = min(secs, time.perf_counter() - t0)
     out = client.decrypt(res)
     r = ref[: ck["slots"]]
     return {"target": target, "degree": ck["activations"][0]["degree"], "depth": ck["multiplicative_depth"],
@@ -64,6 +66,7 @@ def main() -> None:
     w2, b2 = net[2].weight.detach().double().numpy(), net[2].bias.detach().double().numpy()
     old_layers = [("linear", w1, b1), ("relu", old_fit(X_tr @ w1.T + b1)), ("linear", w2, b2)]
     old_out, old_t, old_p = old_run(old_layers, X)
+    old_t = min(old_t, old_run(old_layers, X)[1])
     old = {"err": float(np.abs(old_out - ref[: len(old_out)]).max()), "rate": old_p["n"] // 2 / old_t,
            "agree": float(np.mean(old_out.argmax(1) == ref.argmax(1)))}
     rows = [[p["target"], p["degree"], p["depth"], p["N"], f"{p['predicted']:.3g}", f"{p['err']:.3g}",
@@ -73,7 +76,7 @@ def main() -> None:
     rows.append(["Orion 1.0.2 (issue 13)", "15/15/27 composite", "-", "-", "-", f"{ORION[0]}", "100% (50/50)", f"{ORION[1]}"])
     text = ["# CKKS accuracy / throughput trade-off, ReLU MLP 30-16-2 (python bench/bench_ckks_tradeoff.py)", "",
             f"Load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores); throughput = one chunk, "
-            f"one core, evaluation only; 8,192 rows (test split tiled).", "",
+            f"one core, evaluation only, best of two runs; 8,192 rows (test split tiled).", "",
             table(["max_error", "degree", "depth", "N", "predicted bound", "observed max error", "agreement",
                    "samples/s (1 core)"], rows)]
     write("ckks_tradeoff", "\n".join(text))

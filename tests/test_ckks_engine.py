@@ -70,7 +70,7 @@ def seq(*layers):
 
 
 def test_relu_mlp_meets_its_max_error_and_names_the_relu(cancer, tmp_path):
-    X_tr, X_te, y_tr, y_te = cancer
+    X_tr, X_te, y_tr, _ = cancer
     net = train(seq(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)), X_tr, y_tr, 40)
     path = tmp_path / "mlp.onnx"
     torch.onnx.export(net, (torch.tensor(X_tr[:1], dtype=torch.float32),), str(path), opset_version=17,
@@ -104,7 +104,7 @@ def test_max_error_trades_depth_for_accuracy_and_unreachable_targets_are_refused
 def test_single_packing_digits_with_only_the_rotation_keys_it_needs(digits, tmp_path):
     from he_compute.schemes.ckks.payload import unpack
 
-    X_tr, X_te, y_tr, y_te = digits
+    X_tr, X_te, y_tr, _ = digits
     net = train(seq(torch.nn.Linear(64, 32), Square(), torch.nn.Linear(32, 10)), X_tr, y_tr, 60, 2e-2)
     bundle = he_compute.compile(net, X_tr, scheme="ckks", batch_size=1)
     ck = bundle.manifest["ckks"]
@@ -144,11 +144,11 @@ def test_digits_cnn_conv_relu_conv_relu_linear(digits, tmp_path):
 
 
 def test_activation_after_pooling_maps_its_range_inside_the_polynomial(digits, tmp_path):
-    X_tr, X_te, y_tr, y_te = (a.reshape(-1, 1, 8, 8) if a.ndim == 2 else a for a in digits)
+    X_tr, X_te, y_tr, _ = (a.reshape(-1, 1, 8, 8) if a.ndim == 2 else a for a in digits)
     net = train(seq(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.ReLU(), torch.nn.Flatten(),
                     torch.nn.Linear(32, 10)), X_tr, y_tr, 80, 2e-2)
     bundle = he_compute.compile(net, X_tr, scheme="ckks", max_error=2.0)
-    poly = [la for la in json.loads(bundle.server["plan.json"])["layers"] if la["op"] == "poly"][0]
+    poly = next(la for la in json.loads(bundle.server["plan.json"])["layers"] if la["op"] == "poly")
     assert len(poly["domain"]) == 2  # no linear layer right before: the map costs one level instead
     out, _ = encrypted(bundle, X_te, tmp_path / "keys")
     ref = clear(net, X_te)

@@ -13,8 +13,9 @@ the block, which is what the diagonal method needs, for every block at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from numpy.polynomial import chebyshev as C

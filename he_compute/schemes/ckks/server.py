@@ -85,7 +85,9 @@ def run(eng: Any, steps: list[tuple], xs: list[Any], keys: Any, packing: str, bl
                                    None if dom is None else (float(dom[0, groups[f]]), float(dom[1, groups[f]])), lazy)
                       for f, x in enumerate(xs)]
             else:
-                expand = lambda row: block_vector(row, block, slots)  # noqa: E731
+                def expand(row: np.ndarray) -> np.ndarray:
+                    return block_vector(row, block, slots)
+
                 xs = [kernels.poly(eng, xs[0], coeffs, relin, expand,
                                    None if dom is None else (expand(dom[0]), expand(dom[1])))]
     return [eng.relinearize(x, relin) for x in xs] if relin is not None else xs
