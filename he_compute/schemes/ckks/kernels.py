@@ -144,6 +144,7 @@ def diagonals(matrix: np.ndarray, n: int, slots: int) -> tuple[int, dict[tuple[i
         vec = np.zeros(slots)
         for b in range(blocks):
             vec[2 * n * b + g * n1 + k] = diag
+        vec.setflags(write=False)  # read-only: the engine may keep its encoding (see Engine._cached)
         plain[(g, j)] = vec
     return n1, plain
 
@@ -155,15 +156,20 @@ def rotation_steps(plain_keys: list[tuple[int, int]], n1: int, n: int) -> set[in
 
 def linear_single(eng: Any, x: Any, n: int, n1: int, plain: dict[tuple[int, int], np.ndarray], bias_vec: np.ndarray,
                   galois: Any) -> Any:
-    """``W x + b`` on ``[x, x]`` blocks: BSGS diagonal products, one rescale, then ``[y, 0] -> [y, y]``."""
+    """``W x + b`` on ``[x, x]`` blocks: BSGS diagonal products, ONE rescale, then ``[y, 0] -> [y, y]``.
+
+    Giant-step rotations act on the unrescaled sums (rotation keeps level and
+    scale), so the layer pays one rescale instead of one per giant step.
+    """
     lvl = eng.level(x)
     target = eng.scales[lvl + 1]
     babies = {j: (x if j == 0 else eng.rotate(x, j, galois)) for j in sorted({j for _, j in plain})}
     acc = None
     for g in sorted({g for g, _ in plain}):
         keys = [(gg, j) for gg, j in plain if gg == g]
-        inner = eng.dot_plain([babies[j] for _, j in keys], [plain[key] for key in keys], target)
+        inner = eng.dot_plain([babies[j] for _, j in keys], [plain[key] for key in keys], target, rescale=False)
         inner = eng.rotate(inner, g * n1, galois) if g else inner
         acc = inner if acc is None else eng.add(acc, inner)
+    acc = eng.rescale(acc, target)
     acc = eng.add(acc, eng.rotate(acc, -n, galois))
     return eng.add_const(acc, bias_vec)

@@ -55,14 +55,18 @@ class Counter:
             return FakeCt(level, ct.scale)
         return ct
 
-    def dot_plain(self, cts: list[FakeCt], values: list[Any], scale: float) -> FakeCt:
+    def dot_plain(self, cts: list[FakeCt], values: list[Any], scale: float, rescale: bool = True) -> FakeCt:
         lvl = cts[0].lvl
         if any(c.lazy for c in cts):
             self._tick("mul_plain", lvl, len(cts) // 2)  # a third part costs half a product more
         self._tick("mul_plain", lvl, len(cts))
         self._tick("add", lvl, len(cts) - 1)
-        self._tick("rescale", lvl)
-        return FakeCt(lvl + 1, scale, any(c.lazy for c in cts))
+        out = FakeCt(lvl, scale, any(c.lazy for c in cts))
+        return self.rescale(out, scale) if rescale else out
+
+    def rescale(self, ct: FakeCt, scale: float) -> FakeCt:
+        self._tick("rescale", ct.lvl)
+        return FakeCt(ct.lvl + 1, scale, ct.lazy)
 
     def mul_const(self, ct: FakeCt, value: Any, scale: float) -> FakeCt:
         return self.dot_plain([ct], [value], scale)

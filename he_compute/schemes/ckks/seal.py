@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import FormatError, SecurityError
 
 _TMP_LOCK = threading.Lock()
+PLAIN_CACHE = 1024  # encoded diagonals kept per engine (N=8192, 4 primes: 256 KiB each)
 _TMP: dict[str, str] = {}
 
 
@@ -145,6 +146,9 @@ class Engine:
             self.dropped.append(primes[-1])
             data = data.next_context_data()
         self.depth = len(self.parms_ids) - 1
+        # Encoded plaintexts of read-only slot vectors (the plan's diagonals), by identity; the entry keeps
+        # the array alive, so its id cannot be reused by another object while cached.
+        self._plain: dict[tuple[int, int, float], tuple[Any, Any]] = {}
         self._level = {tuple(p): i for i, p in enumerate(self.parms_ids)}
         self.scales = [start]
         for lvl in range(self.depth):
@@ -162,6 +166,18 @@ class Engine:
         vals = float(values) if np.ndim(values) == 0 else np.asarray(values, dtype=np.float64).tolist()
         self.encoder.encode(vals, self.parms_ids[level], scale, pt)
         return pt
+
+    def _cached(self, values: Any, level: int, scale: float) -> Any:
+        """:meth:`encode`, remembered for read-only arrays (encoding a slot vector costs as much as a product)."""
+        if not isinstance(values, np.ndarray) or values.ndim == 0 or values.flags.writeable:
+            return self.encode(values, level, scale)
+        key = (id(values), level, scale)
+        hit = self._plain.get(key)
+        if hit is None or hit[0] is not values:
+            if len(self._plain) >= PLAIN_CACHE:
+                self._plain.clear()
+            hit = self._plain[key] = (values, self.encode(values, level, scale))
+        return hit[1]
 
     def ciphertext(self, data: bytes, what: str = "ciphertext") -> Any:
         """Load one ciphertext sent by the other party, with its level and scale checked."""
@@ -182,22 +198,30 @@ class Engine:
         self.evaluator.mod_switch_to(ct, self.parms_ids[level], out)
         return out
 
-    def dot_plain(self, cts: list[Any], values: list[Any], scale: float) -> Any:
-        """``sum values[j] * cts[j]`` (scalars or slot vectors) with ONE rescale, landing exactly on ``scale``."""
+    def dot_plain(self, cts: list[Any], values: list[Any], scale: float, rescale: bool = True) -> Any:
+        """``sum values[j] * cts[j]`` (scalars or slot vectors) with ONE rescale, landing exactly on ``scale``.
+
+        With ``rescale=False`` the sum stays at its level (for more sums and
+        rotations first); :meth:`rescale` then finishes it.
+        """
         s, ev = sealapi(), self.evaluator
         lvl = self.level(cts[0])
         acc, tmp = None, s.Ciphertext()
         for ct, v in zip(cts, values):
-            pt = self.encode(v, lvl, scale * self.dropped[lvl] / ct.scale)
+            pt = self._cached(v, lvl, scale * self.dropped[lvl] / ct.scale)
             if acc is None:
                 acc = s.Ciphertext()
                 ev.multiply_plain(ct, pt, acc)
             else:
                 ev.multiply_plain(ct, pt, tmp)
                 ev.add_inplace(acc, tmp)
-        ev.rescale_to_next_inplace(acc)
-        acc.scale = scale  # equal up to the last bit of the division above; SEAL compares scales exactly
-        return acc
+        return self.rescale(acc, scale) if rescale else acc
+
+    def rescale(self, ct: Any, scale: float) -> Any:
+        """Drop one prime (in place); ``scale`` is what the encodings were chosen to land on."""
+        self.evaluator.rescale_to_next_inplace(ct)
+        ct.scale = scale  # equal up to the last bit of the divisions that chose the encodings; SEAL compares exactly
+        return ct
 
     def mul_const(self, ct: Any, value: Any, scale: float) -> Any:
         """``value * ct`` rescaled once, landing one level lower with exactly ``scale``."""
