@@ -104,7 +104,8 @@ def test_mlp_onnx_batch(cancer_std, tmp_path, act_name):
     ckks = bundle.manifest["ckks"]
     if act_name == "relu":
         (fit,) = ckks["activations"]
-        assert fit["activation"] == "relu" and fit["degree"] in (2, 4, 8) and fit["max_fit_error"] > 0
+        assert fit["activation"] == "relu" and fit["degree"] in (3, 7, 15, 31, 63) and fit["max_fit_error"] > 0
+        assert fit["groups"] == 16  # one polynomial per neuron
     else:
         assert ckks["activations"] == [] and ckks["multiplicative_depth"] == 3
     out = encrypted_run(bundle, X_te, tmp_path / "keys")
@@ -204,10 +205,12 @@ def test_security_refusal(cancer_std):
         he_compute.compile(model, X_tr, scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 40, 60])
     bundle = he_compute.compile(model, X_tr, scheme="ckks")
     assert bundle.manifest["security_level"] == 128
-    # A tampered manifest cannot weaken the keys either: the client refuses to generate them.
-    bundle.manifest["ckks"]["poly_modulus_degree"] = 4096
+    # A tampered manifest cannot weaken the keys either: the client refuses to generate them, the worker to run.
+    bundle.manifest["ckks"]["poly_modulus_degree"] //= 2
     with pytest.raises(SecurityError):
         he_compute.schemes.client("ckks").open_client(bundle.manifest, bundle.client, None)
+    with pytest.raises(SecurityError):
+        he_compute.schemes.server("ckks").open_server(bundle.manifest, bundle.server)
 
 
 def test_malformed_plan_refused(cancer_std):

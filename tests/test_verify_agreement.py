@@ -71,36 +71,33 @@ def test_honest_tfhe_replicas_at_1_2_and_default_threads_agree(tmp_path, compile
     np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"), atol=1e-9)
 
 
-class _Rerandomizer(threading.Thread):
-    """An honest CKKS worker whose answers differ in bytes from everyone's: it adds a fresh encryption of
-    zero to each output ciphertext, as different hardware or libraries may change the bytes."""
+class _Perturber(threading.Thread):
+    """An honest CKKS worker whose answers differ in bytes, not in meaning, from everyone's: it adds 1e-9 to
+    each output, as different hardware or libraries may change the last bits of an approximate result."""
 
-    def __init__(self, q_url, b_url, evk_bytes: bytes, name: str):
+    def __init__(self, q_url, b_url, ckks: dict, name: str):
         super().__init__(daemon=True)
-        self.q, self.store, self.evk, self.name = queue.connect(q_url), blobs.connect(b_url), evk_bytes, name
+        self.q, self.store, self.ckks, self.name = queue.connect(q_url), blobs.connect(b_url), ckks, name
         self.me, self.done, self.stopping = WorkerIdentity.generate(), 0, threading.Event()
         self.executor = InProcess()
 
     def run(self):
-        import tenseal as ts
-
         from he_compute.formats.task import Task
         from he_compute.schemes.ckks.payload import Payload, pack, unpack
+        from he_compute.schemes.ckks.seal import Engine, dump
 
-        ctx = None
+        eng = Engine(self.ckks)
         while not self.stopping.is_set():
             lease = self.q.claim(self.name, block_s=0.05)
             if lease is None:
                 continue
             task = Task.from_json(lease.job.spec)
             loaded = self.executor.load(task, self.store.get)
-            ctx = ctx or ts.context_from(self.evk)
             outs = []
             for digest in task.inputs:
                 p = unpack(self.executor.evaluate(self.store.get(digest)), role="output")
-                fresh = [(ts.ckks_vector_from(ctx, ct) + ts.ckks_vector(ctx, [0.0] * p.n_samples)).serialize()
-                         for ct in p.ciphertexts]
-                outs.append(self.store.put(pack(Payload("output", p.packing, p.n_samples, fresh))))
+                nudged = [dump(eng.add_const(eng.ciphertext(ct), 1e-9)) for ct in p.ciphertexts]
+                outs.append(self.store.put(pack(Payload("output", p.packing, p.n_samples, nudged, p.extra))))
             receipt = sign_receipt(self.me, job_id=lease.job.id, model_id=loaded.model_id, key_id=loaded.key_id,
                                    inputs=task.inputs, outputs=outs, timings={"eval_ms": 1})
             self.q.complete(lease, {"outputs": outs, "inputs": list(task.inputs), "receipt": receipt, "stats": {}})
@@ -119,7 +116,7 @@ def test_ckks_replicas_that_differ_in_bytes_but_not_in_meaning_agree(tmp_path, c
     evk = he_compute.read_evaluation_keys(client.evaluation_keys_path)
     urls = (f"sqlite://{tmp_path / 'q.db'}", f"file://{tmp_path / 'b'}")
     honest = Worker(queue.connect(urls[0]), blobs.connect(urls[1]), executor=InProcess(), log=lambda m: None)
-    other = _Rerandomizer(urls[0], urls[1], evk.sections["keys"], "rerandomizer")
+    other = _Perturber(urls[0], urls[1], bundle.manifest["ckks"], "perturber")
     allow = AllowList()
     allow.add(honest.identity.public_raw, operator="alice")
     allow.add(other.me.public_raw, operator="bob")

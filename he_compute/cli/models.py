@@ -29,8 +29,14 @@ def register(main: click.Group) -> None:
     @click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
     @click.option("--packing", type=click.Choice(["auto", "batch", "single"]), default=None,
                   help="CKKS: samples across slots (batch, throughput) or one sample per ciphertext (single, latency).")
+    @click.option("--max-error", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="CKKS: worst-case output error to aim for (picks activation degrees; default 5% of the output "
+                       "span on the calibration data).")
+    @click.option("--batch-size", type=click.IntRange(1), default=None,
+                  help="CKKS: expected samples per request, for --packing auto.")
     def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bits: int | None,
-                    rounding_bits: int | None, no_rounding: bool, packing: str | None) -> None:
+                    rounding_bits: int | None, no_rounding: bool, packing: str | None, max_error: float | None,
+                    batch_size: int | None) -> None:
         """Compile an ONNX model into a bundle.
 
         Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
@@ -40,8 +46,9 @@ def register(main: click.Group) -> None:
 
         tfhe_only = {"--n-bits": n_bits is not None, "--rounding-bits": rounding_bits is not None, "--no-rounding": no_rounding}
         misplaced = [flag for flag, given in tfhe_only.items() if given and scheme != "tfhe"]
-        if packing is not None and scheme != "ckks":
-            misplaced.append("--packing")
+        ckks_only = {"--packing": packing is not None, "--max-error": max_error is not None,
+                     "--batch-size": batch_size is not None}
+        misplaced += [flag for flag, given in ckks_only.items() if given and scheme != "ckks"]
         if misplaced:
             raise HECError(f"{', '.join(misplaced)} do(es) not apply to --scheme {scheme}: drop it or change the scheme")
         if model.suffix.lower() != ".onnx":
@@ -58,6 +65,10 @@ def register(main: click.Group) -> None:
             options["rounding_threshold_bits"] = rounding_bits
         if packing is not None:
             options["packing"] = packing
+        if max_error is not None:
+            options["max_error"] = max_error
+        if batch_size is not None:
+            options["batch_size"] = batch_size
         start = time.perf_counter()
         bundle = he_compute.compile(model, X, scheme=scheme, **options)
         bundle.save(output)

@@ -1,10 +1,16 @@
-"""Activation expressions and their least-squares polynomial approximations.
+"""Activation expressions and their minimax polynomial approximations, fitted per neuron or channel.
 
 An expression is a nested tuple over one variable: ``("x",)``, ``("c", value)``,
 ``(f, e)`` for ``f`` in relu/sigmoid/tanh/erf/gelu, and ``(op, a, b)`` for
 add/sub/mul/div/pow.  CKKS evaluates only polynomials, so every non-polynomial
-activation becomes ``sum(c_k x**k)`` fitted on the range the calibration data
-reaches at that layer, widened by a margin because unseen inputs go a little further.
+activation becomes a polynomial fitted where that neuron's calibration values
+actually go: each neuron (each channel of a conv layer) gets its own range
+``r``, the previous layer is divided by ``r`` so the ciphertext holds ``t = x / r``
+in ``[-1, 1]``, and for ReLU (``relu(r t) = r relu(t)``) the factor ``r`` is folded
+into the next layer's weights.  Polynomials are kept in the Chebyshev basis on
+``[-1, 1]`` (bounded coefficients: no cancellation to amplify CKKS noise) and fitted
+minimax (smallest worst-case error on the interval, a linear programme solved by
+SciPy's HiGHS), so each fit comes with an exact error bound on its interval.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ from typing import Any
 import numpy as np
 
 X = ("x",)
-# Degrees tried, cheapest first; each costs 1 + ceil(log2(degree)) levels.  Within one depth the
-# highest degree is free, so only 2 (2 levels), 4 (3 levels) and 8 (4 levels) are considered.
-DEGREES = (2, 4, 8)
 DEFAULT_MARGIN = 0.2
-# A degree is accepted when its worst error over the calibration values is below this fraction of the
-# layer's value range: small enough that argmax decisions rarely flip.
-DEFAULT_TOLERANCE = 0.01
+# Degrees 2**m - 1 are the largest a depth of m levels evaluates (see kernels.poly); nothing else is worth it.
+DEGREES = (3, 7, 15, 31)
+MAX_DEGREE = 31
+# Fits stay within EXTENSION_SLACK x their error up to EXTENSION x the fitted half-width (see minimax).
+EXTENSION = 1.6
+EXTENSION_SLACK = 4.0
 
 
 def evaluate(expr: Any, x: np.ndarray) -> np.ndarray:
@@ -70,36 +76,76 @@ def label(expr: Any) -> str:
     return "+".join(dict.fromkeys(names)) or "polynomial"
 
 
-def fit(expr: Any, samples: np.ndarray, *, degree: int | None = None, margin: float = DEFAULT_MARGIN,
-        tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """Fit a polynomial to ``expr`` over the range ``samples`` reach (plus ``margin`` of it on each side).
+def depth_of_degree(degree: int) -> int:
+    """Levels a degree-``degree`` polynomial costs with the depth-optimal evaluation of :mod:`.kernels`."""
+    return max(1, math.ceil(math.log2(degree + 1)))
 
-    The fit weighs the calibration values themselves (where accuracy matters)
-    together with a uniform grid over the widened range (so that the
-    polynomial stays close everywhere it may be evaluated).
+
+def minimax(g: Any, a: float, b: float, degree: int) -> tuple[np.ndarray, float, float]:
+    """Chebyshev coefficients (basis on [-1, 1]) of the best degree-``degree`` fit of ``g`` on ``[a, b]``.
+
+    Past the interval, up to ``EXTENSION`` times its half-width on each side, the
+    error may be at most ``EXTENSION_SLACK`` times the error inside: an input a
+    little out of range then costs a bounded error instead of the explosion of
+    an unconstrained high-degree polynomial.  Returns ``(coeffs, max_error,
+    lipschitz)``, both measured on a dense grid of ``[a, b]``.
     """
-    values = np.asarray(samples, dtype=np.float64).reshape(-1)
-    lo, hi = float(values.min()), float(values.max())
-    span = max(hi - lo, 1e-6)
-    lo, hi = lo - margin * span, hi + margin * span
-    grid = np.linspace(lo, hi, 2001)
-    rng = np.random.default_rng(0)
-    data = values if values.size <= 20000 else rng.choice(values, 20000, replace=False)
-    xs = np.concatenate([data, grid])
-    weights = np.concatenate([np.full(data.size, 1.0 / data.size), np.full(grid.size, 1.0 / grid.size)])
-    ys = evaluate(expr, xs)
-    y_span = max(float(ys.max() - ys.min()), 1e-6)
-    best: dict[str, Any] = {}
-    for deg in [degree] if degree else DEGREES:
-        # Fit in the scaled variable t = x / r for conditioning, then convert back to powers of x.
-        r = max(abs(lo), abs(hi))
-        coeffs_t = np.polynomial.polynomial.polyfit(xs / r, ys, deg, w=np.sqrt(weights))
-        coeffs = coeffs_t / r ** np.arange(deg + 1)
-        approx = np.polynomial.polynomial.polyval
-        err_data = float(np.max(np.abs(approx(data, coeffs) - evaluate(expr, data))))
-        err_grid = float(np.max(np.abs(approx(grid, coeffs) - evaluate(expr, grid))))
-        best = {"activation": label(expr), "degree": deg, "range": [lo, hi], "coeffs": [float(c) for c in coeffs],
-                "max_fit_error": max(err_data, err_grid), "max_fit_error_on_calibration": err_data}
-        if err_data <= tolerance * y_span:
-            break
-    return best
+    from numpy.polynomial import chebyshev as C
+    from scipy.optimize import linprog
+
+    k = np.arange(max(200, 10 * (degree + 1)))
+    mid, half = (a + b) / 2, (b - a) / 2
+    nodes = np.concatenate([mid + half * np.cos(np.pi * (k + 0.5) / k.size), [a, b, 0.0 if a < 0 < b else a]])
+    outer = np.concatenate([np.linspace(b, mid + EXTENSION * half, 60)[1:], np.linspace(mid - EXTENSION * half, a, 60)[:-1]])
+    A, y = C.chebvander(nodes, degree), g(nodes)
+    Ao, yo = C.chebvander(outer, degree), g(outer)
+    m = degree + 1
+    # minimize e  subject to  |A c - y| <= e inside and |Ao c - yo| <= slack * e outside (variables c, e)
+    ones, slack = np.ones((nodes.size, 1)), np.full((outer.size, 1), EXTENSION_SLACK)
+    res = linprog(np.r_[np.zeros(m), 1.0],
+                  A_ub=np.block([[A, -ones], [-A, -ones], [Ao, -slack], [-Ao, -slack]]), b_ub=np.r_[y, -y, yo, -yo],
+                  bounds=[(None, None)] * m + [(0, None)], method="highs")
+    coeffs = res.x[:m] if res.status == 0 else C.chebfit(nodes, y, degree)
+    dense = np.linspace(a, b, 8001)
+    err = float(np.max(np.abs(C.chebval(dense, coeffs) - g(dense))))
+    slope = float(np.max(np.abs(C.chebval(dense, C.chebder(coeffs)))))
+    return coeffs, err, slope
+
+
+def groups_of(shape: list[int]) -> np.ndarray:
+    """Feature -> group index: one group per feature for flat layers, one per channel for (C, H, W)."""
+    size = int(np.prod(shape))
+    if len(shape) == 3:
+        return np.repeat(np.arange(shape[0]), size // shape[0])
+    return np.arange(size)
+
+
+def ranges(x: np.ndarray, shape: list[int], margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: centre and half-width of the calibration range widened by ``margin`` of its span."""
+    flat = x.reshape(x.shape[0], -1)
+    groups = groups_of(shape)
+    n = int(groups.max()) + 1
+    lo = np.array([flat[:, groups == g].min() for g in range(n)])
+    hi = np.array([flat[:, groups == g].max() for g in range(n)])
+    half = np.maximum((hi - lo) * (0.5 + margin), 1e-6)
+    return (lo + hi) / 2, half
+
+
+def fit_layer(expr: Any, mid: np.ndarray, half: np.ndarray, degree: int, fold: bool) -> dict[str, Any]:
+    """Fit ``g(u) = f(mid + half u) / o`` on ``u`` in [-1, 1] per group (``o = half`` if folded, else 1).
+
+    The previous layer maps its output ``x`` to ``u = (x - mid) / half`` (folded
+    into its weights) and ``o`` is folded into the next layer, so every ciphertext
+    value stays within a few units whatever the network's own range.
+    """
+    out_scale = half if fold else np.ones_like(half)
+    coeffs, errs, slopes = [], [], []
+    for g in range(half.size):
+        def target(u: np.ndarray, g: int = g) -> np.ndarray:
+            return evaluate(expr, mid[g] + half[g] * u) / out_scale[g]
+
+        c, e, s = minimax(target, -1.0, 1.0, degree)
+        coeffs.append(c.tolist())
+        errs.append(e)
+        slopes.append(s)
+    return {"coeffs": coeffs, "errors": np.array(errs), "slopes": np.array(slopes), "out_scale": out_scale}

@@ -1,9 +1,11 @@
 """Client side of the CKKS scheme: key generation, encryption, decryption, post-processing.
 
-The secret context is TenSEAL's serialized context *with* its secret key; the
-evaluation context is the same context serialized with ``save_secret_key=False``
-(the public key stays: TenSEAL's vector-matrix product encrypts zeros), holding the
-relinearization keys and, for single packing only, the Galois keys.
+The secret file is SEAL's serialized secret key; the evaluation keys are a
+``keys`` payload (see :mod:`.payload`) holding relinearization keys and Galois
+keys for exactly the rotation steps the plan needs (``manifest["ckks"]["galois_steps"]``),
+both in SEAL's seeded form (half the size).  Inputs are encrypted with the secret
+key (symmetric CKKS: faster than public-key encryption and half the bytes); no
+public key is made, so workers hold nothing that encrypts.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, KeyMismatchError
+from ...errors import FormatError, KeyMismatchError, UnsupportedModelError
 from ...formats.bundle import Bundle
 from . import params
-from .payload import Payload, check_output, pack, unpack
+from .payload import Payload, check_output, pack
+from .seal import Engine, dump, galois_elt, load, sealapi
 
 
 @dataclass
@@ -42,7 +45,7 @@ def _postprocess(kind: str | None, y: np.ndarray) -> np.ndarray:
 
 
 class CKKSClient:
-    """Encrypts and decrypts for one bundle; holds the secret context once keys exist."""
+    """Encrypts and decrypts for one bundle; holds the secret key once keys exist."""
 
     def __init__(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None):
         self.ckks = dict(manifest["ckks"])
@@ -50,66 +53,82 @@ class CKKSClient:
         try:
             encoding = json.loads(sections["encoding.json"])
             self.n_out, self.post = int(encoding["plan_outputs"]), encoding["postprocess"]
+            clip = encoding.get("input_clip")
+            self.clip = None if clip is None else (np.asarray(clip[0], dtype=np.float64), np.asarray(clip[1], dtype=np.float64))
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(f"CKKS client part lacks a valid encoding.json ({exc}): re-compile the bundle") from exc
         self.packing = self.ckks["packing"]
-        self.slots = int(self.ckks["slots"])
-        self._ctx: Any = None
+        self.slots = int(self.ckks["poly_modulus_degree"]) // 2
+        self.block = int(self.ckks.get("block", 0))
+        self.engine = Engine(self.ckks)
+        self._secret: Any = None
         if secret is not None:
-            import tenseal as ts
-
-            try:
-                self._ctx = ts.context_from(secret)
-            except Exception as exc:  # TenSEAL raises ValueError/RuntimeError on bad protobufs
-                raise FormatError(f"secret CKKS context is unreadable: {exc}") from exc
-            if not self._ctx.is_private():
-                raise KeyMismatchError("the secret key file holds no CKKS secret key: run hec keygen again")
+            self._secret = load("SecretKey", self.engine.context, secret, "the CKKS secret key")
 
     def keygen(self) -> CKKSKeys:
-        """A fresh context; the secret copy keeps only what encrypting and decrypting need."""
-        ctx = params.make_context(self.ckks, galois=bool(self.ckks["galois_keys"]))
-        self._ctx = ctx
-        secret = ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
-        evaluation = ctx.serialize(save_public_key=True, save_secret_key=False,
-                                   save_galois_keys=bool(self.ckks["galois_keys"]), save_relin_keys=True)
-        return CKKSKeys(secret=secret, evaluation=evaluation)
+        """A fresh secret key, and relinearization / Galois keys for exactly what the plan needs."""
+        s = sealapi()
+        gen = s.KeyGenerator(self.engine.context)
+        self._secret = gen.secret_key()
+        parts, blobs = [], []
+        if self.ckks.get("relin_keys", True):
+            parts.append("relin")
+            blobs.append(dump(gen.create_relin_keys()))
+        steps = [int(x) for x in self.ckks.get("galois_steps", [])]
+        if steps:
+            parts.append("galois")
+            blobs.append(dump(gen.create_galois_keys([galois_elt(x, self.engine.n) for x in steps])))
+        evaluation = pack(Payload("keys", self.packing, 1, blobs, {"parts": parts, "galois_steps": steps}))
+        return CKKSKeys(secret=dump(self._secret), evaluation=evaluation)
 
-    def _context(self) -> Any:
-        if self._ctx is None:
+    def _key(self) -> Any:
+        if self._secret is None:
             raise KeyMismatchError("no CKKS keys loaded: run hec keygen BUNDLE --keys DIR first")
-        return self._ctx
+        return self._secret
+
+    def _encrypt(self, encryptor: Any, values: np.ndarray) -> bytes:
+        return dump(encryptor.encrypt_symmetric(self.engine.encode(values, 0, self.engine.scales[0])))
 
     def encrypt(self, X: np.ndarray) -> list[tuple[int, bytes]]:
-        """Batch: one ciphertext per feature over up to ``slots`` samples; single: one per sample."""
-        import tenseal as ts
-
-        ctx = self._context()
+        """Batch: one ciphertext per feature over up to ``slots`` samples; single: ``[x, x]`` blocks."""
+        enc = sealapi().Encryptor(self.engine.context, self._key())
         flat = np.asarray(X, dtype=np.float64).reshape(X.shape[0], -1)
-        if self.packing == "single":
-            # The trailing 1.0 is the constant slot that carries biases (see server.homogeneous).
-            return [(1, pack(Payload("input", "single", 1, [ts.ckks_vector(ctx, [*row.tolist(), 1.0]).serialize()])))
-                    for row in flat]
+        if self.clip is not None and self.clip[0].shape == flat.shape[1:]:
+            # Polynomial activations are only accurate (and bounded) on the calibration ranges: an outlier
+            # feature would blow up through a high-degree polynomial, so it is clipped to the calibration
+            # range widened by the compile margin (encoding.json in the client part).
+            flat = np.clip(flat, self.clip[0], self.clip[1])
         chunks = []
+        if self.packing == "single":
+            per = self.slots // (2 * self.block)
+            for start in range(0, flat.shape[0], per):
+                part = flat[start : start + per]
+                vec = np.zeros(self.slots)
+                for b, row in enumerate(part):
+                    vec[2 * self.block * b : 2 * self.block * b + row.size] = row
+                    vec[2 * self.block * b + self.block : 2 * self.block * b + self.block + row.size] = row
+                chunks.append((part.shape[0], pack(Payload("input", "single", part.shape[0], [self._encrypt(enc, vec)]))))
+            return chunks
         for start in range(0, flat.shape[0], self.slots):
             part = flat[start : start + self.slots]
-            cts = [ts.ckks_vector(ctx, part[:, j].tolist()).serialize() for j in range(part.shape[1])]
+            cts = [self._encrypt(enc, part[:, j]) for j in range(part.shape[1])]
             chunks.append((part.shape[0], pack(Payload("input", "batch", part.shape[0], cts))))
         return chunks
 
     def decrypt(self, payload: bytes, n_samples: int) -> np.ndarray:
         """Decrypt one result chunk into ``(n_samples, n_outputs)`` float64, post-processed."""
-        import tenseal as ts
-
-        ctx = self._context()
-        p = check_output(payload, self.ckks, self.n_out, n_samples)  # sizes first: TenSEAL parses only then
-        try:
-            vectors = [np.asarray(ts.ckks_vector_from(ctx, ct).decrypt(), dtype=np.float64) for ct in p.ciphertexts]
-        except Exception as exc:
-            raise FormatError(f"result ciphertext is unreadable or was made with other keys: {exc}") from exc
+        s = sealapi()
+        dec = s.Decryptor(self.engine.context, self._key())
+        p = check_output(payload, self.ckks, self.n_out, n_samples)  # sizes first: SEAL parses only then
+        vectors = []
+        for ct in p.ciphertexts:
+            pt = s.Plaintext()
+            dec.decrypt(self.engine.ciphertext(ct, "result ciphertext"), pt)
+            vectors.append(np.asarray(self.engine.encoder.decode_double(pt), dtype=np.float64))
         if self.packing == "single":
-            if len(vectors) != 1 or vectors[0].size < self.n_out:
+            if len(vectors) != 1:
                 raise FormatError("single-packed result must be one ciphertext holding every output")
-            y = vectors[0][: self.n_out].reshape(1, -1)
+            y = np.stack([vectors[0][2 * self.block * b : 2 * self.block * b + self.n_out] for b in range(n_samples)])
         else:
             if len(vectors) != self.n_out or any(v.size < n_samples for v in vectors):
                 raise FormatError(f"batch result must hold {self.n_out} ciphertexts of {n_samples} samples")
@@ -129,23 +148,13 @@ class CKKSClientScheme:
         return _compile(model, X_calib, **options)
 
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> CKKSClient:
-        """Encoding, post-processing and (if given) the secret context."""
+        """Encoding, post-processing and (if given) the secret key."""
         return CKKSClient(manifest, sections, secret)
 
     def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
-        """Add a fresh encryption of zero (public key from the evaluation context) to every ciphertext."""
-        import tenseal as ts
-
-        try:
-            ctx = ts.context_from(evaluation)
-        except Exception as exc:  # TenSEAL raises ValueError/RuntimeError on bad protobufs
-            raise FormatError(f"CKKS evaluation keys are unreadable: {exc}") from exc
-        p = unpack(payload, role="input")
-        fresh = []
-        for ct in p.ciphertexts:
-            vec = ts.ckks_vector_from(ctx, ct)
-            fresh.append((vec + ts.ckks_vector(ctx, [0.0] * vec.size())).serialize())
-        return pack(Payload("input", p.packing, p.n_samples, fresh))
+        """Not possible: inputs are encrypted symmetrically and no public key is made (workers hold nothing
+        that encrypts), so only the secret key could re-encrypt."""
+        raise UnsupportedModelError("CKKS ciphertexts cannot be re-randomized: no public key is made")
 
 
 SCHEME = CKKSClientScheme()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,12 +13,21 @@ from ...formats.bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
 from .._onnx import is_onnx, is_torch
-from . import approx, frontend, params
-from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
+from . import accuracy, approx, frontend, limits, params
+from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, plan_depth, run_layer, run_plan
 
-# Below this many samples per request, one ciphertext per sample (rotations) gives lower latency.
-SINGLE_PACKING_MAX_BATCH = 4
 POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
+# Unless max_error is given, the compiler aims for a worst-case output error of this fraction of the
+# span of the model's outputs on the calibration data: chosen from bench/results/ckks_tradeoff.png
+# (bench/bench_ckks_tradeoff.py), where it keeps 100% argmax agreement at the throughput knee.
+DEFAULT_RELATIVE_ERROR = 0.05
+# Batch packing costs the same per slot at any ring degree, but each chunk pays Python and serialization
+# overheads: below N=8192 they dominate (measured: logistic regression 2x faster per sample at 8192 than 4096).
+BATCH_MIN_DEGREE = 8192
+# With polynomial activations the client clips each feature to its calibration range widened by this
+# fraction of its span: far outliers would blow up through a high-degree polynomial, and a box this wide
+# leaves in-distribution samples (and so agreement with the clear model) untouched.
+CLIP_MARGIN = 0.5
 
 
 def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, Any]], str | None, str | None]:
@@ -27,9 +38,21 @@ def _read_model(model: Any, X: np.ndarray) -> tuple[list[int], list[dict[str, An
     return frontend.from_sklearn(model)
 
 
+def _next_linear(raw: list[dict[str, Any]], i: int) -> str | None:
+    """The op of the first non-reshape layer after ``i`` (None at the end)."""
+    return next((r["op"] for r in raw[i + 1 :] if r["op"] != "reshape"), None)
+
+
 def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None = None,
-               range_margin: float = approx.DEFAULT_MARGIN) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
-    """Return (plan, weight sections, info) for ``model``; ``info`` holds post-processing and activation fits."""
+               max_error: float | None = None, range_margin: float = approx.DEFAULT_MARGIN,
+               max_degree: int = approx.MAX_DEGREE * 2 + 1) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
+    """Return (plan, weight sections, info) for ``model``; ``info`` holds post-processing, fits and error bounds.
+
+    Each non-polynomial activation gets, per neuron (per channel after a conv),
+    the affine map of its calibration range onto [-1, 1] folded into the layer
+    before it and its output scale folded into the layer after it; the degree
+    of its minimax polynomial is the cheapest meeting ``max_error`` on the outputs.
+    """
     X = np.asarray(X_calib, dtype=np.float64)
     input_shape, raw, post, task = _read_model(model, X)
     if X.ndim < 2 or X.shape[0] < 2 or int(np.prod(X.shape[1:])) != int(np.prod(input_shape)):
@@ -37,45 +60,132 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
     x = X.reshape(X.shape[0], *input_shape)
     layers: list[dict[str, Any]] = []
     weights: dict[str, np.ndarray] = {}
-    fits: list[dict[str, Any]] = []
+    acts: dict[int, dict[str, Any]] = {}
+    peaks: dict[int, np.ndarray] = {}
+    fold: tuple[np.ndarray, np.ndarray] | None = None  # (per feature, per channel) factors for the next linear op
     for i, r in enumerate(raw):
         layer: dict[str, Any] = {"op": r["op"], "name": str(r["name"]), "in_shape": list(x.shape[1:])}
         if r["op"] in ("linear", "conv2d"):
+            w, b = np.array(r["weight"], dtype=np.float64), np.array(r["bias"], dtype=np.float64)
+            if fold is not None:
+                w = w * (fold[0][None, :] if r["op"] == "linear" else fold[1][None, :, None, None])
+                fold = None
             layer["weight"], layer["bias"] = f"l{i}_weight.npy", f"l{i}_bias.npy"
-            weights[layer["weight"]], weights[layer["bias"]] = np.asarray(r["weight"]), np.asarray(r["bias"])
+            weights[layer["weight"]], weights[layer["bias"]] = w, b
         for key in ("stride", "padding", "kernel", "count_include_pad"):
             if key in r:
                 layer[key] = r[key]
+        y = None
         if r["op"] == "reshape":
             layer["out_shape"] = list(np.empty((1, *x.shape[1:]))[0].reshape(r["target"]).shape)
+        elif r["op"] == "act" and approx.is_square(r["expr"]):
+            layer["op"] = "square"
+            peaks[len(layers)] = np.abs(x.reshape(x.shape[0], -1)).max(axis=0) * (1 + range_margin)
         elif r["op"] == "act":
-            if approx.is_square(r["expr"]):
-                layer["op"] = "square"
+            shape = list(x.shape[1:])
+            groups = approx.groups_of(shape)
+            mid, half = approx.ranges(x, shape, range_margin)
+            prev = layers[-1] if layers and layers[-1]["op"] in ("linear", "conv2d") else None
+            if prev is not None:  # fold u = (x - mid) / half into the previous layer
+                pw = weights[prev["weight"]]
+                weights[prev["weight"]] = pw / half.reshape(-1, *([1] * (pw.ndim - 1)))
+                weights[prev["bias"]] = (weights[prev["bias"]] - mid) / half
             else:
-                f = approx.fit(r["expr"], x, degree=activation_degree, margin=range_margin)
-                layer |= {"op": "poly", "activation": f["activation"], "coeffs": f.pop("coeffs")}
-                fits.append({"layer": layer["name"], **f})
-        y = run_layer(layer, x, weights)
+                layer["domain"] = [[float(m), float(h)] for m, h in zip(mid, half)]
+            nxt = _next_linear(raw, i)
+            folds = nxt == "linear" or (nxt == "conv2d" and len(shape) == 3)
+            u = (x.reshape(x.shape[0], -1) - mid[groups]) / half[groups]
+            scale = half if folds else np.ones_like(half)
+            acts[len(layers)] = {"expr": r["expr"], "mid": mid, "half": half, "fold": folds, "u_peak": np.abs(u).max()}
+            y = (approx.evaluate(r["expr"], x.reshape(x.shape[0], -1)) / scale[groups]).reshape(x.shape)
+            if folds:
+                fold = (half[groups], half)
+            layer |= {"op": "poly", "activation": approx.label(r["expr"]), "coeffs": [[0.0, 1.0]] * half.size}
+            if prev is not None:
+                x = u.reshape(x.shape)
+        if y is None:
+            y = run_layer(layer, x, weights)
         layer["out_shape"] = list(y.shape[1:])
         layers.append(layer)
         x = y
     if not any(layer["op"] in ("linear", "conv2d") for layer in layers):
         raise UnsupportedModelError("the model has no Linear or Conv layer: nothing to compute")
+    cache: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def fit_at(idx: int, degree: int) -> dict[str, Any]:
+        if (idx, degree) not in cache:
+            a = acts[idx]
+            cache[idx, degree] = approx.fit_layer(a["expr"], a["mid"], a["half"], degree, a["fold"])
+        return cache[idx, degree]
+
+    exact = x.reshape(x.shape[0], -1)
+    if max_error is None:
+        max_error = DEFAULT_RELATIVE_ERROR * max(float(exact.max() - exact.min()), 1e-3)
+    X_plan = X.reshape(X.shape[0], *input_shape)
+
+    def calibration_error(fits: dict[int, dict[str, Any]]) -> float:
+        trial = [dict(layer, coeffs=fits[i]["coeffs"]) if i in fits else layer for i, layer in enumerate(layers)]
+        return float(np.abs(run_plan({"layers": trial}, weights, X_plan) - exact).max())
+
+    fits, errors = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree, max_degree,
+                                           calibration_error)
+    records = []
+    for idx, f in fits.items():
+        layers[idx]["coeffs"] = f["coeffs"]
+        degree = len(f["coeffs"][0]) - 1
+        records.append({"layer": layers[idx]["name"], "activation": layers[idx]["activation"], "degree": degree,
+                        "depth": approx.depth_of_degree(degree), "groups": len(f["coeffs"]),
+                        "range": [float((acts[idx]["mid"] - acts[idx]["half"]).min()),
+                                  float((acts[idx]["mid"] + acts[idx]["half"]).max())],
+                        "max_fit_error": float(f["errors"].max())})
     plan = {"version": PLAN_VERSION, "input_shape": list(input_shape), "output_shape": [int(np.prod(x.shape[1:]))],
             "layers": layers}
-    check_plan(plan, weights)
-    if float(np.abs(x).max()) >= 2 ** (params.INT_BITS - 2):
-        raise UnsupportedModelError("model outputs on the calibration data exceed 2**18: rescale the model's outputs")
-    return plan, {k: npy_bytes(v) for k, v in weights.items()}, {"post": post, "task": task, "fits": fits}
+    # The depth a worker accepts is a limit for strangers' plans; here the 128-bit parameters decide (compile()).
+    check_plan(plan, weights, dataclasses.replace(limits.current(), max_depth=1 << 20))
+    peak = float(np.abs(exact).max())
+    if peak >= 2 ** (params.INT_BITS + 16):
+        raise UnsupportedModelError("model outputs on the calibration data exceed 2**28: rescale the model's outputs")
+    info = {"post": post, "task": task, "fits": records, "predicted_max_error": errors["predicted"],
+            "worst_case_bound": errors["worst_case_bound"], "max_error": max_error,
+            "calibration_max_error": errors["calibration"], "output_peak": peak}
+    return plan, {k: npy_bytes(v) for k, v in weights.items()}, info
 
 
-def choose_packing(packing: str, plan: dict[str, Any], batch_size: int | None) -> str:
-    """``batch`` unless asked otherwise or unless requests are expected to hold a handful of samples."""
+def _block(plan: dict[str, Any]) -> int:
+    """Single packing's block: the smallest power of two holding every layer's features."""
+    widest = max(int(np.prod(layer[k])) for layer in plan["layers"] for k in ("in_shape", "out_shape"))
+    return 1 << max(0, (widest - 1).bit_length())
+
+
+def choose_packing(packing: str, plan: dict[str, Any], weights: dict[str, np.ndarray], batch_size: int | None,
+                   slots: int) -> tuple[str, str]:
+    """``(packing, reason)``: for ``auto``, the packing with the lower predicted cost for ``batch_size`` samples.
+
+    The cost is :func:`.opcount.op_counts` of each packing times the relative
+    per-operation costs, times the chunks the batch needs.
+    """
+    from . import opcount
+
     if packing not in ("auto", "batch", "single"):
         raise InputError(f"packing must be 'auto', 'batch' or 'single', not {packing!r}")
+    block = _block(plan)
+    fits_single = 2 * block <= slots
     if packing != "auto":
-        return packing
-    return "single" if batch_size is not None and batch_size <= SINGLE_PACKING_MAX_BATCH else "batch"
+        if packing == "single" and not fits_single:
+            raise UnsupportedModelError(f"a layer of {block} features is too wide for single packing with {slots} slots: "
+                                        f"use packing='batch'")
+        return packing, f"packing={packing} was asked for"
+    if batch_size is None:
+        return "batch", "no batch_size given: batch packing (one sample per slot) for throughput"
+    if not fits_single:
+        return "batch", f"layers of {block} features do not fit single packing's blocks in {slots} slots"
+    n = max(1, int(batch_size))
+    per = slots // (2 * block)
+    cost_b = opcount.relative_cost(opcount.op_counts(plan, weights, "batch")) * -(-n // slots)
+    cost_s = opcount.relative_cost(opcount.op_counts(plan, weights, "single", block, slots)) * -(-n // per)
+    chosen = "single" if cost_s < cost_b else "batch"
+    return chosen, (f"batch_size={n}: predicted cost single {cost_s:.0f} vs batch {cost_b:.0f} "
+                    f"(mul_plain units; single holds {per} samples per ciphertext, batch {slots})")
 
 
 def compile(  # noqa: A001 - mirrors he_compute.compile
@@ -84,6 +194,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     *,
     packing: str = "auto",
     batch_size: int | None = None,
+    max_error: float | None = None,
     activation_degree: int | None = None,
     range_margin: float = approx.DEFAULT_MARGIN,
     poly_modulus_degree: int | None = None,
@@ -91,37 +202,73 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     coeff_mod_bit_sizes: list[int] | None = None,
     task: str | None = None,
 ) -> Bundle:
-    """Compile ``model`` for CKKS (TenSEAL) and return its bundle.
+    """Compile ``model`` for CKKS (SEAL through TenSEAL) and return its bundle.
 
-    ``packing``: ``"batch"`` (samples across slots, no rotations), ``"single"``
-    (one sample per ciphertext, rotations) or ``"auto"`` (single when
-    ``batch_size``, the expected samples per request, is at most 4).
-    ``activation_degree`` forces the polynomial degree of non-polynomial
-    activations (default: the cheapest of 2/4/8 within 1% of the value range).
+    ``max_error``: the worst-case absolute error allowed on the outputs (logits
+    for classifiers) for inputs within the calibration ranges (default:
+    ``DEFAULT_RELATIVE_ERROR`` of the outputs' calibration span); activation degrees, and so depth and speed, follow
+    from it, and a target no 128-bit parameters reach is refused.
+    ``activation_degree`` forces one degree instead (a warning says when the
+    predicted error then exceeds ``max_error``).  ``packing``: ``"batch"``
+    (samples across slots, throughput), ``"single"`` (``[x, x]`` blocks, few
+    samples, rotations) or ``"auto"`` (the cheaper for ``batch_size`` expected
+    samples per request; batch when it is not given); the reason is recorded.
     Encryption parameters are chosen from the plan's depth unless given.
     Scikit-learn classifiers decrypt to ``predict_proba``-like probabilities
     (computed on the client from the decrypted decision scores); a torch/ONNX
     graph ending in Sigmoid/Softmax gets that op applied on the client too.
     """
-    plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree,
+    if max_error is not None and not float(max_error) > 0:
+        raise InputError(f"max_error must be positive, not {max_error!r}")
+    plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree, max_error=max_error,
                                              range_margin=range_margin)
+    target = info["max_error"]
+    from .plan import load_npy
+
+    weights = {k: load_npy(v, k) for k, v in weight_sections.items()}
     depth = plan_depth(plan)
-    chosen = choose_packing(packing, plan, batch_size)
+    int_bits = max(params.INT_BITS, int(np.ceil(np.log2(info["output_peak"] * (1 + range_margin) + 1))) + 3)
     ckks = params.choose(depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
-                         coeff_mod_bit_sizes=coeff_mod_bit_sizes)
+                         coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
+    chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
+    if chosen == "batch" and ckks["poly_modulus_degree"] < BATCH_MIN_DEGREE and poly_modulus_degree is None \
+            and coeff_mod_bit_sizes is None:
+        ckks = params.choose(depth, scale_bits=scale_bits, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE)
+    steps: list[int] = []
+    block = 0
+    if chosen == "single":
+        from .kernels import rotation_steps
+        from .server import build_steps
+
+        block = _block(plan)
+        steps = sorted({s for st in build_steps(plan, weights, "single", block, ckks["slots"]) if st[0] == "diag"
+                        for s in rotation_steps(list(st[2]), st[1], block)})
     n_out = plan["output_shape"][0]
-    if chosen == "single" and max(int(np.prod(layer["in_shape"])) + 1 for layer in plan["layers"]) * 2 > ckks["slots"]:
-        raise UnsupportedModelError(f"a layer is too wide for single packing with {ckks['slots']} slots: use packing='batch'")
     post = info["post"]
     out_shape = [2] if post == "sigmoid2" else [n_out]
+    warned = []
+    if info["predicted_max_error"] > target:
+        warned.append(f"predicted output error {info['predicted_max_error']:.3g} exceeds max_error {target:g}: "
+                      f"raise activation_degree or drop it to let max_error choose")
+    for message in warned:
+        warnings.warn(message, stacklevel=2)
     ckks |= {
         "multiplicative_depth": depth,
         "packing": chosen,
-        "samples_per_ciphertext": ckks["slots"] if chosen == "batch" else 1,
-        "galois_keys": chosen == "single",
-        "relin_keys": True,
+        "packing_reason": reason,
+        "block": block,
+        "samples_per_ciphertext": ckks["slots"] if chosen == "batch" else ckks["slots"] // (2 * block),
+        "galois_keys": bool(steps),
+        "galois_steps": steps,
+        "relin_keys": needs_relin(plan),
         "postprocess": post,
         "activations": info["fits"],
+        "max_error_target": target,
+        "input_clip_margin": CLIP_MARGIN if info["fits"] else None,
+        "predicted_max_error": info["predicted_max_error"],
+        "calibration_max_error": info["calibration_max_error"],
+        "worst_case_error_bound": info["worst_case_bound"],
+        "warnings": warned,
     }
     manifest = {
         "model_type": type(model).__name__,
@@ -133,6 +280,13 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "security_level": params.SECURITY_LEVEL,
         "ckks": ckks,
     }
-    client = {"encoding.json": json.dumps({"plan_outputs": n_out, "postprocess": post}).encode()}
+    encoding: dict[str, Any] = {"plan_outputs": n_out, "postprocess": post}
+    if info["fits"]:  # only fitted polynomials blow up outside their ranges; linear and x*x plans stay exact
+        Xc = np.asarray(X_calib, dtype=np.float64).reshape(len(X_calib), -1)
+        # A feature constant on the calibration data still gets room: the median span of the others.
+        span = np.maximum(np.ptp(Xc, axis=0), float(np.median(np.ptp(Xc, axis=0))) + 1e-9)
+        encoding["input_clip"] = [(Xc.min(axis=0) - CLIP_MARGIN * span).tolist(),
+                                  (Xc.max(axis=0) + CLIP_MARGIN * span).tolist()]
+    client = {"encoding.json": json.dumps(encoding).encode()}
     server = {"plan.json": json.dumps(plan, sort_keys=True).encode(), **weight_sections}
     return Bundle.create("ckks", manifest, client, server)

@@ -83,6 +83,7 @@ class _Reader:
         self.live: dict[str, tuple[int, Any]] = {inputs[0].name: (0, X)}  # tensor -> (base id, expression)
         self.base = 0
         self.output = graph.output[0].name
+        self.origin: dict[str, str] = {}  # tensor -> name of the elementwise node that produced it
 
     def fail(self, node: Any, why: str = "") -> UnsupportedModelError:
         label = node.name or ",".join(node.output)
@@ -111,7 +112,8 @@ class _Reader:
         """Emit an activation layer for a pending elementwise expression, so a linear op can consume it."""
         expr = self.value(node, name)
         if expr != X:
-            self.emit({"op": "act", "name": node.name or name, "expr": expr})
+            # Name the activation after the node that computed it (e.g. /act/Relu), not the one consuming it.
+            self.emit({"op": "act", "name": self.origin.get(name) or node.name or name, "expr": expr})
 
     def emit(self, layer: dict[str, Any]) -> None:
         self.layers.append(layer)
@@ -142,8 +144,11 @@ class _Reader:
             self.const_node(node)
         elif op in ("Identity", "Dropout"):
             self.live[out] = self.live[ins[0]]
+            if ins[0] in self.origin:
+                self.origin[out] = self.origin[ins[0]]
         elif op in _UNARY:
             self.live[out] = (self.base, (_UNARY[op], self.value(node, ins[0])))
+            self.origin[out] = node.name or out
         elif op == "Softmax":
             self.live[out] = (self.base, ("softmax", self.value(node, ins[0])))
         elif op in _BINARY:
@@ -188,6 +193,7 @@ class _Reader:
             else:
                 terms.append(self.value(node, name))
         self.live[out] = (self.base, (_BINARY[op], *terms))
+        self.origin[out] = node.name or out
 
     def fold_bias(self, a: str, b: str, node: Any) -> bool:
         """MatMul + Add and Conv + Add: add a constant vector to the previous layer's bias."""

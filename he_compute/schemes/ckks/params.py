@@ -18,10 +18,13 @@ SECURITY_LEVEL = 128
 # HomomorphicEncryption.org standard, 128-bit classical security: max total coeff modulus bits per N.
 MAX_COEFF_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 # Bits above the scale kept in the first (and special) prime: outputs must stay below 2**(INT_BITS-1).
-INT_BITS = 20
-# Below this scale the rounding noise (~2**-scale * sqrt(N)) starts to flip close predictions.
-MIN_AUTO_SCALE_BITS = 30
+# The compiler asks for more when the calibration outputs need it (``int_bits``).
+INT_BITS = 8
+# Below this scale CKKS noise (~2**-scale * N, amplified by deep layers) approaches the 1e-2 targets users ask for.
+MIN_AUTO_SCALE_BITS = 26
 MAX_SCALE_BITS = 40
+# Ring degrees tried, smallest (fastest, smallest keys) first.
+DEGREES = (4096, 8192, 16384, 32768)
 MAX_PRIME_BITS = 60  # SEAL's limit for one prime
 
 
@@ -48,28 +51,38 @@ def choose(
     poly_modulus_degree: int | None = None,
     scale_bits: int | None = None,
     coeff_mod_bit_sizes: list[int] | None = None,
+    int_bits: int = INT_BITS,
+    min_degree: int = DEGREES[0],
 ) -> dict[str, Any]:
     """Pick ``N``, the prime chain and the scale for a plan of multiplicative depth ``depth``.
 
-    The smallest ``N`` whose 128-bit budget gives at least 30 bits of scale
-    wins (smaller rings are faster and have smaller keys).  Explicit values
-    are honoured but still checked; an explicit chain too short for the depth
-    is refused.
+    The chain is ``[scale + int_bits, scale x depth, special]``: one prime per
+    rescale and no more, because every prime costs time in every operation.  The
+    smallest ``N`` whose 128-bit budget leaves at least ``MIN_AUTO_SCALE_BITS`` of
+    scale wins (smaller rings are faster per ciphertext and have smaller keys).
+    ``min_degree`` lets batch packing skip rings whose per-chunk overheads
+    (Python calls, serialization) outweigh their per-slot cost.  Explicit values
+    are honoured but still checked; a plan too deep for 128-bit
+    parameters is refused with the depth it needs.
     """
     if coeff_mod_bit_sizes is not None:
         chain = [int(b) for b in coeff_mod_bit_sizes]
         n = poly_modulus_degree or next((n for n, b in sorted(MAX_COEFF_BITS_128.items()) if sum(chain) <= b), 32768)
         scale = scale_bits or (chain[1] if len(chain) > 2 else chain[0])
         return _finish(depth, int(n), chain, int(scale))
-    degrees = [poly_modulus_degree] if poly_modulus_degree else [4096, 8192, 16384, 32768]
+    degrees = [poly_modulus_degree] if poly_modulus_degree else [n for n in DEGREES if n >= min_degree]
     for n in degrees:
         bound = MAX_COEFF_BITS_128.get(int(n), 0)
-        scale = scale_bits or min(MAX_SCALE_BITS, (bound - 2 * INT_BITS) // (depth + 2))
-        if scale_bits is None and scale < MIN_AUTO_SCALE_BITS and n != degrees[-1]:
+        scale = scale_bits or min(MAX_SCALE_BITS, (bound - 2 * int_bits) // (depth + 2))
+        if scale < MIN_AUTO_SCALE_BITS and scale_bits is None:
             continue
-        outer = min(MAX_PRIME_BITS, scale + INT_BITS)
+        outer = min(MAX_PRIME_BITS, scale + int_bits)
         return _finish(depth, int(n), [outer] + [scale] * depth + [outer], int(scale))
-    raise AssertionError("unreachable")
+    raise UnsupportedModelError(
+        f"the plan needs multiplicative depth {depth}, more than 128-bit parameters allow at a {MIN_AUTO_SCALE_BITS}-bit "
+        f"scale (N=32768 holds about {(MAX_COEFF_BITS_128[32768] - 2 * int_bits) // MIN_AUTO_SCALE_BITS - 2}): "
+        f"loosen max_error, use square activations or a shallower model"
+    )
 
 
 def _finish(depth: int, n: int, chain: list[int], scale: int) -> dict[str, Any]:
@@ -98,18 +111,3 @@ def validate(ckks: dict[str, Any]) -> None:
     check_depth(depth, chain)
     if not 20 <= scale <= MAX_PRIME_BITS:
         raise SecurityError(f"scale of 2**{scale} is outside 2**20..2**60: re-compile the bundle")
-
-
-def make_context(ckks: dict[str, Any], *, galois: bool) -> Any:
-    """Create a fresh private TenSEAL context (secret key inside) for these parameters."""
-    import tenseal as ts
-
-    validate(ckks)
-    ctx = ts.context(
-        ts.SCHEME_TYPE.CKKS, int(ckks["poly_modulus_degree"]), coeff_mod_bit_sizes=list(ckks["coeff_mod_bit_sizes"])
-    )
-    ctx.global_scale = 2.0 ** int(ckks["scale_bits"])
-    ctx.generate_relin_keys()
-    if galois:
-        ctx.generate_galois_keys()
-    return ctx

@@ -8,9 +8,13 @@ Layout (big-endian)::
     header      JSON {"role": "input"|"output", "packing": "batch"|"single", "n_samples", "n_ciphertexts"}
     n_ciphertexts times:
         length  u64
-        data    a serialized TenSEAL CKKSVector (protobuf, no code)
+        data    a SEAL-serialized ciphertext
 
-Nothing here is unpickled; the ciphertexts are parsed by TenSEAL's protobuf loader.
+Evaluation keys use the same frame with role ``"keys"``: the header lists the
+parts (``relin``, ``galois``) and the rotation steps the Galois keys cover.
+Nothing here is unpickled; ciphertexts and keys are parsed by SEAL's own
+loader, which checks them against the bundle's parameters.  Counts in a header
+are checked against the limits before anything is read.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import struct
 from dataclasses import dataclass
 
 from ...errors import FormatError
+from . import limits as _limits
 
 MAGIC = b"HECKKS"
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 _PREFIX = struct.Struct(">6sHI")
 _LEN = struct.Struct(">Q")
 _MAX_HEADER = 1 << 16
 PACKINGS = ("batch", "single")
+ROLES = ("input", "output", "keys")
 
 
 @dataclass
@@ -37,22 +43,22 @@ class Payload:
     packing: str
     n_samples: int
     ciphertexts: list[bytes]
+    extra: dict | None = None
 
 
 def pack(p: Payload) -> bytes:
     """Serialize a payload."""
-    header = json.dumps(
-        {"role": p.role, "packing": p.packing, "n_samples": p.n_samples, "n_ciphertexts": len(p.ciphertexts)},
-        sort_keys=True,
-    ).encode()
+    fields = {"role": p.role, "packing": p.packing, "n_samples": p.n_samples, "n_ciphertexts": len(p.ciphertexts)}
+    header = json.dumps({**(p.extra or {}), **fields}, sort_keys=True).encode()
     parts = [_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(header)), header]
     for ct in p.ciphertexts:
         parts += [_LEN.pack(len(ct)), ct]
     return b"".join(parts)
 
 
-def unpack(data: bytes, *, role: str) -> Payload:
+def unpack(data: bytes, *, role: str, limits: _limits.Limits | None = None) -> Payload:
     """Parse and check a payload of the expected ``role``; raise :class:`FormatError` otherwise."""
+    lim = limits or _limits.current()
     if len(data) < _PREFIX.size:
         raise FormatError("CKKS payload is truncated: re-encrypt the input")
     magic, ver, hlen = _PREFIX.unpack_from(data)
@@ -64,11 +70,15 @@ def unpack(data: bytes, *, role: str) -> Payload:
         header = json.loads(data[_PREFIX.size : _PREFIX.size + hlen])
         got_role, packing = header["role"], header["packing"]
         n_samples, count = int(header["n_samples"]), int(header["n_ciphertexts"])
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(header, dict):
+            raise TypeError("not an object")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise FormatError(f"CKKS payload header is invalid: {exc}") from exc
+    _limits.check(count, min(lim.max_ciphertexts, len(data) // _LEN.size), "CKKS payload: the number of ciphertexts")
+    _limits.check(n_samples, lim.max_samples, "CKKS payload: the number of samples")
     if got_role != role:
         raise FormatError(f"expected a CKKS {role} payload, got a {got_role} payload")
-    if packing not in PACKINGS or n_samples < 1 or count < 1:
+    if packing not in PACKINGS or n_samples < 1 or count < (0 if role == "keys" else 1):
         raise FormatError(f"CKKS payload header is invalid: packing {packing!r}, {n_samples} samples, {count} ciphertexts")
     pos, cts = _PREFIX.size + hlen, []
     for _ in range(count):
@@ -82,7 +92,8 @@ def unpack(data: bytes, *, role: str) -> Payload:
         pos += size
     if pos != len(data):
         raise FormatError("CKKS payload has trailing bytes")
-    return Payload(got_role, packing, n_samples, cts)
+    extra = {k: v for k, v in header.items() if k not in ("role", "packing", "n_samples", "n_ciphertexts")}
+    return Payload(got_role, packing, n_samples, cts, extra)
 
 
 CT_SLACK = 64 * 1024
@@ -90,7 +101,7 @@ CT_SLACK = 64 * 1024
 
 def max_ciphertext_bytes(ckks: dict) -> int:
     """The most bytes one serialized ciphertext of these parameters can take: two polynomials of ``N``
-    coefficients per prime, 8 bytes each (SEAL may compress below that), plus framing."""
+    coefficients per prime, 8 bytes each (SEAL compresses below that), plus framing."""
     return 2 * int(ckks["poly_modulus_degree"]) * len(ckks["coeff_mod_bit_sizes"]) * 8 + CT_SLACK
 
 

@@ -1,14 +1,15 @@
-"""Worker side of the CKKS scheme: run a checked plan on ciphertexts with a public context.
+"""Worker side of the CKKS scheme: run a checked plan on ciphertexts with evaluation keys only.
 
-Every linear op (linear, conv2d, avgpool2d) is turned, once, into its matrix.
-Batch packing holds one ciphertext per feature (samples across slots), so a
-linear op is a plaintext weighted sum of ciphertexts and needs no rotation.
-Single packing holds one sample per ciphertext and uses TenSEAL's
-vector-matrix product, which rotates (Galois keys).  That product relies on
-the vector being replicated across the slots, which adding a plaintext bias
-vector would break; so biases ride in homogeneous coordinates instead: the
-client appends a constant slot, each matrix gets the bias as an extra column
-and an extra row that carries the constant on (see :func:`homogeneous`).
+Every linear op becomes, once per bundle, its matrix (sizes bounded by
+:mod:`.limits` before anything is allocated).  Batch packing holds one
+ciphertext per feature (samples across slots): a linear op is a plaintext
+multiply-accumulate with one rescale per output and no rotation.  Single
+packing holds up to ``slots / 2n`` samples per ciphertext in ``[x, x]`` blocks:
+a linear op is the diagonal method with baby-step/giant-step rotations, whose
+Galois keys are generated for exactly the steps the plan needs.
+
+Only SEAL errors known to mean "these keys or ciphertexts do not fit" become
+:class:`KeyMismatchError` / :class:`FormatError`; anything else propagates as is.
 """
 
 from __future__ import annotations
@@ -19,63 +20,78 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, KeyMismatchError, UnsafeArtifactError
-from . import params
+from . import kernels, params
 from .payload import Payload, check_output, pack, unpack
-from .plan import LINEAR_OPS, affine_matrix, check_sections, needs_relin, poly_apply
+from .plan import LINEAR_OPS, affine_matrix, check_sections, feature_groups, needs_relin, plan_depth
+from .seal import Engine, load
+
+# SEAL's messages for keys that lack a rotation or do not belong to these parameters.
+_KEY_ERRORS = ("galois key not present", "relinearization keys", "not valid for encryption parameters", "keys is empty")
 
 
-def poly_eval(x: Any, coeffs: list[float]) -> Any:
-    """``sum(c_k x**k)`` on a ciphertext at depth ``1 + ceil(log2(degree))``.
-
-    Powers come from a product tree (``x**k = x**(2**m) * x**(k - 2**m)``), so
-    ``x**k`` costs ``ceil(log2 k)`` levels; the scalar coefficients cost one more.
-    """
-    degree = len(coeffs) - 1
-    powers: dict[int, Any] = {1: x}
-    for k in range(2, degree + 1):
-        high = 1 << (k.bit_length() - 1)
-        powers[k] = powers[k // 2].square() if high == k else powers[high] * powers[k - high]
-    acc = None
-    for k in range(1, degree + 1):
-        if coeffs[k] != 0.0:
-            term = powers[k] * float(coeffs[k])
-            acc = term if acc is None else acc + term
-    acc = acc if acc is not None else x * 0.0
-    return acc + float(coeffs[0])
-
-
-def homogeneous(plan: dict[str, Any], weights: dict[str, np.ndarray]) -> list[tuple[str, Any]]:
-    """Single-packing steps: ``(in+1, out+1)`` matrices whose last slot carries a known constant.
-
-    After an activation ``p`` the constant slot holds ``p(t)``; the next matrix
-    divides its bias column by that value.  ``t`` is picked so that ``p(t)`` is not tiny.
-    """
-    steps: list[tuple[str, Any]] = []
-    const = 1.0  # the value the client puts in the extra slot
-    layers = plan["layers"]
-    for i, layer in enumerate(layers):
-        if layer["op"] in LINEAR_OPS:
+def build_steps(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str, block: int, slots: int) -> list[tuple]:
+    """The evaluation steps of a plan for one packing (matrices, pre-rotated diagonals, coefficient rows)."""
+    steps: list[tuple] = []
+    for layer in plan["layers"]:
+        op = layer["op"]
+        if op in LINEAR_OPS:
             matrix, bias = affine_matrix(layer, weights)
-            last = not any(later["op"] in LINEAR_OPS for later in layers[i + 1 :])
-            nxt = next((later for later in layers[i + 1 :] if later["op"] in ("square", "poly")), None)
-            carry = 1.0
-            if nxt is not None and nxt["op"] == "poly":
-                candidates = [1.0, 0.5, 2.0, -1.0, -0.5, 0.25]
-                carry = max(candidates, key=lambda t: abs(poly_apply(nxt["coeffs"], np.array(t))))
-            full = np.zeros((matrix.shape[1] + 1, matrix.shape[0] + (0 if last else 1)))
-            full[:-1, : matrix.shape[0]] = matrix.T
-            full[-1, : matrix.shape[0]] = bias / const
-            if not last:
-                full[-1, -1] = carry / const
-            steps.append(("mm", full.tolist()))
-            const = carry
-        elif layer["op"] == "square":
-            steps.append(("square", None))
-            const = const * const
-        elif layer["op"] == "poly":
-            steps.append(("poly", layer["coeffs"]))
-            const = float(poly_apply(layer["coeffs"], np.array(const)))
+            if packing == "batch":
+                steps.append(("linear", matrix, bias))
+            else:
+                n1, plain = kernels.diagonals(matrix, block, slots)
+                steps.append(("diag", n1, plain, block_vector(np.r_[bias, np.zeros(block - bias.size)], block, slots)))
+        elif op == "square":
+            steps.append(("square",))
+        elif op == "poly":
+            groups = feature_groups(layer)
+            coeffs = np.zeros((max(len(c) for c in layer["coeffs"]), len(layer["coeffs"])))
+            for g, c in enumerate(layer["coeffs"]):
+                coeffs[: len(c), g] = c
+            dom = np.asarray(layer["domain"]) if layer.get("domain") else None
+            dom = None if dom is None else np.stack([1.0 / dom[:, 1], -dom[:, 0] / dom[:, 1]])
+            if packing == "batch":  # per feature: coefficient column of its group
+                steps.append(("poly", coeffs, groups, dom))
+            else:  # one slot vector per coefficient: every feature gets its group's value
+                steps.append(("poly", coeffs[:, groups], None, None if dom is None else dom[:, groups]))
     return steps
+
+
+def block_vector(values: np.ndarray, block: int, slots: int) -> np.ndarray:
+    """Per-feature values laid out in every ``[v, v]`` block of a single-packed ciphertext."""
+    vec = np.zeros(slots)
+    v = np.r_[values, np.zeros(block - values.size)][:block]
+    for b in range(slots // (2 * block)):
+        vec[2 * block * b : 2 * block * (b + 1)] = np.r_[v, v]
+    return vec
+
+
+def run(eng: Any, steps: list[tuple], xs: list[Any], keys: Any, packing: str, block: int = 0, slots: int = 0) -> list[Any]:
+    """Apply the steps to the input ciphertexts (works on :class:`.seal.Engine` and :class:`.opcount.Counter`)."""
+    relin, galois = keys
+    for i, step in enumerate(steps):
+        kind = step[0]
+        # Products feeding a batch linear layer stay unrelinearized: it relinearizes once per output.
+        lazy = i + 1 < len(steps) and steps[i + 1][0] == "linear" and relin is not None
+        if kind == "linear":
+            xs = kernels.linear_batch(eng, xs, step[1], step[2], relin)
+        elif kind == "diag":
+            xs = [kernels.linear_single(eng, xs[0], block, step[1], step[2], step[3], galois)]
+        elif kind == "square":
+            xs = [eng.mul(x, x, None if lazy else relin) for x in xs]
+        elif kind == "poly":
+            coeffs, groups, dom = step[1:]
+            if packing == "batch":
+                xs = [kernels.poly(eng, x, coeffs[:, [groups[f]]], relin, lambda row: float(row[0]),
+                                   None if dom is None else (float(dom[0, groups[f]]), float(dom[1, groups[f]])), lazy)
+                      for f, x in enumerate(xs)]
+            else:
+                def expand(row: np.ndarray) -> np.ndarray:
+                    return block_vector(row, block, slots)
+
+                xs = [kernels.poly(eng, xs[0], coeffs, relin, expand,
+                                   None if dom is None else (expand(dom[0]), expand(dom[1])))]
+    return [eng.relinearize(x, relin) for x in xs] if relin is not None else xs
 
 
 class CKKSServer:
@@ -83,86 +99,68 @@ class CKKSServer:
 
     def __init__(self, manifest: dict[str, Any], sections: dict[str, bytes]):
         self.plan, weights = check_sections(sections)
-        self.packing = manifest["ckks"]["packing"]
-        self.slots = int(manifest["ckks"]["slots"])
+        self.ckks = manifest["ckks"]
+        params.validate(self.ckks)
+        if plan_depth(self.plan) != int(self.ckks["multiplicative_depth"]):
+            raise FormatError("the plan's depth differs from the manifest's: re-compile the bundle")
+        self.packing = self.ckks["packing"]
+        if self.packing not in ("batch", "single"):
+            raise FormatError(f"unknown CKKS packing {self.packing!r}: re-compile the bundle")
+        self.slots = int(self.ckks["poly_modulus_degree"]) // 2
         self.n_in = int(np.prod(self.plan["input_shape"]))
-        self.steps: list[tuple[str, Any]] = []
-        if self.packing == "single":
-            self.steps = homogeneous(self.plan, weights)
-            return
-        for layer in self.plan["layers"]:
-            if layer["op"] in LINEAR_OPS:
-                matrix, bias = affine_matrix(layer, weights)
-                rows = [(np.flatnonzero(row).tolist(), row[row != 0].tolist()) for row in matrix]
-                self.steps.append(("sum", (rows, bias.tolist())))
-            elif layer["op"] in ("square", "poly"):
-                self.steps.append((layer["op"], layer.get("coeffs")))
+        self.block = int(self.ckks.get("block", 0))
+        if self.packing == "single" and (self.block < 1 or self.block & (self.block - 1) or 2 * self.block > self.slots
+                                         or any(int(np.prod(la["out_shape"])) > self.block for la in self.plan["layers"])
+                                         or self.n_in > self.block):
+            raise FormatError("single packing needs a power-of-two block holding every layer, twice per ciphertext")
+        self.steps = build_steps(self.plan, weights, self.packing, self.block, self.slots)
+        self.galois_steps = sorted({s for step in self.steps if step[0] == "diag"
+                                    for s in kernels.rotation_steps(list(step[2]), step[1], self.block)})
+        self.needs_relin = needs_relin(self.plan)
+        self.engine = Engine(self.ckks)
 
     def load_keys(self, evaluation: bytes) -> Any:
-        """Deserialize the public context; refuse one that carries a secret key or lacks needed keys."""
-        import tenseal as ts
-
-        try:
-            ctx = ts.context_from(evaluation)
-        except Exception as exc:
-            raise FormatError(f"CKKS evaluation keys are unreadable: {exc}") from exc
-        if ctx.is_private():
-            raise UnsafeArtifactError("the evaluation keys contain a secret key: regenerate keys with hec keygen")
-        if needs_relin(self.plan) and not ctx.has_relin_keys():
+        """Parse the evaluation keys; refuse any part other than relinearization and Galois keys."""
+        p = unpack(evaluation, role="keys")
+        parts = p.extra.get("parts") if p.extra else None
+        if not isinstance(parts, list) or len(parts) != len(p.ciphertexts) or not set(parts) <= {"relin", "galois"}:
+            raise UnsafeArtifactError("CKKS evaluation keys hold parts other than relin/galois keys: re-run hec keygen")
+        blobs = dict(zip(parts, p.ciphertexts))
+        relin = load("RelinKeys", self.engine.context, blobs["relin"], "relinearization keys") if "relin" in blobs else None
+        galois = load("GaloisKeys", self.engine.context, blobs["galois"], "Galois keys") if "galois" in blobs else None
+        if self.needs_relin and relin is None:
             raise KeyMismatchError("the evaluation keys lack relinearization keys this model needs: re-run hec keygen")
-        if self.packing == "single" and not ctx.has_galois_keys():
-            raise KeyMismatchError("the evaluation keys lack the Galois keys single packing needs: re-run hec keygen")
-        return ctx
+        missing = [s for s in self.galois_steps if galois is None or not galois.has_key(_elt(s, self.engine.n))]
+        if missing:
+            raise KeyMismatchError(f"the evaluation keys lack rotations {missing[:5]} this model needs: re-run hec keygen")
+        return relin, galois
 
     def evaluate(self, payload: bytes, keys: Any) -> bytes:
         """Run the plan on one encrypted chunk; return the encrypted outputs."""
-        import tenseal as ts
-
         p = unpack(payload, role="input")
         expected = 1 if self.packing == "single" else self.n_in
-        if p.packing != self.packing or len(p.ciphertexts) != expected:
-            raise FormatError(f"this model takes {self.packing}-packed input of {expected} ciphertext(s), "
-                              f"got {p.packing} with {len(p.ciphertexts)}")
+        capacity = self.slots if self.packing == "batch" else self.slots // (2 * self.block)
+        if p.packing != self.packing or len(p.ciphertexts) != expected or p.n_samples > capacity:
+            raise FormatError(f"this model takes {self.packing}-packed input of {expected} ciphertext(s) and at most "
+                              f"{capacity} samples, got {p.packing} with {len(p.ciphertexts)} and {p.n_samples}")
+        cts = [self.engine.ciphertext(ct, "input ciphertext") for ct in p.ciphertexts]
+        if any(self.engine.level(ct) != 0 for ct in cts):
+            raise FormatError("input ciphertexts are not fresh (top level): re-encrypt the input")
         try:
-            cts = [ts.ckks_vector_from(keys, ct) for ct in p.ciphertexts]
-        except Exception as exc:
-            raise FormatError(f"ciphertext is unreadable: {exc}") from exc
-        want = self.n_in + 1 if self.packing == "single" else p.n_samples
-        if any(ct.size() != want for ct in cts) or p.n_samples > self.slots:
-            raise FormatError(f"ciphertexts do not hold {want} values each: re-encrypt the input")
-        try:
-            out = self._run_single(cts[0]) if self.packing == "single" else self._run_batch(cts)
-        except (ValueError, RuntimeError) as exc:
-            raise KeyMismatchError(f"evaluation failed (keys or ciphertexts do not fit this model): {exc}") from exc
-        return pack(Payload("output", self.packing, p.n_samples, [ct.serialize() for ct in out]))
+            out = run(self.engine, self.steps, cts, keys, self.packing, self.block, self.slots)
+        except ValueError as exc:
+            if any(m in str(exc).lower() for m in _KEY_ERRORS):
+                raise KeyMismatchError(f"the evaluation keys do not fit this model: {exc}") from exc
+            raise
+        from .seal import dump
 
-    def _run_batch(self, x: list[Any]) -> list[Any]:
-        for kind, arg in self.steps:
-            if kind == "sum":
-                rows, bias = arg
-                y = []
-                for (idx, ws), b in zip(rows, bias):
-                    acc = None
-                    for j, w in zip(idx, ws):
-                        term = x[j] * w
-                        acc = term if acc is None else acc.add_(term)
-                    y.append((acc if acc is not None else x[0] * 0.0) + b)
-                x = y
-            elif kind == "square":
-                x = [v.square() for v in x]
-            elif kind == "poly":
-                x = [poly_eval(v, arg) for v in x]
-        return x
+        return pack(Payload("output", self.packing, p.n_samples, [dump(ct) for ct in out]))
 
-    def _run_single(self, x: Any) -> list[Any]:
-        for kind, arg in self.steps:
-            if kind == "mm":
-                x = x.mm(arg)
-            elif kind == "square":
-                x = x.square()
-            elif kind == "poly":
-                x = poly_eval(x, arg)
-        return [x]
+
+def _elt(step: int, n: int) -> int:
+    from .seal import galois_elt
+
+    return galois_elt(step, n)
 
 
 class CKKSServerScheme:
@@ -176,7 +174,7 @@ class CKKSServerScheme:
         check_sections(sections)
 
     def open_server(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> CKKSServer:
-        """The checked plan, its layers turned into matrices (workers cache it by server-part digest)."""
+        """The checked plan, its layers turned into kernels (workers cache it by server-part digest)."""
         params.validate(manifest.get("ckks", {}))
         return CKKSServer(manifest, sections)
 
