@@ -122,3 +122,30 @@ def test_a_burst_worker_gives_up_on_a_queue_it_cannot_reach(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"Error: the queue {dead} has been unreachable for 3s") and "Traceback" not in proc.stderr
+
+
+def test_a_worker_process_that_dies_is_reported_and_restarted(env, tmp_path):
+    urls, q, store, c, X = env
+    log = tmp_path / "w.log"
+    proc = _hec_worker(urls, "--concurrency", "2", log=log)
+    try:
+        wait_for(lambda: len([p for p in _descendants(proc.pid) if _is_worker(p)]) == 2, 60, what="two workers")
+        victim = min(p for p in _descendants(proc.pid) if _is_worker(p))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: "killed by SIGKILL" in log.read_text(), 30, what="the death to be reported")
+        wait_for(lambda: len([p for p in _descendants(proc.pid) if _is_worker(p) and p != victim]) == 2, 60,
+                 what="the dead worker to be restarted")
+        ids, _ = submit_samples(q, store, c, X[:1])
+        wait_for(lambda: q.status(ids[0]).state is JobState.DONE, 180, what="the workers to go on serving")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def _is_worker(pid: int) -> bool:
+    """A ``hec worker`` child (not a sandboxed evaluation process)."""
+    try:
+        cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"worker" in cmd and b"--concurrency" in cmd and _alive(pid)
