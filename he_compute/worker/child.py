@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import json
 import os
 import resource
@@ -147,6 +148,12 @@ def main(argv: list[str]) -> int:
     fd_in, fd_out, limits = int(argv[0]), int(argv[1]), json.loads(argv[2])
     applied = lock_down(limits)
     from .frames import write_frame
+
+    for module in limits.get("warm", []):  # a spare child loads these while it waits for its first job
+        try:
+            importlib.import_module(str(module))
+        except Exception:  # noqa: BLE001 - warming up is an optimisation; the job will say what is missing
+            pass
 
     write_frame(fd_out, {"hello": applied, "pid": os.getpid()})
     serve(fd_in, fd_out, limits)

@@ -217,7 +217,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     if cpus:
         os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(per_job)  # read when Concrete's runtime loads, i.e. at the first job
-    sandbox = Sandbox(Limits(threads=per_job))
+    sandbox = Sandbox(Limits(threads=per_job), prestart=True)
     with job_queue.connect(where.queue, lease_s=lease_s) as q, blob_stores.connect(where.blobs) as store:
         worker = Worker(q, store, devices=devices, log=log, identity=identity, executor=sandbox)
         worker.install_signals()

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,7 @@ class Limits:
     cpu_job_s: int = _env_int("HEC_SANDBOX_CPU_S", 3600)                # CPU seconds per evaluation call
     max_keys: int = 4                                                   # key sets kept per model
     threads: int = 1
+    warm: tuple[str, ...] = ("he_compute.evaluator", "tenseal.sealapi")  # loaded by a spare child ahead of time
     env: dict[str, str] = field(default_factory=dict)                  # extra variables (tests' fault hooks)
 
 
@@ -72,7 +74,7 @@ class _Child:
                "OMP_NUM_THREADS": str(limits.threads), **limits.env}
         if os.environ.get("PYTHONPATH"):  # where this he_compute comes from (a checkout), not a credential
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        settings = {k: v for k, v in asdict(limits).items() if k != "env"}
+        settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(limits).items() if k != "env"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "he_compute.worker.child", str(to_child_r), str(from_child_w), json.dumps(settings)],
             env=env, cwd=self.tmp, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
@@ -157,15 +159,44 @@ def _translate(error: Any, memory: int) -> Exception:
 class Sandbox:
     """Evaluates in child processes, one per server part (see the module docstring)."""
 
-    def __init__(self, limits: Limits | None = None, *, max_children: int = 2, log: Any = None):
+    def __init__(self, limits: Limits | None = None, *, max_children: int = 2, log: Any = None,
+                 prestart: bool = False):
         self.limits = limits or Limits()
         self.max_children = max_children
         self._log = log
+        self._spare: _Child | None = None
+        self._spare_thread: threading.Thread | None = None
+        if prestart:
+            self.prestart()
         self._children: OrderedDict[str, _Child] = OrderedDict()
         self._key_ids: OrderedDict[str, tuple[str, str]] = OrderedDict()   # keys digest -> (key id, model id)
         self._model_ids: dict[str, tuple[str, str]] = {}                   # server digest -> (model id, scheme)
         self._current: _Child | None = None
         self.protections: list[str] = []
+
+    def prestart(self) -> None:
+        """Start a spare child in the background, so the next new model does not wait for one to boot."""
+        if self._spare is not None or self._spare_thread is not None:
+            return
+
+        def boot() -> None:
+            try:
+                self._spare = _Child(self.limits, self._log)
+            except Exception:  # noqa: BLE001 - a spare is an optimisation: the job will start its own child
+                self._spare = None
+
+        self._spare_thread = threading.Thread(target=boot, name="hec-sandbox-spare", daemon=True)
+        self._spare_thread.start()
+
+    def _take_spare(self) -> _Child | None:
+        if self._spare_thread is not None:
+            self._spare_thread.join()
+            self._spare_thread = None
+        spare, self._spare = self._spare, None
+        if spare is not None and not spare.alive():
+            spare.close()
+            return None
+        return spare
 
     def _child(self, server: str, deadline: float | None) -> tuple[_Child, bool]:
         child = self._children.get(server)
@@ -177,7 +208,7 @@ class Sandbox:
             del self._children[server]
         while len(self._children) >= self.max_children:
             self._children.popitem(last=False)[1].close()
-        child = _Child(self.limits, self._log)
+        child = self._take_spare() or _Child(self.limits, self._log)
         self.protections = child.protections
         self._children[server] = child
         return child, False
@@ -236,7 +267,10 @@ class Sandbox:
             self._current.kill()
 
     def close(self) -> None:
-        """Stop every child."""
+        """Stop every child (the spare too)."""
+        spare = self._take_spare()
+        if spare is not None:
+            spare.close()
         while self._children:
             self._children.popitem()[1].close()
         self._current = None

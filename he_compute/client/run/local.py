@@ -82,13 +82,31 @@ def stop(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) ->
             p.wait()
 
 
+class LocalWorkers:
+    """The worker processes of one run: ``procs``, and ``known()``, their keys and operators once written."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]], states: list[Path]):
+        self.procs, self.states = procs, states
+        self._known: AllowList | None = None
+
+    def alive(self) -> bool:
+        """Whether any of them still runs (always true when the run started none)."""
+        return not self.procs or any(p.poll() is None for p in self.procs)
+
+    def known(self) -> AllowList:
+        """Their public keys as operators ``local-0``... (waits until each has written its identity)."""
+        if self._known is None:
+            self._known = identities(self.states, self.procs) if self.procs else AllowList()
+        return self._known
+
+
 @contextmanager
 def local_workers(n: int, queue_url: str, blobs_url: str, log_dir: Path, *, device: str = "cpu",
-                  env: dict[str, str] | None = None) -> Iterator[tuple[list[subprocess.Popen[bytes]], AllowList]]:
-    """``with local_workers(2, ...) as (procs, known):`` runs two workers for the block (none when ``n == 0``);
-    ``known`` holds their public keys and operators."""
+                  env: dict[str, str] | None = None) -> Iterator[LocalWorkers]:
+    """``with local_workers(2, ...) as local:`` runs two workers for the block (none when ``n == 0``); they
+    start at once, so their start-up overlaps whatever the run does next."""
     if n <= 0:
-        yield [], AllowList()
+        yield LocalWorkers([], [])
         return
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"workers-{os.getpid()}.log", "ab") as log, \
@@ -96,6 +114,6 @@ def local_workers(n: int, queue_url: str, blobs_url: str, log_dir: Path, *, devi
         states = [Path(tmp) / f"w{i}" for i in range(n)]
         procs = start(queue_url, blobs_url, n, device=device, env=env, log=log, states=states)
         try:
-            yield procs, identities(states, procs)
+            yield LocalWorkers(procs, states)
         finally:
             stop(procs)

@@ -172,7 +172,10 @@ def run(
     policy.check_operators(local_workers)
     t0 = time.perf_counter()
     report = RunReport(result=Container("results", ciphertexts.scheme), job_ids=[])
-    with Connection(queue, blobs) as conn:
+    device = str(server_part.meta.get("device", "cpu"))
+    with Connection(queue, blobs) as conn, \
+            start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
+                                env=worker_env) as local:  # they start while the run uploads
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
         per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
         key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
@@ -190,16 +193,12 @@ def run(
         canaries = [Canary(b"", int(c["count"]), np.asarray(c["expected"], dtype=np.float64))
                     for c in record.canaries]
 
-        device = str(server_part.meta.get("device", "cpu"))
         t1 = time.perf_counter()
-        with start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
-                                 env=worker_env) as (procs, local), \
-                progress("run", sum(counts), enabled=show_progress) as advance, \
-                conn.audit_log(policy.audit) as log:
+        with progress("run", sum(counts), enabled=show_progress) as advance, conn.audit_log(policy.audit) as log:
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
                              audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part),
                              run_id=record.run_id, on_submitted=record.add_job, decoys=frozenset(record.decoys),
-                             voters=_voters(policy, local), meaning=_meaning(policy, conn, ciphertexts))
+                             voters=_voters(policy, local.known()), meaning=_meaning(policy, conn, ciphertexts))
             report.run_id = sup.run_id
             check = (canary_check(policy.known_answers, canaries, plan.canary_positions(tasks), conn.store)
                      if canaries else None)
@@ -211,8 +210,7 @@ def run(
 
             try:
                 groups = sup.run(tasks, timeout=timeout, advance=advance, canary_check=check, on_submit=submitted,
-                                 adopt=record.adopted(),
-                                 workers_alive=lambda: not procs or any(p.poll() is None for p in procs))
+                                 adopt=record.adopted(), workers_alive=local.alive)
             except KeyboardInterrupt:
                 record.finish("interrupted")
                 raise
