@@ -138,6 +138,6 @@ def serve(settings: Settings, host: str, port: int, *, certfile: str | None = No
 
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
                             log_level=log_level, access_log=False, server_header=False, date_header=False,
-                            timeout_keep_alive=30)
+                            timeout_keep_alive=30, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
 

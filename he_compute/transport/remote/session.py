@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
@@ -38,6 +39,9 @@ from .wire import sign_request
 CA_ENV = "HEC_CA_FILE"
 """A PEM file of certificate authorities to trust for the coordinator (a private CA), when ``ca`` is not given."""
 TIMEOUT_S = 60.0
+PATIENCE_S = 30.0
+"""How long a request keeps trying (every coordinator, with back-off) while none answers, or all answer 503
+(their Redis restarting): long enough to ride out a restart, short enough to report a dead deployment."""
 
 
 def read_token(path: str | os.PathLike[str]) -> str:
@@ -128,7 +132,14 @@ class Session:
         full = path + (f"?{urlencode(query)}" if query else "")
         body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
         last: Exception | None = None
-        for attempt in range(2 * len(self.urls)):
+        deadline, attempt, pause = time.monotonic() + PATIENCE_S, 0, 0.2
+        while True:
+            if attempt and attempt % len(self.urls) == 0:  # every coordinator failed once: wait, then go round again
+                if time.monotonic() + pause > deadline:
+                    break
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
+            attempt += 1
             base = self.url
             hdrs = {**self._headers(method, full, body, body_sha256), **(auth or {}), **(headers or {})}
             if json_body is not None:
@@ -146,7 +157,8 @@ class Session:
                 if not retry:
                     break
             else:
-                if resp.status_code in (502, 503) and attempt + 1 < 2 * len(self.urls):
+                if resp.status_code in (502, 503) and time.monotonic() < deadline:
+                    last = TransportError(f"HTTP {resp.status_code}: {resp.read()[:200]!r}")
                     resp.close()
                     self._i = (self._i + 1) % len(self.urls)
                     continue
