@@ -67,11 +67,15 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     @app.exception_handler(HECError)
     async def _hec(request: Request, exc: HECError) -> Any:
         status, code = status_of(exc)
+        message = str(exc)
+        if status == 503:  # a backing store failed: its message may name hosts or credentials; log it, say less
+            log.warning("backing store unavailable on %s %s: %s", request.method, request.url.path, exc)
+            message = "the coordinator's queue or blob store is unavailable right now: retry in a moment"
         if status == 401 and request.url.path == "/status":
             return HTMLResponse(login_page(), status_code=401)
         if status == 401 and request.url.path == "/status/login":
             return HTMLResponse(login_page(str(exc)), status_code=401)
-        return JSONResponse({"error": str(exc), "code": code}, status_code=status)
+        return JSONResponse({"error": message, "code": code}, status_code=status)
 
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, exc: ValidationError) -> Any:

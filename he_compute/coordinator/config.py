@@ -56,8 +56,9 @@ class Settings:
 
     @property
     def rate_storage(self) -> str:
-        """Where rate-limit counters live: the shared Redis when there is one, else this process's memory."""
-        return self.state if is_redis(self.state) else "memory://"
+        """Where rate-limit counters live: this process's memory (with N coordinator processes a caller gets up
+        to N times the rate; counters in a Redis that can restart could outlive their window)."""
+        return "memory://"
 
     def save(self) -> None:
         """Write ``coordinator.json`` (0600: Redis and S3 URLs may carry credentials)."""

@@ -47,7 +47,8 @@ DEAD = key_for("dead")
 # The attempt limit is the record's, capped by the queue's own (ARGV[7]): a record rewritten to ask for a
 # million attempts, or one whose count is not a number, gets the cap (or one attempt).
 # A job of a replica group (KEYS[4], the set of operators that claimed from it) that this operator
-# (ARGV[8]) already took from is put back at the end of the stream, unclaimed.
+# (ARGV[8]) already took from is put back at the end of the stream, unclaimed, unless it is the very job that
+# operator held before (a retry after its worker died is not a second replica).
 # KEYS: job hash, stream, dead stream, group set (or '').  ARGV: msg id, token, worker, now, deliveries,
 # consumer group, cap, operator, job id.
 _TAKE = """
@@ -55,7 +56,8 @@ local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'queued' and st ~= 'running' then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[1]); return 'skip'
 end
-if KEYS[4] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[8]) == 1 then
+if KEYS[4] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[8]) == 1
+   and redis.call('HGET', KEYS[1], 'operator') ~= ARGV[8] then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[1])
   redis.call('XADD', KEYS[2], '*', 'job', ARGV[9])
   return 'busy'
@@ -78,7 +80,7 @@ if st == 'running' then
     .. (attempts - 1) .. '/' .. maxa)
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[2], 'worker', ARGV[3], 'updated', ARGV[4],
-  'msg', ARGV[1], 'stream', KEYS[2])
+  'msg', ARGV[1], 'stream', KEYS[2], 'operator', ARGV[8])
 if KEYS[4] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[8]); redis.call('EXPIRE', KEYS[4], 604800)
 end

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS group_claims (
 );
 """
 # Columns added after the first release: added to older databases on open.
-_ADDED_COLUMNS = {"grp": "TEXT", "run": "TEXT"}
+_ADDED_COLUMNS = {"grp": "TEXT", "run": "TEXT", "operator": "TEXT"}
 _POLL_S = 0.1
 
 
@@ -171,10 +171,11 @@ class SqliteQueue(Closing):
             with self._tx() as db:
                 self._reap(db, now)
                 while True:
+                    # A retry of the very job this operator held before is not a second replica.
                     row = db.execute(f"SELECT * FROM jobs WHERE state = ? AND device IN ({marks}) AND (grp IS NULL "
-                                     "OR NOT EXISTS (SELECT 1 FROM group_claims g WHERE g.grp = jobs.grp AND "
-                                     "g.operator = ?)) ORDER BY created, rowid LIMIT 1",
-                                     (JobState.QUEUED.value, *devs, who)).fetchone()
+                                     "OR operator = ? OR NOT EXISTS (SELECT 1 FROM group_claims g WHERE "
+                                     "g.grp = jobs.grp AND g.operator = ?)) ORDER BY created, rowid LIMIT 1",
+                                     (JobState.QUEUED.value, *devs, who, who)).fetchone()
                     if row is None:
                         break
                     job = _row_to_job(row)
@@ -184,8 +185,8 @@ class SqliteQueue(Closing):
                                    (JobState.FAILED.value, error[:4000], now, row["id"]))
                         continue
                     token = uuid.uuid4().hex
-                    db.execute("UPDATE jobs SET state = ?, attempts = attempts + 1, worker = ?, updated = ? "
-                               "WHERE id = ?", (JobState.RUNNING.value, worker, now, row["id"]))
+                    db.execute("UPDATE jobs SET state = ?, attempts = attempts + 1, worker = ?, operator = ?, "
+                               "updated = ? WHERE id = ?", (JobState.RUNNING.value, worker, who, now, row["id"]))
                     db.execute("INSERT OR REPLACE INTO leases (job_id, token, worker, expires) VALUES (?, ?, ?, ?)",
                                (row["id"], token, worker, now + self.lease_s))
                     if row["grp"] is not None:
