@@ -260,6 +260,12 @@ class Supervisor:
         if worker in self.flagged:
             return
         self.flagged[worker] = why
+        report = getattr(self.q, "report_flag", None)  # a coordinator shows flagged workers to its operator
+        if callable(report) and self.jobs:
+            try:
+                report(next(iter(self.jobs)), worker)
+            except TransportError:
+                pass  # the verdict stands on the client whether or not the operator hears of it
         for g in self.groups:
             if worker in g.results:
                 if g.results[worker] is not None:
