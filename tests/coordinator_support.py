@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -99,14 +98,7 @@ def worker_proc(coord: CoordinatorProc, state: Path, *, token_file: Path | None 
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM, then SIGKILL what is left."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + 20
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    """SIGTERM, then SIGKILL what is left (the same as a run's local workers get)."""
+    from he_compute.client.run.local import stop
+
+    stop(procs, grace_s=20)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
-from .consumer import chunks_of, read_stream
+from .consumer import chunks_of, fetch
 from .session import Session
 from .wire import API
 
@@ -45,11 +45,7 @@ class RemoteBlobs(Closing):
     def get(self, digest: str) -> bytes:
         """A blob of this tenant's namespace, checked against its digest."""
         check_digest(digest)
-        resp = self.session.request("GET", f"{API}/blobs/{digest}", stream=True)
-        if resp.status_code == 303:
-            resp.close()
-            resp = self.session.get_plain(resp.headers["location"])
-        return read_stream(resp, digest, self.session.url)
+        return fetch(self.session, f"{API}/blobs/{digest}", digest)
 
     def exists(self, digest: str) -> bool:
         """Whether this tenant's namespace holds ``digest``."""

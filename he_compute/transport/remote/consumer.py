@@ -158,6 +158,15 @@ def read_stream(resp: Any, digest: str, where: str, limit: int = DEFAULT_MAX_BLO
     return verified(digest, b"".join(parts), where)
 
 
+def fetch(session: Session, path: str, digest: str) -> bytes:
+    """GET a blob from the coordinator, following its redirect to a presigned URL, checked against ``digest``."""
+    resp = session.request("GET", path, stream=True)
+    if resp.status_code == 303:
+        resp.close()
+        resp = session.get_plain(resp.headers["location"])
+    return read_stream(resp, digest, session.url)
+
+
 def chunks_of(data: bytes) -> Any:
     """A body factory that streams ``data`` in pieces (no copy)."""
     view = memoryview(data)
@@ -177,11 +186,7 @@ class LeaseBlobs(Closing):
         lease = self.consumer.lease_naming(digest)
         if lease is None:
             raise AuthError(f"blob {digest[:19]} is not named by any lease this worker holds")
-        resp = self.session.request("GET", f"{API}/worker/jobs/{lease.job.id}/blobs/{digest}", stream=True)
-        if resp.status_code == 303:
-            resp.close()
-            resp = self.session.get_plain(resp.headers["location"])
-        return read_stream(resp, digest, self.consumer.url)
+        return fetch(self.session, f"{API}/worker/jobs/{lease.job.id}/blobs/{digest}", digest)
 
     def put(self, data: bytes) -> str:
         """Upload a result blob for the current lease (streamed, or to a presigned URL); returns its digest."""
