@@ -71,6 +71,13 @@ def test_hec_commands_through_the_coordinator(deployment, compiled, cancer, tmp_
     assert "done" in _hec(env, "status", jobs[0]["id"]).stdout
     out = _hec(env, "audit", "verify")
     assert "entries intact" in out.stdout
+    ended = _hec(env, "cancel", jobs[0]["id"], check=False)
+    assert ended.returncode == 1 and "already ended" in ended.stderr
+    # The same from a config file alone (no HEC_COORDINATOR / HEC_TOKEN_FILE / HEC_CA_FILE).
+    (tmp_path / "config.toml").write_text(f'coordinator = "{coord.url}"\ntoken_file = "{coord.data / "client.token"}"\n'
+                                          f'ca_file = "{coord.tls[0]}"\n')
+    bare = {k: v for k, v in env.items() if k not in ("HEC_COORDINATOR", "HEC_TOKEN_FILE", "HEC_CA_FILE")}
+    assert len(json.loads(_hec({**bare, "HEC_CONFIG": str(tmp_path / "config.toml")}, "jobs", "--json").stdout)) == len(jobs)
     # No valid token: one line, non-zero exit, no traceback.
     (tmp_path / "bad.token").write_text("hect_forged\n")
     os.chmod(tmp_path / "bad.token", 0o600)
