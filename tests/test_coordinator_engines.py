@@ -29,3 +29,18 @@ def test_a_dead_workers_job_goes_back_to_its_operator_but_a_second_replica_never
     assert engine.claim("w3", devices=["ops"], operator="lab", block_s=0.5) is None
     other = engine.claim("w4", devices=["ops"], operator="other-lab")
     assert other is not None and other.job.id != first.job.id
+
+
+def test_reclaiming_a_dead_workers_jobs_counts_deliveries_only_for_the_job_taken(redis_url):  # noqa: F811
+    """A worker dies holding four jobs; another takes them back one by one, and all four get done.  Claiming the
+    idle entries in a batch used to count a delivery on each, dead-lettering jobs that were never retried."""
+    with queue.connect(redis_url, lease_s=0.5) as q:
+        ids = [q.submit({"n": i}, device="many", max_attempts=2) for i in range(4)]
+        held = [q.claim("dies", devices=["many"]) for _ in ids]
+        assert all(held)
+        done = []
+        while len(done) < len(ids):
+            lease = wait_for(lambda: q.claim("lives", devices=["many"], block_s=0.2), timeout=60, what="a job back")
+            assert q.complete(lease, {"ok": True})
+            done.append(lease.job.id)
+        assert sorted(done) == sorted(ids) and all(q.status(i).state.value == "done" for i in ids)
