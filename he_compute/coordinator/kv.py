@@ -66,43 +66,37 @@ class SqliteKV:
         except (sqlite3.Error, OSError) as exc:
             raise QueueError(f"cannot open the coordinator's state {self.path}: {exc}") from exc
 
-    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
+        """One autocommitted statement, its rows fetched under the lock (no statement is left open across threads)."""
         with self._lock:
             try:
-                return self._db.execute(sql, args)
+                cur = self._db.execute(sql, args)
+                return cur.fetchall(), cur.rowcount
             except sqlite3.Error as exc:
                 raise QueueError(f"coordinator state {self.path}: {exc}") from exc
 
     def hget(self, key: str, field: str) -> str | None:
-        row = self._run("SELECT value FROM kv WHERE key = ? AND field = ?", (key, field)).fetchone()
-        return None if row is None else row[0]
+        rows, _ = self._run("SELECT value FROM kv WHERE key = ? AND field = ?", (key, field))
+        return rows[0][0] if rows else None
 
     def hgetall(self, key: str) -> dict[str, str]:
-        return dict(self._run("SELECT field, value FROM kv WHERE key = ?", (key,)).fetchall())
+        return dict(self._run("SELECT field, value FROM kv WHERE key = ?", (key,))[0])
 
     def hset(self, key: str, mapping: dict[str, str]) -> None:
-        with self._lock:
-            self._run("BEGIN IMMEDIATE")
-            try:
-                for field, value in mapping.items():
-                    self._run("INSERT INTO kv (key, field, value) VALUES (?, ?, ?) ON CONFLICT (key, field) "
-                              "DO UPDATE SET value = excluded.value", (key, field, str(value)))
-            except BaseException:
-                self._run("ROLLBACK")
-                raise
-            self._run("COMMIT")
+        for field, value in mapping.items():
+            self._run("INSERT INTO kv (key, field, value) VALUES (?, ?, ?) ON CONFLICT (key, field) "
+                      "DO UPDATE SET value = excluded.value", (key, field, str(value)))
 
     def hsetnx(self, key: str, field: str, value: str) -> bool:
-        cur = self._run("INSERT OR IGNORE INTO kv (key, field, value) VALUES (?, ?, ?)", (key, field, value))
-        return cur.rowcount == 1
+        return self._run("INSERT OR IGNORE INTO kv (key, field, value) VALUES (?, ?, ?)", (key, field, value))[1] == 1
 
     def hincrby(self, key: str, field: str, n: int = 1) -> int:
-        row = self._run("INSERT INTO kv (key, field, value) VALUES (?, ?, ?) ON CONFLICT (key, field) DO UPDATE "
-                        "SET value = CAST(value AS INTEGER) + ? RETURNING value", (key, field, str(n), n)).fetchone()
-        return int(row[0])
+        rows, _ = self._run("INSERT INTO kv (key, field, value) VALUES (?, ?, ?) ON CONFLICT (key, field) DO UPDATE "
+                            "SET value = CAST(value AS INTEGER) + ? RETURNING value", (key, field, str(n), n))
+        return int(rows[0][0])
 
     def hdel(self, key: str, field: str) -> bool:
-        return self._run("DELETE FROM kv WHERE key = ? AND field = ?", (key, field)).rowcount == 1
+        return self._run("DELETE FROM kv WHERE key = ? AND field = ?", (key, field))[1] == 1
 
     def zadd(self, key: str, member: str, score: float) -> None:
         self._run("INSERT INTO kv (key, field, score) VALUES (?, ?, ?) ON CONFLICT (key, field) DO UPDATE "
@@ -112,19 +106,18 @@ class SqliteKV:
         return self.hdel(key, member)
 
     def zcard(self, key: str) -> int:
-        return int(self._run("SELECT COUNT(*) FROM kv WHERE key = ?", (key,)).fetchone()[0])
+        return int(self._run("SELECT COUNT(*) FROM kv WHERE key = ?", (key,))[0][0][0])
 
     def zrange(self, key: str, low: float, limit: int) -> list[str]:
-        rows = self._run("SELECT field FROM kv WHERE key = ? AND score >= ? ORDER BY score, rowid LIMIT ?",
-                         (key, float(low), int(limit))).fetchall()
+        rows, _ = self._run("SELECT field FROM kv WHERE key = ? AND score >= ? ORDER BY score, rowid LIMIT ?",
+                            (key, float(low), int(limit)))
         return [r[0] for r in rows]
 
     def setnx(self, key: str, ttl_s: float) -> bool:
         now = time.time()
         with self._lock:
             self._run("DELETE FROM kv WHERE expires IS NOT NULL AND expires < ?", (now,))
-            cur = self._run("INSERT OR IGNORE INTO kv (key, field, expires) VALUES (?, '', ?)", (key, now + ttl_s))
-            return cur.rowcount == 1
+            return self._run("INSERT OR IGNORE INTO kv (key, field, expires) VALUES (?, '', ?)", (key, now + ttl_s))[1] == 1
 
     def close(self) -> None:
         with self._lock:

@@ -124,11 +124,14 @@ class RemoteAuditStore(Closing):
             tail = self.session.json("GET", f"{API}/audit", params={"start": -1})["lines"]
             line, head = build(tail[-1] if tail else None)
             try:
-                self.session.json("POST", f"{API}/audit", json_body={"line": line, "head": head}, retry=False)
+                self.session.json("POST", f"{API}/audit", json_body={"line": line, "head": head})
                 return line
             except QueueError as exc:
                 if getattr(exc, "code", "") != "conflict":
                     raise
+            # A retried request (its coordinator died mid-way) may have landed already: then it is done.
+            if self.session.json("GET", f"{API}/audit", params={"start": -1})["lines"] == [line]:
+                return line
         raise QueueError("the audit log kept moving while appending (50 tries): try again")
 
     def lines(self) -> list[str]:
