@@ -145,7 +145,7 @@ def register(group: click.Group) -> None:
     @click.argument("worker_id")
     @click.option("--data", default=".hec-coordinator", show_default=True, metavar="DIR", help=_DATA_HELP)
     def revoke_worker(worker_id: str, data: str) -> None:
-        """Refuse every later request of a worker (full 64-hex worker id, as the status page links it).
+        """Refuse every later request of a worker (its 64-hex id, as the status page shows it).
 
         Example: hec coordinator revoke-worker 3fa1...e9 --data /srv/hec
         """

@@ -318,7 +318,7 @@ class Coordinator:
         for job in self.q.jobs(limit=10**9):
             counts[job.state.value] += 1
         per_min = self.state.done_per_minute(5)
-        workers = [{"worker": rec.worker_id[:16], "operator": rec.operator, "how": rec.how, "revoked": rec.revoked,
+        workers = [{"worker": rec.worker_id, "operator": rec.operator, "how": rec.how, "revoked": rec.revoked,
                     "seen": stats.get("seen", 0.0), "claimed": int(stats.get("claimed", 0)),
                     "done": int(stats.get("done", 0)), "failed": int(stats.get("failed", 0)),
                     "flagged": int(stats.get("flagged", 0))} for rec, stats in self.state.workers()]

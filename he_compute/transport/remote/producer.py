@@ -64,8 +64,8 @@ class RemoteProducer(Closing):
         """One of this tenant's jobs, at most :data:`STATUS_TTL_S` old.
 
         A verifier polls every pending job of its run in turn, many times a second; over HTTPS that is one
-        request per job per poll.  So a lookup refreshes the whole run in one request and answers the
-        other jobs of the run from that for a moment.
+        request per job per poll.  So a lookup of a job that belongs to a run refreshes the whole run in one
+        request and answers the other jobs of the run from that for a moment.
         """
         now = time.monotonic()
         hit = self._seen.get(job_id)
@@ -74,8 +74,8 @@ class RemoteProducer(Closing):
         job = _job(self.session.json("GET", f"{API}/jobs/{job_id}"))
         if len(self._seen) > 100_000:
             self._seen.clear()
-        self._seen[job_id] = (now, job)
-        if job.run:
+        if job.run:  # only a run's jobs are polled in turn; any other lookup always asks the coordinator
+            self._seen[job_id] = (now, job)
             for other in self.jobs(run=job.run, since=job.created - 3600, limit=100_000):
                 self._seen[other.id] = (now, other)
         return job
