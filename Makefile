@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench redis clean
+.PHONY: install demo test test-fast bench redis browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +23,22 @@ redis:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null \
 	  || echo "warning: could not install redis-server; Redis tests will fail" >&2; }
 
+# A real headless browser for the coordinator's status page test: Debian's chromium and its driver.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+	  || echo "warning: could not install chromium; the status page test will fail" >&2; }
+
 demo: install
 	$(BIN)/python -m he_compute.demo
 
-test: install redis
+test: install redis browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: install
+bench: install redis
 	$(BIN)/python -m bench
 
 clean:

@@ -27,3 +27,40 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def coordinator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--coordinator URL --token-file FILE --ca-file FILE`` (else ``HEC_COORDINATOR``, ``HEC_TOKEN_FILE``,
+    ``HEC_CA_FILE``, else ``~/.hec/config.toml``); they arrive as the keyword argument ``remote`` (a dict)."""
+    options = [
+        click.option("--coordinator", default=None, metavar="URL",
+                     help="Use this coordinator (https://HOST:PORT[,https://...]) instead of a queue ($HEC_COORDINATOR)."),
+        click.option("--token-file", default=None, metavar="FILE", help="This tenant's token ($HEC_TOKEN_FILE)."),
+        click.option("--ca-file", default=None, metavar="FILE", help="CA certificates for the coordinator ($HEC_CA_FILE)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def remote_settings(opts: dict[str, Any], queue_url: str | None) -> dict[str, Any] | None:
+    """The coordinator settings from :func:`coordinator_options` values, or ``None`` to use a queue directly."""
+    from ..transport.remote import client_settings
+
+    given = {k: opts.pop(k, None) for k in ("coordinator", "token_file", "ca_file")}
+    if queue_url and not given["coordinator"]:
+        return None
+    s = client_settings(given["coordinator"], given["token_file"], given["ca_file"])
+    return s if s["coordinator"] else None
+
+
+def open_producer(queue_url: str | None, remote: dict[str, Any] | None) -> Any:
+    """The tenant's producer at a coordinator, or the queue engine at ``queue_url``."""
+    if remote is None:
+        from ..transport import queue
+
+        return queue.connect(queue_url)
+    from ..transport.remote import open_tenant
+
+    q, _ = open_tenant(remote["coordinator"], token_file=remote["token_file"], ca_file=remote["ca_file"])
+    return q

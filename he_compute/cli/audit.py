@@ -23,14 +23,22 @@ _QUEUE_HELP = "Queue URL whose audit log to read (default $HEC_QUEUE, else ./.he
 
 
 def _log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from ._util import coordinator_options
+
+    fn = coordinator_options(fn)
     fn = click.option("--log", "log_path", default=None, metavar="PATH|URL",
                       help="Audit log to read instead of the queue's (a .jsonl file or redis:// URL).")(fn)
     return click.option("--queue", "queue_url", default=None, metavar="URL", help=_QUEUE_HELP)(fn)
 
 
-def _open(queue_url: str | None, log_path: str | None) -> Any:
+def _open(queue_url: str | None, log_path: str | None, remote: dict[str, Any] | None = None) -> Any:
     from ..transport.audit import AuditLog
     from ..transport.locations import Locations, is_redis
+    from ._util import open_producer, remote_settings
+
+    settings = remote_settings(dict(remote or {}), queue_url or log_path)
+    if settings is not None:  # the tenant's log at the coordinator, checked against this client's checkpoint
+        return AuditLog(open_producer(None, settings).audit_store())
 
     location = log_path or Locations.resolve(queue_url).audit
     if not is_redis(location):
@@ -55,7 +63,7 @@ def register(group: click.Group) -> None:
     @click.option("--root", default=None, metavar="HEX", help="Checkpoint: Merkle root it had then (with --size).")
     @click.option("--json", "as_json", is_flag=True, help="Print the head as JSON on stdout.")
     def verify_cmd(queue_url: str | None, log_path: str | None, size: int | None, root: str | None,
-                   as_json: bool) -> None:
+                   as_json: bool, **remote: Any) -> None:
         """Check every entry, the hash chain, the head, the signed checkpoints, and the newest checkpoint this
         client kept of the log (or the one given with --size and --root).
 
@@ -68,7 +76,7 @@ def register(group: click.Group) -> None:
 
         if (size is None) != (root is None):
             raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
-        log = _open(queue_url, log_path)
+        log = _open(queue_url, log_path, remote)
         kept = (size, root) if size is not None else checkpoints.latest(Locations.resolve(queue_url).state,
                                                                          log.location)
         head = log.verify(checkpoint=kept)
@@ -87,12 +95,12 @@ def register(group: click.Group) -> None:
     @click.argument("job_id", metavar="JOB")
     @_log_options
     @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
-    def show_cmd(job_id: str, queue_url: str | None, log_path: str | None, as_json: bool) -> None:
+    def show_cmd(job_id: str, queue_url: str | None, log_path: str | None, as_json: bool, **remote: Any) -> None:
         """Show the submission and receipts recorded for JOB (the log is verified first).
 
         Example: hec audit show j3f2a...
         """
-        log = _open(queue_url, log_path)
+        log = _open(queue_url, log_path, remote)
         log.verify()
         entries = log.show(job_id)
         if as_json:

@@ -18,6 +18,7 @@ import click
 from ..errors import HECError
 from ..transport.queue import JobState
 from ._util import BLOBS_HELP as _BLOBS_HELP
+from ._util import coordinator_options, open_producer, remote_settings
 from ._util import echo as _echo
 from ._util import queue_option as _queue_option
 from .audit import verify_options, verify_policy
@@ -79,6 +80,7 @@ def register(group: click.Group) -> None:
                   help="Ciphertext chunks per job (default: split into at most 64 jobs).")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
     @verify_options
+    @coordinator_options
     def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
                 queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
                 timeout: float | None, resume: bool, samples_per_job: int | None, as_json: bool,
@@ -102,14 +104,28 @@ def register(group: click.Group) -> None:
         enc = container.read(encrypted, expect="ciphertexts")
         part = container.read(bundle_path, expect=("bundle", "server"))
         evk = read_evaluation_keys(eval_keys)
+        remote = remote_settings(verify, queue_url)
         policy = verify_policy(verify, keys_dir=keys_dir, server_part=part, evalkeys=evk)
-        with _interrupts_as_keyboard_interrupt():
-            try:
-                report = run(enc, part, evk, queue=queue_url, blobs=blobs_url, policy=policy, resume=resume,
-                             local_workers=local_workers, timeout=timeout, samples_per_job=samples_per_job)
-            except KeyboardInterrupt:
-                raise _Interrupted("interrupted: the run's unfinished jobs were cancelled; run the same command "
-                                   "again to resume (finished jobs are kept)") from None
+        q = store = None
+        if remote is not None:
+            from ..transport.remote import open_tenant
+
+            if local_workers:
+                raise HECError("--local-workers runs workers on the embedded queue; with a coordinator, start "
+                               "hec worker --coordinator URL instead")
+            q, store = open_tenant(remote["coordinator"], token_file=remote["token_file"], ca_file=remote["ca_file"])
+        try:
+            with _interrupts_as_keyboard_interrupt():
+                try:
+                    report = run(enc, part, evk, queue=q or queue_url, blobs=store or blobs_url, policy=policy,
+                                 resume=resume, local_workers=local_workers, timeout=timeout,
+                                 samples_per_job=samples_per_job)
+                except KeyboardInterrupt:
+                    raise _Interrupted("interrupted: the run's unfinished jobs were cancelled; run the same command "
+                                       "again to resume (finished jobs are kept)") from None
+        finally:
+            if q is not None:
+                q.close()
         if report.resumed:
             _echo(f"resumed run {report.run_id}: {report.resumed} job group(s) had jobs from the earlier attempt")
         report.result.save(output)
@@ -137,14 +153,13 @@ def register(group: click.Group) -> None:
     @click.argument("job_id", metavar="[JOB]", required=False)
     @_queue_option
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    def status_cmd(job_id: str | None, queue_url: str | None, as_json: bool) -> None:
+    @coordinator_options
+    def status_cmd(job_id: str | None, queue_url: str | None, as_json: bool, **remote: Any) -> None:
         """Show one job (state, attempts, progress, last error), or job counts by state.
 
         Example: hec status j3f2a... --queue sqlite:///srv/hec/queue.db
         """
-        from ..transport import queue
-
-        with queue.connect(queue_url) as q:
+        with open_producer(queue_url, remote_settings(remote, queue_url)) as q:
             _status(q, job_id, as_json)
 
     def _status(q: Any, job_id: str | None, as_json: bool) -> None:
@@ -173,14 +188,13 @@ def register(group: click.Group) -> None:
     @click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "cancelled"]), default=None,
                   help="Only jobs in this state (failed = the dead letter).")
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    def jobs_cmd(queue_url: str | None, state: str | None, as_json: bool) -> None:
+    @coordinator_options
+    def jobs_cmd(queue_url: str | None, state: str | None, as_json: bool, **remote: Any) -> None:
         """List jobs, oldest first.
 
         Example: hec jobs --state failed
         """
-        from ..transport import queue
-
-        with queue.connect(queue_url) as q:
+        with open_producer(queue_url, remote_settings(remote, queue_url)) as q:
             jobs = q.jobs(JobState(state) if state else None)
             url = q.url
         if as_json:
@@ -205,14 +219,13 @@ def register(group: click.Group) -> None:
     @group.command("cancel")
     @click.argument("job_id", metavar="JOB")
     @_queue_option
-    def cancel_cmd(job_id: str, queue_url: str | None) -> None:
+    @coordinator_options
+    def cancel_cmd(job_id: str, queue_url: str | None, **remote: Any) -> None:
         """Cancel a queued or running job (its worker stops at the next heartbeat).
 
         Example: hec cancel j3f2a...
         """
-        from ..transport import queue
-
-        with queue.connect(queue_url) as q:
+        with open_producer(queue_url, remote_settings(remote, queue_url)) as q:
             if not q.cancel(job_id):
                 raise HECError(f"job {job_id} already ended ({q.status(job_id).state.value}); nothing to cancel")
         _echo(f"cancelled {job_id}")

@@ -27,22 +27,36 @@ def register(group: click.Group) -> None:
     @click.option("--state", "state_dir", default=None, metavar="DIR",
                   help="State directory keeping the worker's signing identity (default $HEC_WORKER_STATE; "
                        "without either, a throwaway identity).")
+    @click.option("--coordinator", default=None, metavar="URL",
+                  help="Work for this coordinator (https://HOST:PORT) instead of a queue; needs --state.")
+    @click.option("--token-file", default=None, metavar="FILE",
+                  help="The operator's enrolment token (enroll.token), used once to enrol this worker's key.")
+    @click.option("--ca-file", default=None, metavar="FILE", help="CA certificates to trust for the coordinator.")
     def worker_cmd(queue_url: str | None, blobs_url: str | None, concurrency: int | None, threads: int | None,
-                   burst: bool, device: str, lease: float | None, cpus: str | None, state_dir: str | None) -> None:
+                   burst: bool, device: str, lease: float | None, cpus: str | None, state_dir: str | None,
+                   coordinator: str | None, token_file: str | None, ca_file: str | None) -> None:
         """Run a worker: claim jobs, evaluate on ciphertexts, store encrypted results.
 
         The worker holds evaluation keys only. SIGTERM lets the job in hand finish its
         current sample and releases the rest to other workers.
 
-        Example: hec worker --queue redis://10.0.0.5:6379/0 --concurrency 4
+        Example: hec worker --coordinator https://coord:8443 --token-file enroll.token --state /var/lib/hec-worker
         """
+        import os
+
         from ..worker.host import serve
+
+        if coordinator and (queue_url or blobs_url):
+            raise click.UsageError("a worker of a coordinator never sees the queue or blob store: drop --queue/--blobs")
+        if ca_file:
+            os.environ["HEC_CA_FILE"] = ca_file  # child worker processes trust the same CA
 
         try:
             cores = [int(c) for c in cpus.split(",")] if cpus else None
         except ValueError:
             raise click.BadParameter(f"{cpus!r} is not a comma-separated list of core numbers", param_hint="--cpus") from None
         status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
-                       burst=burst, lease_s=lease, cpus=cores, state_dir=state_dir)
+                       burst=burst, lease_s=lease, cpus=cores, state_dir=state_dir, coordinator=coordinator,
+                       token_file=token_file)
         if status:
             raise click.exceptions.Exit(status)

@@ -89,7 +89,8 @@ class EncryptedModel:
     ``bundle`` is a :class:`Bundle` or a bundle path.  ``keys`` is a key
     directory: used if it holds keys for this bundle, created (``keygen``) if
     it does not exist.  ``queue``/``blobs`` are URLs (default ``$HEC_QUEUE`` or
-    the embedded queue under ``./.hec/`` *in the current directory*);
+    the embedded queue under ``./.hec/`` *in the current directory*); or ``coordinator`` (an
+    ``https://`` URL) with this tenant's ``token`` (or ``token_file``) and ``ca_file``;
     ``local_workers=N`` starts N worker processes per call; ``in_process=True``
     evaluates here, without a queue.
     """
@@ -105,17 +106,23 @@ class EncryptedModel:
         timeout: float | None = None,
         in_process: bool = False,
         show_progress: bool = False,
+        coordinator: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        ca_file: str | None = None,
     ):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         keys_dir = Path(keys)
         self.client = Client(keys_dir) if (keys_dir / KEYINFO).exists() else Client.keygen(self.bundle, keys_dir)
         self.client.check_bundle(self.bundle)
         self.queue, self.blobs, self.local_workers, self.timeout = queue, blobs, local_workers, timeout
+        self.remote = {"coordinator": coordinator, "token": token, "token_file": token_file, "ca_file": ca_file}
         self.in_process, self.show_progress = in_process, show_progress
         self._server_part = self.bundle.server_part()
         self._evalkeys = read_evaluation_keys(self.client.evaluation_keys_path)
         self._evaluator: Any = None
         self._connection: Any = None
+        self._remote_q: Any = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hec-job")
 
@@ -132,7 +139,15 @@ class EncryptedModel:
             if self._connection is None:
                 from .run import Connection
 
-                self._connection = Connection(self.queue, self.blobs)
+                if self.remote["coordinator"]:  # a coordinator: this tenant's jobs and blobs only
+                    from ..transport.remote import open_tenant
+
+                    q, store = open_tenant(self.remote["coordinator"], token=self.remote["token"],
+                                           token_file=self.remote["token_file"], ca_file=self.remote["ca_file"])
+                    self._connection = Connection(q, store)
+                    self._remote_q = q  # closed in close(): it owns the session the store shares
+                else:
+                    self._connection = Connection(self.queue, self.blobs)
             return self._connection
 
     def _evaluate(self, enc: Container, job: EncryptedJob | None) -> Container:
@@ -205,6 +220,9 @@ class EncryptedModel:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+            if self._remote_q is not None:
+                self._remote_q.close()
+                self._remote_q = None
 
     def __enter__(self) -> EncryptedModel:
         return self

@@ -16,6 +16,7 @@ Redis keys (:func:`redis_key`)::
     hec:blob:<hex>      a blob's chunk count             hec:blob:<hex>:<i>  chunk i of a blob
     hec:audit           the audit log (a list)           hec:audit:head  its head record
     hec:group:<group>   set of operators that claimed a job of a replica group
+    hec:coord:<name>    the coordinator's own records (tenants, workers, nonces, ownership), see he_compute.coordinator
 
 Example::
 
@@ -101,6 +102,11 @@ def redis_key(kind: str, name: str = "", index: int | None = None) -> str:
     keys = {"job": f"hec:job:{name}", "jobs": "hec:jobs", "stream": f"hec:stream:{name}", "dead": "hec:dead",
             "audit": "hec:audit", "audit_head": "hec:audit:head", "group": f"hec:group:{name}"}
     return keys[kind]
+
+
+def coordinator_key(name: str) -> str:
+    """The Redis key of one of the coordinator's own records (``hec:coord:<name>``)."""
+    return f"hec:coord:{name}"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ import time
 from typing import Callable, Iterable
 
 from ..commands import worker_argv
-from ..errors import DeviceError
+from ..errors import DeviceError, IdentityError
 from ..transport import blobs as blob_stores
 from ..transport import queue as job_queue
+from ..transport.blobs import BlobStore
 from ..transport.locations import Locations
+from ..transport.queue import Consumer
 from .identity import STATE_ENV, WorkerIdentity
 from .loop import StopNow, Worker
 from .sandbox import Limits, Sandbox
@@ -102,10 +104,10 @@ def die_with_parent() -> None:
 
 
 def child_command(where: Locations, *, device: str, threads: int, cpus: Iterable[int] | None, burst: bool,
-                  lease_s: float | None) -> list[str]:
+                  lease_s: float | None, coordinator: str | None = None) -> list[str]:
     """The command line of one single-job worker process."""
     return worker_argv(where.queue, where.blobs, device=device, threads=threads, cpus=cpus, burst=burst,
-                       lease_s=lease_s)
+                       lease_s=lease_s, coordinator=coordinator)
 
 
 class _Children:
@@ -181,7 +183,7 @@ class _Children:
 def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurrency: int | None = None,
           threads: int | None = None, device: str = "auto", burst: bool = False, lease_s: float | None = None,
           cpus: list[int] | None = None, log: Callable[[str], None] | None = None,
-          state_dir: str | None = None) -> int:
+          state_dir: str | None = None, coordinator: str | None = None, token_file: str | None = None) -> int:
     """Run workers until stopped: one in this process, or ``concurrency`` supervised child processes.
 
     ``state_dir`` (or ``$HEC_WORKER_STATE``) keeps the worker's Ed25519 identity
@@ -205,20 +207,39 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     if identity:
         os.environ[STATE_ENV] = state_dir or ""  # children load the same identity
         say(f"hec worker: identity {identity.short_id} ({identity.public_line()})")
+    if coordinator:
+        from ..transport.remote import open_worker
+
+        if identity is None:
+            raise IdentityError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
+        consumer, lease_blobs = open_worker(coordinator, identity, token_file=token_file)  # enrols once
+        say(f"hec worker: admitted by {consumer.url} under operator {consumer.operator}")
+        if jobs_at_once == 1:
+            return _run_one(consumer, lease_blobs, devices, log, identity, burst, cpus, per_job)
+        consumer.close()
     if jobs_at_once > 1:
         cores = sorted(cpus) if cpus else None
         commands = [child_command(where, device=device, threads=per_job, burst=burst, lease_s=lease_s,
-                                  cpus=[cores[(i * per_job + k) % len(cores)] for k in range(per_job)] if cores else None)
+                                  cpus=[cores[(i * per_job + k) % len(cores)] for k in range(per_job)] if cores else None,
+                                  coordinator=coordinator)
                     for i in range(jobs_at_once)]
         children = _Children(commands, burst, say)
         signal.signal(signal.SIGTERM, children.on_signal)
         signal.signal(signal.SIGINT, children.on_signal)
         return children.supervise()
+    return _run_one(job_queue.connect(where.queue, lease_s=lease_s), blob_stores.connect(where.blobs), devices, log,
+                    identity, burst, cpus, per_job)
+
+
+def _run_one(q: Consumer, store: BlobStore, devices: list[str], log: Callable[[str], None] | None,
+             identity: WorkerIdentity | None, burst: bool, cpus: list[int] | None, per_job: int) -> int:
+    """Run one worker in this process over ``q`` and ``store`` (closed after)."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(per_job)  # read when Concrete's runtime loads, i.e. at the first job
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     sandbox = Sandbox(Limits(threads=per_job), prestart=True)
-    with job_queue.connect(where.queue, lease_s=lease_s) as q, blob_stores.connect(where.blobs) as store:
+    with q, store:
         worker = Worker(q, store, devices=devices, log=log, identity=identity, executor=sandbox)
         worker.install_signals()
         try:

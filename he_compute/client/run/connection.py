@@ -57,7 +57,8 @@ class Connection:
         if not enabled:
             yield None
             return
-        with AuditLog.open(self.where.audit) as log:
+        remote = getattr(self.q, "audit_store", None)  # a coordinator keeps each tenant's log itself
+        with (AuditLog(remote()) if callable(remote) else AuditLog.open(self.where.audit)) as log:
             yield log
 
     def close(self) -> None:

@@ -100,9 +100,10 @@ class Policy:
         """The client that can compare answers by meaning: ``keys``, else the canaries' client."""
         return self.keys if self.keys is not None else getattr(self.known_answers, "client", None)
 
-    def check_operators(self, local_workers: int) -> None:
-        """Refuse replicas that one party could supply alone (see :mod:`.votes`)."""
-        if self.replicas == 1 or self.accept_sybil_risk or local_workers > 0:
+    def check_operators(self, local_workers: int, vouched: bool = False) -> None:
+        """Refuse replicas that one party could supply alone (see :mod:`.votes`); ``vouched``: a coordinator
+        names the operator of every worker it admitted."""
+        if self.replicas == 1 or self.accept_sybil_risk or local_workers > 0 or vouched:
             return
         if self.allowed is None or not self.allowed.knows_operators:
             raise InputError(f"--replicas {self.replicas} needs workers whose operators are known, or one party "
@@ -169,13 +170,14 @@ def run(
     policy = policy or Policy()
     server_part = _server_part_of(server_part)
     _check(ciphertexts, server_part, evalkeys)
-    policy.check_operators(local_workers)
     t0 = time.perf_counter()
     report = RunReport(result=Container("results", ciphertexts.scheme), job_ids=[])
     device = str(server_part.meta.get("device", "cpu"))
     with Connection(queue, blobs) as conn, \
             start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
                                 env=worker_env) as local:  # they start while the run uploads
+        vouched = _coordinator_operators(conn)
+        policy.check_operators(local_workers, vouched is not None)
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
         per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
         key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
@@ -198,7 +200,8 @@ def run(
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
                              audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part),
                              run_id=record.run_id, on_submitted=record.add_job, decoys=frozenset(record.decoys),
-                             voters=_voters(policy, local.known()), meaning=_meaning(policy, conn, ciphertexts))
+                             voters=_voters(policy, local.known(), vouched),
+                             meaning=_meaning(policy, conn, ciphertexts))
             report.run_id = sup.run_id
             check = (canary_check(policy.known_answers, canaries, plan.canary_positions(tasks), conn.store)
                      if canaries else None)
@@ -244,9 +247,16 @@ def _prepare(conn: Connection, policy: Policy, key: str, ciphertexts: Container,
     return plan.new_record(conn, key, uploads, counts, per_job, make_spec, policy.decoy_fraction)
 
 
-def _voters(policy: Policy, local: AllowList) -> Voters:
-    """Who votes: operators from the allow-list and the run's own local workers; keys only if allowed to."""
-    operators = policy.allowed.merged(local) if policy.allowed is not None else local
+def _coordinator_operators(conn: Connection) -> dict[str, str] | None:
+    """The operators a coordinator vouches for (worker id -> name), or ``None`` for a plain queue."""
+    operators = getattr(conn.q, "operators", None)
+    return operators() if callable(operators) else None
+
+
+def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None) -> Voters:
+    """Who votes: operators from the coordinator, the allow-list and the run's own local workers; keys only
+    if the policy lets them."""
+    operators = Voters.mapping(vouched, policy.allowed, local)
     return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk)
 
 

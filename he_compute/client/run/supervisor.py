@@ -94,7 +94,7 @@ class Supervisor:
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
         self.check_output, self.on_submitted = check_output, on_submitted  # (group, job id): write the run down
-        self.voters = voters or Voters(allowed, keys_vote=True)
+        self.voters = voters or Voters(Voters.mapping(allowed), keys_vote=True)
         self.meaning, self.decoys = meaning, decoys
         self.groups: list[Group] = []
         self.jobs: dict[str, Group] = {}
@@ -277,6 +277,7 @@ class Supervisor:
         if voter in self.flagged:
             return
         self.flagged[voter] = why
+        self._report_flag(voter)
         for g in self.groups:
             if voter in g.results:
                 if g.results[voter] is not None:
@@ -284,6 +285,18 @@ class Supervisor:
                 if g.winner is not None and voter in g.agreeing:
                     g.winner, g.agreeing = None, ()
                     self.stats["reruns"] += 1
+
+    def _report_flag(self, voter: str) -> None:
+        """Tell a coordinator (its operator's status page) which workers this run flagged; never the workers."""
+        report = getattr(self.q, "report_flag", None)
+        if not callable(report) or not self.jobs:
+            return
+        workers = [w for w, v in self.voter_of.items() if v == voter] or ([voter] if len(voter) == 64 else [])
+        for worker in workers:
+            try:
+                report(next(iter(self.jobs)), worker)
+            except TransportError:
+                pass  # the verdict stands on the client whether or not the operator hears of it
 
     def _decide(self, g: Group) -> int:
         """Decide ``g`` if possible (again, when a late answer came in); return how many more answers it needs."""

@@ -16,7 +16,7 @@ class of its own.  Decrypted values never leave the client.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,15 +28,26 @@ Decrypt = Callable[[bytes, int], np.ndarray]
 
 
 class Voters:
-    """Maps a worker id to the voter it counts as."""
+    """Maps a worker id to the voter it counts as (``operators``: worker id -> operator name)."""
 
-    def __init__(self, operators: AllowList | None, *, keys_vote: bool):
-        self.operators = operators
+    def __init__(self, operators: Mapping[str, str] | None, *, keys_vote: bool):
+        self.operators = dict(operators or {})
         self.keys_vote = keys_vote
+
+    @staticmethod
+    def mapping(*sources: AllowList | Mapping[str, str] | None) -> dict[str, str]:
+        """One worker id -> operator map from allow-lists and plain maps (later sources win)."""
+        out: dict[str, str] = {}
+        for src in sources:
+            if isinstance(src, AllowList):
+                out |= {w: op for w in src.worker_ids if (op := src.operator_of(w))}
+            elif src:
+                out |= dict(src)
+        return out
 
     def voter(self, worker_id: str) -> str | None:
         """``"op:NAME"`` for a known operator, the worker id when keys vote, else ``None`` (does not count)."""
-        operator = self.operators.operator_of(worker_id) if self.operators is not None else None
+        operator = self.operators.get(worker_id)
         if operator:
             return f"op:{operator}"
         return worker_id if self.keys_vote else None

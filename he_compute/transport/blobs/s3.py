@@ -40,7 +40,11 @@ class S3BlobStore(Closing):
         if not parts.netloc:
             raise StoreError(f"{url!r} names no bucket: use s3://BUCKET/PREFIX")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        client = boto3.client("s3", endpoint_url=query.get("endpoint_url"), region_name=query.get("region"))
+        from botocore.config import Config
+
+        # SigV4 everywhere: presigned URLs (handed out by the coordinator) need it on real S3.
+        client = boto3.client("s3", endpoint_url=query.get("endpoint_url"), region_name=query.get("region"),
+                              config=Config(signature_version="s3v4"))
         return cls(client, parts.netloc, parts.path, url)
 
     def _key(self, digest: str) -> str:
@@ -95,6 +99,48 @@ class S3BlobStore(Closing):
     def delete(self, digest: str) -> None:
         """Delete the object (absent is fine)."""
         self._call("delete", self._s3.delete_object, Key=self._key(digest))
+
+    # The coordinator hands strangers presigned URLs scoped to one object instead of proxying bytes.  Uploads go
+    # to a fresh staging key, never to a blob's own key: the coordinator hashes the staged object before it
+    # copies it into place, because not every S3-compatible store enforces a signed checksum.
+
+    def presigned_get(self, digest: str, expires_s: int) -> str:
+        """A URL that reads the blob ``digest`` (and nothing else) for ``expires_s`` seconds."""
+        return self._s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(digest)},
+                                               ExpiresIn=int(expires_s))
+
+    def presigned_staging_put(self, name: str, size: int, expires_s: int) -> str:
+        """A URL that writes ``size`` bytes to the staging object ``name`` for ``expires_s`` seconds."""
+        return self._s3.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": self._staging(name), "ContentLength": int(size)},
+            ExpiresIn=int(expires_s))
+
+    def _staging(self, name: str) -> str:
+        return f"{self.prefix}/incoming/{name}" if self.prefix else f"incoming/{name}"
+
+    def staged(self, name: str) -> tuple[int, Any]:
+        """``(size, chunks)`` of a staging object (a ``BlobNotFound`` if nothing was uploaded)."""
+        obj = self._call("get", self._s3.get_object, Key=self._staging(name))
+        return int(obj["ContentLength"]), obj["Body"].iter_chunks(1 << 20)
+
+    def promote(self, name: str, digest: str) -> None:
+        """Copy a staging object, checked to hash to ``digest``, to the blob's key; drop the staging object."""
+        self._call("copy", self._s3.copy_object, Key=self._key(digest),
+                   CopySource={"Bucket": self.bucket, "Key": self._staging(name)})
+        self.drop_staged(name)
+
+    def drop_staged(self, name: str) -> None:
+        """Delete a staging object (absent is fine)."""
+        self._call("delete", self._s3.delete_object, Key=self._staging(name))
+
+    def chunks(self, digest: str) -> Any:
+        """The blob's bytes chunk by chunk, unverified (the receiver checks the digest)."""
+        return self._call("get", self._s3.get_object, Key=self._key(digest))["Body"].iter_chunks(1 << 20)
+
+    def adopt(self, digest: str, src: Any) -> None:
+        """Upload the file ``src``, whose sha256 the caller has checked is ``digest`` (boto3 streams it)."""
+        if not self.exists(digest):
+            self._call("put", self._s3.upload_file, Filename=str(src), Key=self._key(digest))
 
     def close(self) -> None:
         """Nothing to release (boto3 pools are per client)."""

@@ -79,7 +79,7 @@ if st == 'running' then
     .. (attempts - 1) .. '/' .. maxa)
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[2], 'worker', ARGV[3], 'updated', ARGV[4],
-  'msg', ARGV[1], 'stream', KEYS[2])
+  'msg', ARGV[1], 'stream', KEYS[2], 'operator', ARGV[8])
 if KEYS[4] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[8], ARGV[9]); redis.call('EXPIRE', KEYS[4], 604800)
 end
@@ -284,8 +284,10 @@ class RedisQueue(Closing):
     def _reclaim(self, stream: str, worker: str, operator: str) -> Lease | None:
         """Take over one entry whose consumer has been idle past the lease (its worker is gone)."""
         start = self._cursor.get(stream, "0-0")
-        for _ in range(2):
-            reply = self._r.xautoclaim(stream, GROUP, worker, int(self.lease_s * 1000), start_id=start, count=8)
+        # One entry at a time: XAUTOCLAIM counts a delivery for every entry it hands over, so claiming a batch
+        # and taking only the first would push the rest towards the dead letter without a single attempt.
+        for _ in range(16):
+            reply = self._r.xautoclaim(stream, GROUP, worker, int(self.lease_s * 1000), start_id=start, count=1)
             start = _text(reply[0])
             self._cursor[stream] = start
             for msg_id, fields in reply[1]:

@@ -1,0 +1,337 @@
+"""What the coordinator does, without HTTP: each tenant steers its own jobs, each worker only its own leases.
+
+:class:`Coordinator` owns the queue engine, the blob store, its records
+(:class:`~.state.State`) and one audit log per tenant.  Its methods take an
+already authenticated caller (a :class:`~.state.Tenant` or a
+:class:`~.state.WorkerRecord`; :mod:`.auth` does that) and enforce scope:
+
+* a tenant's job tags are prefixed with its name inside the queue, so replica
+  groups of two tenants never meet; a job of another tenant reads exactly like
+  a job that does not exist;
+* a worker claims under its own key and operator (never names it chooses), only
+  plain devices or jobs routed to itself; it can touch a job only while the
+  queue says the job runs under its key, and the engine checks the lease token;
+* quotas: jobs in flight and bytes stored per tenant; a cap on each blob.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import AuthError, FormatError, LimitExceeded, QueueError
+from ..formats.audit import next_entry
+from ..formats.canonical import canonical
+from ..formats.task import Result
+from ..transport import blobs as blob_stores
+from ..transport import queue as queues
+from ..transport.audit import AuditLog, JsonlStore, RedisStore
+from ..transport.locations import coordinator_key, is_redis, path_of, redis_key, scheme_of
+from ..transport.queue import TERMINAL, Job, JobState, Lease, routed_device
+from .blobs import Blobs
+from .config import Settings
+from .kv import RedisKV, SqliteKV
+from .state import State, Tenant, WorkerRecord
+
+_DEVICE = re.compile(r"[a-z0-9_]{1,16}")
+_ROUTED = re.compile(r"[a-z0-9_]{1,16}(@[0-9a-f]{16})?")
+
+
+class QuotaExceeded(LimitExceeded):
+    """A tenant is at one of its quotas (jobs in flight, bytes stored)."""
+
+
+class NoSuchJob(QueueError):
+    """No job of this id that the caller may see (HTTP 404)."""
+
+
+def _job_id(job_id: str) -> str:
+    try:
+        return queues.check_job_id(job_id)
+    except QueueError:
+        raise NoSuchJob(f"no job {str(job_id)[:64]!r}") from None
+
+
+class AuditConflict(QueueError):
+    """Another append reached the tenant's audit log first: read its end again and retry (HTTP 409)."""
+
+
+MAX_AUDIT_LINE = 1024 * 1024
+"""The longest audit entry a tenant may append."""
+
+
+class NotYourLease(AuthError):
+    """A worker touched a job that does not run under its key (never was, or was handed to another)."""
+
+
+def _spec_blobs(spec: Any) -> set[str]:
+    """The blob digests a job spec names (what its worker may read)."""
+    if not isinstance(spec, dict):
+        return set()
+    names = [spec.get("server"), spec.get("keys")]
+    inputs = spec.get("inputs")
+    names += inputs if isinstance(inputs, list) else []
+    return {n for n in names if isinstance(n, str)}
+
+
+class Coordinator:
+    """The coordinator's engines and rules; every method is safe to call from many threads and processes."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.q = queues.connect(settings.queue, lease_s=settings.lease_s)
+        store = blob_stores.connect(settings.blobs)
+        self.kv = RedisKV(settings.state) if is_redis(settings.state) else SqliteKV(path_of(settings.state))
+        self.state = State(self.kv)
+        # A file store adopts uploads by rename, so they are received on its own filesystem.
+        incoming = (Path(store.root) / ".incoming") if hasattr(store, "root") else Path(settings.data) / "incoming"
+        self.blobs = Blobs(store, incoming, self.kv)
+        self._audit: dict[str, AuditLog] = {}
+        self.limits: Any = None  # request rates (set by the app: see auth.RateLimits)
+
+    # -- tenants: jobs -----------------------------------------------------------------------------------------
+
+    def _tag(self, tenant: Tenant, value: str | None) -> str | None:
+        return None if value is None else f"{tenant.name}/{value}"
+
+    def _view(self, tenant: Tenant, job: Job) -> Job:
+        """The job as its tenant sees it: tags without the tenant prefix."""
+        prefix = f"{tenant.name}/"
+        job.group = job.group[len(prefix):] if job.group and job.group.startswith(prefix) else job.group
+        job.run = job.run[len(prefix):] if job.run and job.run.startswith(prefix) else job.run
+        return job
+
+    def submit(self, tenant: Tenant, spec: dict[str, Any], *, device: str, max_attempts: int, group: str | None,
+               run: str | None, idempotency: str | None = None) -> str:
+        """Queue a job for ``tenant`` (within its jobs-in-flight quota); a repeated idempotency key returns the first id."""
+        if idempotency and (done := self.state.submitted(tenant.name, idempotency)):
+            return done
+        if not isinstance(device, str) or not _ROUTED.fullmatch(device):
+            raise FormatError(f"{device[:40]!r} is not a device: use cpu, cuda or DEVICE@<worker short id>")
+        self._check_quota(tenant)
+        job_id = self.q.submit(spec, device=device, max_attempts=max_attempts, group=self._tag(tenant, group),
+                               run=self._tag(tenant, run))
+        self.state.own_job(job_id, tenant.name, time.time())
+        if idempotency:
+            self.state.remember_submit(tenant.name, idempotency, job_id)
+        return job_id
+
+    def _check_quota(self, tenant: Tenant) -> None:
+        if self.state.live_count(tenant.name) < tenant.max_jobs:
+            return
+        # Jobs can end without the coordinator seeing it (the queue reaps dead workers' leases): look again.
+        for job_id in self.state.live_jobs(tenant.name):
+            try:
+                ended = self.q.status(job_id).state in TERMINAL
+            except QueueError:
+                ended = True
+            if ended:
+                self.state.ended(tenant.name, job_id)
+        if self.state.live_count(tenant.name) >= tenant.max_jobs:
+            raise QuotaExceeded(f"tenant {tenant.name} has {tenant.max_jobs} jobs in flight, its quota: wait for "
+                                "some to finish or ask the operator for a larger quota")
+
+    def status(self, tenant: Tenant, job_id: str) -> Job:
+        """One of the tenant's jobs; another tenant's job reads as absent."""
+        if self.state.job_owner(_job_id(job_id)) != tenant.name:
+            raise NoSuchJob(f"no job {job_id}: list your jobs with hec jobs")
+        return self._view(tenant, self.q.status(job_id))
+
+    def jobs(self, tenant: Tenant, state: JobState | None, limit: int, run: str | None,
+             since: float | None) -> list[Job]:
+        """The tenant's jobs, oldest first."""
+        if run is not None:
+            found = self.q.jobs(state, limit, run=self._tag(tenant, run), since=since)
+            return [self._view(tenant, j) for j in found]
+        out = []
+        for job_id in self.state.tenant_jobs(tenant.name, since, 10**9):
+            try:
+                job = self.q.status(job_id)
+            except QueueError:
+                continue
+            if state is None or job.state is state:
+                out.append(self._view(tenant, job))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def cancel(self, tenant: Tenant, job_id: str) -> bool:
+        """Cancel one of the tenant's jobs."""
+        self.status(tenant, job_id)
+        done = self.q.cancel(job_id)
+        self.state.ended(tenant.name, job_id)
+        return done
+
+    def flag(self, tenant: Tenant, job_id: str, worker_id: str) -> None:
+        """A tenant's verifier rejected the result ``worker_id`` gave for its job (shown to the operator)."""
+        job = self.status(tenant, job_id)
+        if job.worker == worker_id or self.state.worker(worker_id) is not None:
+            self.state.count(worker_id, "flagged")
+
+    # -- tenants: blobs and audit ------------------------------------------------------------------------------
+
+    def check_room(self, tenant: Tenant, size: int) -> int:
+        """The most bytes the tenant may upload now (per-blob cap and bytes-stored quota)."""
+        cap = self.settings.max_upload_mb * 1024 * 1024
+        room = tenant.max_bytes - self.state.usage(tenant.name)
+        if size > cap:
+            raise LimitExceeded(f"a blob of {size} bytes is over the coordinator's {cap}-byte cap")
+        if size > room:
+            raise QuotaExceeded(f"tenant {tenant.name} would pass its {tenant.max_bytes}-byte storage quota: "
+                                "delete blobs or ask the operator for more")
+        return min(cap, room)
+
+    def audit(self, tenant: Tenant) -> AuditLog:
+        """The tenant's own audit log (a JSONL file under the data directory, or Redis keys of its own)."""
+        if tenant.name not in self._audit:
+            if is_redis(self.settings.state):
+                store = RedisStore(self.settings.state)
+                store.KEY = coordinator_key(f"audit:{tenant.name}")  # one chain per tenant
+                store.HEAD = coordinator_key(f"audit:{tenant.name}:head")
+                self._audit[tenant.name] = AuditLog(store)
+            else:
+                path = Path(self.settings.data) / "audit" / f"{tenant.name}.jsonl"
+                self._audit[tenant.name] = AuditLog(JsonlStore(path))
+        return self._audit[tenant.name]
+
+    def append_audit(self, tenant: Tenant, line: str, head: str) -> int:
+        """Append a line the tenant built on the log's last entry; :class:`AuditConflict` if that is no longer last.
+
+        The line must be exactly the entry :func:`he_compute.formats.audit.next_entry` makes after the stored
+        last line, so a tenant can extend its own chain but never fork or rewrite it.
+        """
+        if len(line) > MAX_AUDIT_LINE or len(head) > 4096:
+            raise LimitExceeded(f"audit entries are limited to {MAX_AUDIT_LINE} bytes")
+        try:
+            entry = json.loads(line)
+            kind, job, body, t = entry["kind"], entry["job"], entry["body"], int(entry["t"])
+        except (ValueError, KeyError, TypeError):
+            raise FormatError("an audit entry must be one JSON object with kind, job, body and t") from None
+        index: list[int] = []
+
+        def build(last: str | None) -> tuple[str, str]:
+            try:
+                expected, expected_head = next_entry(last, kind, job, body, t, "the tenant's audit log")
+            except ValueError as exc:
+                raise FormatError(f"bad audit entry: {exc}") from None
+            if canonical(expected).decode() != line or expected_head != head:
+                raise AuditConflict("the audit log moved on (or the entry does not chain to its end): read it again")
+            index.append(int(expected["i"]))
+            return line, head
+
+        self.audit(tenant).store.append(build)
+        return index[0]
+
+    # -- workers -----------------------------------------------------------------------------------------------
+
+    def _devices(self, worker: WorkerRecord, devices: Iterable[str]) -> list[str]:
+        """Plain devices, or jobs routed to this worker; a route to anyone else is refused."""
+        out = []
+        for d in devices:
+            base = d.split("@", 1)[0]
+            if not _DEVICE.fullmatch(base) or (d != base and d != routed_device(base, worker.worker_id)):
+                raise AuthError(f"device {d[:60]!r}: a worker claims plain devices and jobs routed to itself only")
+            out.append(d)
+        if not out or len(out) > 16:
+            raise FormatError("claim between 1 and 16 devices")
+        return out
+
+    def claim(self, worker: WorkerRecord, devices: Iterable[str], block_s: float) -> Lease | None:
+        """A lease on the oldest job for ``devices``, under this worker's key and operator."""
+        devs = self._devices(worker, devices)
+        wait = max(0.0, min(float(block_s), self.settings.max_block_s))
+        self.state.seen(worker.worker_id)
+        lease = self.q.claim(worker.worker_id, devices=devs, block_s=wait, operator=worker.operator)
+        if lease is not None:
+            self.state.count(worker.worker_id, "claimed")
+            lease.job.group = lease.job.run = None  # the worker learns nothing about tenants or runs
+        return lease
+
+    def held(self, worker: WorkerRecord, job_id: str) -> Job:
+        """The job, if it runs under this worker's key now; :class:`NotYourLease` otherwise."""
+        try:
+            job = self.q.status(_job_id(job_id))
+        except QueueError:
+            raise NotYourLease(f"job {job_id} is not leased to this worker") from None
+        if job.worker != worker.worker_id or job.state is not JobState.RUNNING:
+            raise NotYourLease(f"job {job_id} is not leased to this worker")
+        return job
+
+    def _lease(self, worker: WorkerRecord, job_id: str, token: str) -> Lease:
+        # The engine checks the token; the stream is where a job of this device was queued (Redis engine).
+        job = self.held(worker, job_id)
+        return Lease(job=job, token=str(token), worker=worker.worker_id,
+                     ref={"stream": redis_key("stream", job.device), "msg": ""})
+
+    def heartbeat(self, worker: WorkerRecord, job_id: str, token: str, progress: dict[str, Any] | None) -> bool:
+        """Extend this worker's lease."""
+        return self.q.heartbeat(self._lease(worker, job_id, token), progress)
+
+    def complete(self, worker: WorkerRecord, job_id: str, token: str, result: Any) -> bool:
+        """Record the result of this worker's lease; its outputs must be blobs in the job's tenant's namespace."""
+        lease = self._lease(worker, job_id, token)
+        parsed = Result.from_json(result)
+        tenant = self.state.job_owner(job_id) or ""
+        missing = [d for d in parsed.outputs if not self.state.owns_blob(tenant, d)]
+        if missing:
+            raise FormatError(f"result names {len(missing)} output blob(s) never uploaded for this job: upload first")
+        accepted = self.q.complete(lease, result)
+        if accepted:
+            self.state.ended(tenant, job_id)
+            self.state.count(worker.worker_id, "done")
+            self.state.count_done()
+        return accepted
+
+    def fail(self, worker: WorkerRecord, job_id: str, token: str, error: str, retry: bool) -> JobState:
+        """Report this worker's lease failed."""
+        state = self.q.fail(self._lease(worker, job_id, token), str(error)[:4000], retry=bool(retry))
+        if state is JobState.FAILED:
+            self.state.ended(self.state.job_owner(job_id) or "", job_id)
+        self.state.count(worker.worker_id, "failed")
+        return state
+
+    def release(self, worker: WorkerRecord, job_id: str, token: str) -> None:
+        """Give this worker's lease back unrun."""
+        self.q.release(self._lease(worker, job_id, token))
+
+    def readable(self, worker: WorkerRecord, job_id: str, digest: str) -> None:
+        """Allow the read only if this worker's lease names ``digest``."""
+        if digest not in _spec_blobs(self.held(worker, job_id).spec):
+            raise AuthError(f"blob {digest[:19]} is not named by job {job_id}: a worker reads only its lease's blobs")
+
+    def writable(self, worker: WorkerRecord, job_id: str) -> tuple[str, int]:
+        """``(tenant, byte cap)`` for a result blob of this worker's lease; at most one per input and attempt."""
+        job = self.held(worker, job_id)
+        n = self.kv.hincrby("uploads", job_id, 1)
+        if n > max(1, len(_spec_blobs(job.spec))) * queues.MAX_ATTEMPTS_CAP:
+            raise LimitExceeded(f"job {job_id} already received {n - 1} result uploads: refused")
+        return self.state.job_owner(job_id) or "", self.settings.max_result_mb * 1024 * 1024
+
+    # -- the operator ------------------------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        """Jobs by state, throughput, workers and dead letters, for the status page."""
+        counts: dict[str, int] = {s.value: 0 for s in JobState}
+        for job in self.q.jobs(limit=10**9):
+            counts[job.state.value] += 1
+        per_min = self.state.done_per_minute(5)
+        workers = [{"worker": rec.worker_id, "operator": rec.operator, "how": rec.how, "revoked": rec.revoked,
+                    "seen": stats.get("seen", 0.0), "claimed": int(stats.get("claimed", 0)),
+                    "done": int(stats.get("done", 0)), "failed": int(stats.get("failed", 0)),
+                    "flagged": int(stats.get("flagged", 0))} for rec, stats in self.state.workers()]
+        dead = [{"job": j.id, "error": (j.error or "")[:200], "attempts": j.attempts}
+                for j in self.q.jobs(JobState.FAILED, limit=50)]
+        return {"queue": scheme_of(self.settings.queue), "blobs": scheme_of(self.settings.blobs), "jobs": counts,
+                "done_per_minute": per_min, "workers": sorted(workers, key=lambda w: -w["seen"]), "dead": dead,
+                "tenants": [t.name for t in self.state.tenants()]}
+
+    def close(self) -> None:
+        """Close the engines."""
+        for log in self._audit.values():
+            log.close()
+        self.q.close()
+        self.blobs.store.close()
+        self.kv.close()
