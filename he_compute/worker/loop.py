@@ -179,8 +179,9 @@ class Worker:
         unreachable_since: float | None = None
         while not self.stopping.is_set():
             try:
-                lease = self.queue.claim(self.name, devices=self.devices + self.routes, block_s=0 if burst else poll_s,
-                                         operator=self.operator)
+                # Short waits, so that a stop request is noticed within a quarter of a second.
+                lease = self.queue.claim(self.name, devices=self.devices + self.routes,
+                                         block_s=0 if burst else min(poll_s, 0.25), operator=self.operator)
                 unreachable_since = None
             except TransportError as exc:
                 unreachable_since = unreachable_since or time.monotonic()

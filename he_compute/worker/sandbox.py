@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -81,8 +80,16 @@ class _Child:
             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         os.close(to_child_r)
         os.close(from_child_w)
-        hello, _ = self.call(None, deadline=time.monotonic() + 120)
-        self.protections: list[str] = [str(p) for p in hello.get("hello", [])][:8]
+        self.protections: list[str] = []
+        self._ready = False
+
+    def ready(self) -> _Child:
+        """Wait for the child's hello (it has locked itself down and loaded its warm modules)."""
+        if not self._ready:
+            hello, _ = self.call(None, deadline=time.monotonic() + 120)
+            self.protections = [str(p) for p in hello.get("hello", [])][:8]
+            self._ready = True
+        return self
 
     def call(self, header: dict[str, Any] | None, payload: bytes = b"", *, deadline: float | None,
              max_reply: int = 1 << 31) -> tuple[dict[str, Any], bytes]:
@@ -165,7 +172,6 @@ class Sandbox:
         self.max_children = max_children
         self._log = log
         self._spare: _Child | None = None
-        self._spare_thread: threading.Thread | None = None
         if prestart:
             self.prestart()
         self._children: OrderedDict[str, _Child] = OrderedDict()
@@ -175,28 +181,26 @@ class Sandbox:
         self.protections: list[str] = []
 
     def prestart(self) -> None:
-        """Start a spare child in the background, so the next new model does not wait for one to boot."""
-        if self._spare is not None or self._spare_thread is not None:
-            return
+        """Start a spare child now, so the next new model does not wait for one to boot.
 
-        def boot() -> None:
+        The child is started from the calling thread and read from later: Linux sends the parent-death
+        signal when the *thread* that started a child ends, so a helper thread must not start it.
+        """
+        if self._spare is None:
             try:
                 self._spare = _Child(self.limits, self._log)
-            except Exception:  # noqa: BLE001 - a spare is an optimisation: the job will start its own child
+            except OSError:  # a spare is an optimisation: the first job starts its own child
                 self._spare = None
 
-        self._spare_thread = threading.Thread(target=boot, name="hec-sandbox-spare", daemon=True)
-        self._spare_thread.start()
-
     def _take_spare(self) -> _Child | None:
-        if self._spare_thread is not None:
-            self._spare_thread.join()
-            self._spare_thread = None
         spare, self._spare = self._spare, None
-        if spare is not None and not spare.alive():
+        if spare is None:
+            return None
+        try:
+            return spare.ready()
+        except EvaluationError:
             spare.close()
             return None
-        return spare
 
     def _child(self, server: str, deadline: float | None) -> tuple[_Child, bool]:
         child = self._children.get(server)
@@ -208,7 +212,7 @@ class Sandbox:
             del self._children[server]
         while len(self._children) >= self.max_children:
             self._children.popitem(last=False)[1].close()
-        child = self._take_spare() or _Child(self.limits, self._log)
+        child = self._take_spare() or _Child(self.limits, self._log).ready()
         self.protections = child.protections
         self._children[server] = child
         return child, False

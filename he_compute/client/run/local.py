@@ -93,6 +93,12 @@ class LocalWorkers:
         """Whether any of them still runs (always true when the run started none)."""
         return not self.procs or any(p.poll() is None for p in self.procs)
 
+    def release(self) -> None:
+        """Ask them to stop now (SIGTERM), without waiting: the run has all it needs from them."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+
     def known(self) -> AllowList:
         """Their public keys as operators ``local-0``... (waits until each has written its identity)."""
         if self._known is None:

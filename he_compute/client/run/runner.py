@@ -220,6 +220,7 @@ def run(
             except BaseException:
                 record.finish("failed")
                 raise
+            local.release()  # they wind down while the results are collected
             sections = _collect(conn, groups, len(counts))
             record.finish("done")
             report.verification = {**sup.summary(), "canaries": len(canaries)}

@@ -11,6 +11,7 @@ public key is made, so workers hold nothing that encrypts.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,11 +110,14 @@ class CKKSClient:
                     vec[2 * self.block * b + self.block : 2 * self.block * b + self.block + row.size] = row
                 chunks.append((part.shape[0], pack(Payload("input", "single", part.shape[0], [self._encrypt(enc, vec)]))))
             return chunks
-        for start in range(0, flat.shape[0], self.slots):
-            part = flat[start : start + self.slots]
-            cts = [self._encrypt(enc, part[:, j]) for j in range(part.shape[1])]
-            chunks.append((part.shape[0], pack(Payload("input", "batch", part.shape[0], cts))))
-        return chunks
+        parts = [flat[start : start + self.slots] for start in range(0, flat.shape[0], self.slots)]
+        if len(parts) > 1 and _may_fork():
+            return _in_processes(self, parts)
+        return [self._encrypt_batch(enc, part) for part in parts]
+
+    def _encrypt_batch(self, enc: Any, part: np.ndarray) -> tuple[int, bytes]:
+        cts = [self._encrypt(enc, part[:, j]) for j in range(part.shape[1])]
+        return part.shape[0], pack(Payload("input", "batch", part.shape[0], cts))
 
     def decrypt(self, payload: bytes, n_samples: int) -> np.ndarray:
         """Decrypt one result chunk into ``(n_samples, n_outputs)`` float64, post-processed."""
@@ -134,6 +138,39 @@ class CKKSClient:
                 raise FormatError(f"batch result must hold {self.n_out} ciphertexts of {n_samples} samples")
             y = np.stack([v[:n_samples] for v in vectors], axis=1)
         return _postprocess(self.post, y)
+
+
+# Batch encryption of many chunks is spread over the cores by forked processes: SEAL's bindings hold the
+# GIL, so threads would not help.  A fork copies the secret key only into processes of this same client,
+# which hand back ciphertext bytes and exit.  It is done from the main thread only, where no other thread
+# of ours can hold a lock the children would inherit.
+_FORKED: Any = None
+
+
+def _may_fork() -> bool:
+    import multiprocessing
+    import threading
+
+    return (threading.current_thread() is threading.main_thread() and (os.cpu_count() or 1) > 1
+            and "fork" in multiprocessing.get_all_start_methods()
+            and os.environ.get("HEC_ENCRYPT_PROCESSES", "") != "1")
+
+
+def _encrypt_in_child(part: np.ndarray) -> tuple[int, bytes]:
+    enc = sealapi().Encryptor(_FORKED.engine.context, _FORKED._key())
+    return _FORKED._encrypt_batch(enc, part)
+
+
+def _in_processes(client: CKKSClient, parts: list[np.ndarray]) -> list[tuple[int, bytes]]:
+    import multiprocessing
+
+    global _FORKED
+    _FORKED = client
+    try:
+        with multiprocessing.get_context("fork").Pool(min(len(parts), os.cpu_count() or 1)) as pool:
+            return pool.map(_encrypt_in_child, parts)
+    finally:
+        _FORKED = None
 
 
 class CKKSClientScheme:
