@@ -1,8 +1,12 @@
-"""Run every benchmark in turn (``python -m bench [NAME ...]``); each writes bench/results/NAME.md."""
+"""Run every benchmark in turn (``python -m bench [NAME ...]``); each writes bench/results/NAME.md.
+
+Each benchmark runs in its own process, so thread settings (``OMP_NUM_THREADS`` is read once, when Concrete's
+runtime loads) and loaded models of one do not leak into the next.
+"""
 
 from __future__ import annotations
 
-import importlib
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,13 +17,16 @@ ALL = sorted(p.stem for p in HERE.glob("bench_*.py"))
 
 def main(argv: list[str]) -> int:
     names = [f"bench_{n.removeprefix('bench_')}" for n in argv] or ALL
-    sys.argv = sys.argv[:1]  # each benchmark's main() reads its own defaults, not our arguments
+    failed = []
     for name in names:
         start = time.perf_counter()
         print(f"\n## {name}\n", flush=True)
-        importlib.import_module(f"bench.{name}").main()
+        if subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=HERE.parent).returncode:
+            failed.append(name)
         print(f"\n({name} took {time.perf_counter() - start:.0f}s)", flush=True)
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

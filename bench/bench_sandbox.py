@@ -20,6 +20,7 @@ from bench.common import table, write
 
 ROUNDS = 5
 TFHE_SAMPLES = 6
+THREADS = 1  # per job, both sides: the worker's default (one single-threaded job per core, worker/host.plan)
 
 
 def _task_and_fetch(bundle, client, enc):
@@ -43,10 +44,10 @@ def _task_and_fetch(bundle, client, enc):
 
 def _measure(name: str, bundle, client, enc) -> dict:
     from he_compute.worker.executor import InProcess
-    from he_compute.worker.sandbox import Sandbox
+    from he_compute.worker.sandbox import Limits, Sandbox
 
     task, fetch, payloads = _task_and_fetch(bundle, client, enc)
-    runners = {"in process": InProcess(), "sandbox": Sandbox()}
+    runners = {"in process": InProcess(), "sandbox": Sandbox(Limits(threads=THREADS))}
     first = {}
     for label, ex in runners.items():
         t = time.perf_counter()
@@ -69,6 +70,9 @@ def _measure(name: str, bundle, client, enc) -> dict:
 
 
 def main() -> None:
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # before Concrete's runtime loads, as the worker does
     import numpy as np
     from concrete.ml.sklearn import DecisionTreeClassifier
     from sklearn.datasets import load_breast_cancer
@@ -97,8 +101,9 @@ def main() -> None:
 
     text = "\n".join([
         "# Sandbox cost per job (warm)", "",
-        "Median seconds per job over interleaved rounds, model and keys already loaded on both sides; the "
-        "sandbox adds the pipe round trip (payload in, result out) and nothing else per job.", "",
+        "Median seconds per job over interleaved rounds, model and keys already loaded on both sides, "
+        f"{THREADS} thread per job on both sides (the worker's default); the sandbox adds the pipe round trip "
+        "(payload in, result out) and nothing else per job.", "",
         table(["workload", "payload", "in process (s)", "sandbox (s)", "overhead", "first job in process (s)",
                "first job sandbox (s)"],
               [[r["name"], f"{r['payload'] / 1e3:.0f} KB", f"{r['median']['in process']:.4f}",
