@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-N_SAMPLES = 40
+N_SAMPLES = 120
 CONFIGS = [("replicas 1 (plain run)", {}), ("replicas 1 + receipts + allow-list", {"allow": True}),
            ("replicas 2", {"replicas": 2, "allow": True}), ("replicas 3", {"replicas": 3, "allow": True}),
            ("canaries 5%", {"canaries": 0.05})]
