@@ -10,7 +10,7 @@ import numpy as np
 from ...formats.bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
-from .._onnx import is_onnx, is_torch
+from .._onnx import is_onnx, is_torch, model_type
 from . import approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
 
@@ -124,7 +124,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "activations": info["fits"],
     }
     manifest = {
-        "model_type": type(model).__name__,
+        "model_type": model_type(model),  # everyday: a path compiled from the CLI is "ONNX", not "PosixPath"
         "task": task or info["task"] or ("classifier" if post or n_out > 1 else "regressor"),
         "input_shape": plan["input_shape"],
         "input_dtype": "float64",

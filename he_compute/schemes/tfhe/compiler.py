@@ -18,7 +18,8 @@ import numpy as np
 from ...formats.bundle import Bundle
 from ...errors import FormatError, UnsupportedModelError
 from .. import library_versions
-from .._onnx import is_onnx, is_torch, load_onnx
+from .._onnx import is_onnx, is_torch, load_onnx, model_type
+from .._quiet import import_torch_quietly
 from .artifacts import sections_from_deployment
 from .client import build_model
 
@@ -63,6 +64,7 @@ def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None =
 
 def _as_concrete_model(model: Any, X: np.ndarray, n_bits: int | None) -> Any:
     """Return a fitted Concrete ML built-in model for a Concrete ML or scikit-learn model."""
+    import_torch_quietly()
     import concrete.ml.sklearn as cml
 
     if type(model).__module__.startswith("concrete.ml."):
@@ -93,6 +95,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     post-training quantization with ``n_bits`` (default 5) and accumulator
     rounding to ``rounding_threshold_bits`` (default 5; ``None`` disables it).
     """
+    import_torch_quietly()
     from concrete.ml.deployment import FHEModelDev
 
     X = np.asarray(X_calib, dtype=np.float64)
@@ -111,6 +114,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         except (ValueError, AssertionError, RuntimeError) as exc:
             raise UnsupportedModelError(f"Concrete ML cannot compile this model: {exc}") from exc
         extra["quantization"] = {"n_bits": bits, "rounding_threshold_bits": rounding_threshold_bits}
+        extra["model_type"] = model_type(model)
     else:
         compiled = _as_concrete_model(model, X, n_bits)
         compiled.compile(X, **compile_kwargs)
