@@ -56,9 +56,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import audit, jobs, models, worker
+    from . import audit, inspect, jobs, models, worker
 
-    for module in (models, jobs, worker, audit):
+    for module in (models, inspect, jobs, worker, audit):
         module.register(main)
 
 

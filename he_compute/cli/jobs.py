@@ -36,12 +36,14 @@ def register(group: click.Group) -> None:
 
     @group.command("run")
     @click.argument("encrypted", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Bundle or server part; only its server part is uploaded.")
+    @click.option("--bundle", "bundle_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Bundle or server part; only its server part is uploaded (default: the one keygen kept "
+                       "in the key directory).")
     @click.option("--eval-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Evaluation-key file (default: DIR/evaluation.keys with --keys).")
+                  help="Evaluation-key file (default: DIR/evaluation.keys).")
     @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Key directory; only its evaluation.keys is read (never the secret keys).")
+                  help="Key directory; only its evaluation.keys and server.hec are read, never the secret keys "
+                       "(default: the one on this machine that holds ENCRYPTED's key id).")
     @_queue_option
     @click.option("--blobs", "blobs_url", default=None, metavar="URL", help=_BLOBS_HELP)
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -54,7 +56,7 @@ def register(group: click.Group) -> None:
                   help="Ciphertext chunks per job (default: split into at most 64 jobs).")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
     @verify_options
-    def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
+    def run_cmd(encrypted: Path, bundle_path: Path | None, eval_keys: Path | None, keys_dir: Path | None,
                 queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
                 timeout: float | None, samples_per_job: int | None, as_json: bool, **verify: Any) -> None:
         """Evaluate ENCRYPTED on queue workers and write the encrypted result.
@@ -62,17 +64,18 @@ def register(group: click.Group) -> None:
         Uploads what the blob store lacks (server part, evaluation keys, ciphertexts),
         submits one job per chunk of samples, waits and verifies every result digest.
 
-        Example: hec run x.enc --bundle model.hec --keys keys/ -o y.enc --local-workers 2
+        Example: hec run x.enc -o y.enc --local-workers 2
         """
+        from ..client import registry
         from ..client.run import run
         from ..formats import container
         from ..formats.evalkeys import read as read_evaluation_keys
 
-        if eval_keys is None:
-            if keys_dir is None:
-                raise HECError("pass --eval-keys FILE or --keys DIR so workers get the evaluation keys")
-            eval_keys = keys_dir / "evaluation.keys"
         enc = container.read(encrypted, expect="ciphertexts")
+        if eval_keys is None or bundle_path is None:  # what the flags leave out comes from the key directory
+            keys_dir = registry.keys_for(str(enc.meta.get("key_id")), keys_dir, str(encrypted))
+            eval_keys = eval_keys or keys_dir / "evaluation.keys"
+            bundle_path = bundle_path or registry.server_part_path(keys_dir)
         part = container.read(bundle_path, expect=("bundle", "server"))
         evk = read_evaluation_keys(eval_keys)
         policy = verify_policy(verify, keys_dir=keys_dir, server_part=part, evalkeys=evk)

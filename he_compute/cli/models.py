@@ -1,4 +1,4 @@
-"""The client-only commands: ``hec compile / import-concrete / keygen / encrypt / eval / decrypt / info``."""
+"""The client-only commands: ``hec compile / import-concrete / keygen / encrypt / eval / decrypt``."""
 
 from __future__ import annotations
 
@@ -92,8 +92,10 @@ def register(main: click.Group) -> None:
         """
         from ..client.client import load_bundle
         from ..client.client import Client
+        from ..client.keys import refuse_existing
         from ..client.progress import working
 
+        refuse_existing(keys_dir, force=force)  # before the slow part, and before saying it has started
         b = load_bundle(bundle)
         start = time.perf_counter()
         with working(f"generating {b.scheme} keys for model {b.model_id[:12]}"):
@@ -106,22 +108,33 @@ def register(main: click.Group) -> None:
     @main.command("encrypt")
     @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
     @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                  help="Key directory (default: the newest one hec keygen made for BUNDLE on this machine).")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-    def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path, output: Path) -> None:
+    def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path | None, output: Path) -> None:
         """Encrypt INPUT (.npy or .csv, rows = samples) for BUNDLE with the keys in DIR.
 
-        Example: hec encrypt model.hec X.csv --keys keys/ -o x.enc
+        Example: hec encrypt model.hec X.csv -o x.enc
         """
+        from ..client import registry
         from ..client.client import load_bundle
         from ..client.client import Client
-        from ..client.data import read_input
+        from ..client.data import read_input, validate_input
         from ..client.progress import progress
 
         b = load_bundle(bundle)
+        # The input is checked against the bundle before the keys (and the scheme library) are loaded.
+        X = validate_input(read_input(input_path), b.manifest["input_shape"], str(input_path))
+        if keys_dir is None:
+            found = registry.find_for_model(b.model_id)
+            if not found:
+                raise HECError(f"no keys for model {b.model_id[:12]} on this machine: run hec keygen {bundle} "
+                               f"--keys DIR, or pass --keys DIR")
+            keys_dir = found[0]
+            if len(found) > 1:
+                _echo(f"using keys in {keys_dir} (the newest of {len(found)} for this model; --keys picks another)")
         client = Client(keys_dir)
         client.check_bundle(b)
-        X = read_input(input_path)
         with progress("encrypt", len(X)) as advance:
             enc = client.encrypt(X, source=str(input_path), progress=advance)
         enc.save(output)
@@ -160,55 +173,26 @@ def register(main: click.Group) -> None:
 
     @main.command("decrypt")
     @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                  help="Key directory (default: the one on this machine that holds RESULT's key id).")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Output file, .npy or .csv (samples × outputs).")
-    def decrypt_cmd(result: Path, keys_dir: Path, output: Path) -> None:
-        """Decrypt an encrypted RESULT with the keys in DIR.
+                  help="Output file, .npy or .csv (samples × outputs), written 0600.")
+    def decrypt_cmd(result: Path, keys_dir: Path | None, output: Path) -> None:
+        """Decrypt an encrypted RESULT with the keys that encrypted its inputs.
 
-        Example: hec decrypt y.enc --keys keys/ -o y.csv
+        Example: hec decrypt y.enc -o y.csv
         """
-        from ..formats import container
+        from ..client import registry
         from ..client.client import Client
         from ..client.data import SUFFIXES, write_output
         from ..client.progress import progress
+        from ..formats import container
 
         if output.suffix.lower() not in SUFFIXES:
             raise HECError(f"{output}: unsupported output type; use .npy or .csv")
         res = container.read(result, expect="results")
-        client = Client(keys_dir)
+        client = Client(registry.keys_for(str(res.meta.get("key_id")), keys_dir, str(result)))
         with progress("decrypt", int(res.meta.get("n_samples", 0))) as advance:
             values = client.decrypt(res, progress=advance)
         write_output(output, values)
         _echo(f"wrote {output}: {values.shape[0]} samples × {values.shape[1]} outputs")
-
-
-    @main.command("info")
-    @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    def info_cmd(path: Path, as_json: bool) -> None:
-        """Describe a he_compute file: kind, scheme, model id, key id, shapes, sizes, security level.
-
-        Example: hec info model.hec
-        """
-        from ..formats import container
-
-        c = container.read(path)
-        meta = {k: v for k, v in c.meta.items() if k != "client_digests"}
-        desc = {
-            "file": str(path),
-            "kind": c.kind,
-            "scheme": c.scheme,
-            "size": path.stat().st_size,
-            "sections": {name: len(data) for name, data in c.sections.items()},
-            **meta,
-        }
-        if as_json:
-            click.echo(json.dumps(desc, indent=2, default=str))
-            return
-        for key, value in desc.items():
-            if key == "sections":
-                value = f"{len(value)} ({_size(sum(value.values()))})"
-            elif key == "size":
-                value = _size(int(value))
-            click.echo(f"{key:>18}: {value}")
