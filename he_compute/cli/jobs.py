@@ -16,6 +16,7 @@ import click
 from ..errors import HECError
 from ..transport.queue import JobState
 from ._util import BLOBS_HELP as _BLOBS_HELP
+from ._util import Duration
 from ._util import echo as _echo
 from ._util import queue_option as _queue_option
 from .audit import verify_options, verify_policy
@@ -85,7 +86,8 @@ def register(group: click.Group) -> None:
         n = enc.meta["n_samples"]
         if as_json:
             click.echo(json.dumps({"output": str(output), **report.to_json()}, indent=2))
-        _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s), {report.seconds['total']:.1f}s "
+        _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s) of run {report.run_id}, "
+              f"{report.seconds['total']:.1f}s "
               f"({report.seconds['total'] / max(1, n):.2f}s/sample); uploaded {sum(report.uploaded.values())} "
               f"blob(s), reused {sum(report.reused.values())}")
         if report.verification:
@@ -133,33 +135,43 @@ def register(group: click.Group) -> None:
     @_queue_option
     @click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "cancelled"]), default=None,
                   help="Only jobs in this state (failed = the dead letter).")
+    @click.option("--run", "run_id", default=None, metavar="RUN", help="Only the jobs of this run (hec run --json "
+                  "prints its id).")
+    @click.option("--since", type=Duration(), default=None,
+                  help="Only jobs submitted within this age (90s, 30m, 12h, 7d).")
+    @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
+                  help="Show at most this many (the oldest of those that match).")
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    def jobs_cmd(queue_url: str | None, state: str | None, as_json: bool) -> None:
-        """List jobs, oldest first.
+    def jobs_cmd(queue_url: str | None, state: str | None, run_id: str | None, since: float | None, limit: int,
+                 as_json: bool) -> None:
+        """List jobs, oldest first, filtered by state, run and age.
 
-        Example: hec jobs --state failed
+        Example: hec jobs --state failed --since 1d
         """
         from ..transport import queue
 
         with queue.connect(queue_url) as q:
-            jobs = q.jobs(JobState(state) if state else None)
+            jobs = q.jobs(JobState(state) if state else None, limit, run=run_id,
+                          since=None if since is None else time.time() - since)
             url = q.url
         if as_json:
             click.echo(json.dumps([j.to_json() for j in jobs], indent=2))
             return
         if not jobs:
-            _echo(f"no jobs in {url}")
+            filtered = state or run_id or since is not None
+            _echo(f"no jobs in {url}{' match these filters' if filtered else ''}")
             return
         from rich.console import Console
         from rich.table import Table
 
         table = Table()
         table.add_column("job", no_wrap=True, min_width=max(len(j.id) for j in jobs))
+        table.add_column("run", no_wrap=True)
         for col in ("state", "attempts", "progress", "device", "updated"):
             table.add_column(col, no_wrap=True)
         table.add_column("error")
         for j in jobs:
-            table.add_row(j.id, j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
+            table.add_row(j.id, j.run or "-", j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
                           _when(j.updated), (j.error or "")[:60])
         Console(width=160 if not click.get_text_stream("stdout").isatty() else None).print(table)
 

@@ -1,4 +1,4 @@
-"""The client-only commands: ``hec compile / import-concrete / keygen / encrypt / eval / decrypt``."""
+"""The client-only commands: ``hec import-concrete / keygen / encrypt / eval / decrypt`` (compile: :mod:`.compile`)."""
 
 from __future__ import annotations
 
@@ -16,54 +16,6 @@ from ._util import size as _size
 
 def register(main: click.Group) -> None:
     """Add the model and key commands to ``main``."""
-
-    @main.command("compile")
-    @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
-    @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
-    @click.option("--n-bits", type=click.IntRange(2, 16), default=None, help="TFHE: quantization bits for torch/ONNX models (default 5).")
-    @click.option("--rounding-bits", type=click.IntRange(2, 16), default=None,
-                  help="TFHE: round accumulators to this many bits (default 5).")
-    @click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
-    @click.option("--packing", type=click.Choice(["auto", "batch", "single"]), default=None,
-                  help="CKKS: samples across slots (batch, throughput) or one sample per ciphertext (single, latency).")
-    def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bits: int | None,
-                    rounding_bits: int | None, no_rounding: bool, packing: str | None) -> None:
-        """Compile an ONNX model into a bundle.
-
-        Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
-        """
-        import he_compute
-        from ..client.data import read_input
-
-        tfhe_only = {"--n-bits": n_bits is not None, "--rounding-bits": rounding_bits is not None, "--no-rounding": no_rounding}
-        misplaced = [flag for flag, given in tfhe_only.items() if given and scheme != "tfhe"]
-        if packing is not None and scheme != "ckks":
-            misplaced.append("--packing")
-        if misplaced:
-            raise HECError(f"{', '.join(misplaced)} do(es) not apply to --scheme {scheme}: drop it or change the scheme")
-        if model.suffix.lower() != ".onnx":
-            raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
-        if not model.is_file():
-            raise HECError(f"{model} does not exist")
-        X = read_input(calibration)
-        options: dict[str, Any] = {}
-        if n_bits is not None:
-            options["n_bits"] = n_bits
-        if no_rounding:
-            options["rounding_threshold_bits"] = None
-        elif rounding_bits is not None:
-            options["rounding_threshold_bits"] = rounding_bits
-        if packing is not None:
-            options["packing"] = packing
-        start = time.perf_counter()
-        bundle = he_compute.compile(model, X, scheme=scheme, **options)
-        bundle.save(output)
-        _echo(f"wrote {output} ({bundle.scheme}, model {bundle.model_id[:12]}, "
-              f"{bundle.manifest['security_level']}-bit security) in {time.perf_counter() - start:.1f}s")
-
 
     @main.command("import-concrete")
     @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))

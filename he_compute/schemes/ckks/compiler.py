@@ -11,6 +11,7 @@ from ...formats.bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
 from .._onnx import is_onnx, is_torch, model_type
+from .._task import decide
 from . import approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
 
@@ -125,7 +126,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     }
     manifest = {
         "model_type": model_type(model),  # everyday: a path compiled from the CLI is "ONNX", not "PosixPath"
-        "task": task or info["task"] or ("classifier" if post or n_out > 1 else "regressor"),
+        **decide(task, known=info["task"], n_outputs=n_out, final=post),  # everyday: one rule for both schemes
         "input_shape": plan["input_shape"],
         "input_dtype": "float64",
         "output_shape": out_shape,

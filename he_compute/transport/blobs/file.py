@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 from ...files import atomic_write
 from ...errors import BlobNotFound, StoreError
@@ -70,6 +71,17 @@ class FileBlobStore(Closing):
             os.unlink(self._path(digest))
         except FileNotFoundError:
             pass
+
+    def listing(self) -> Iterator[tuple[str, int, float]]:
+        """``(digest, size, mtime)`` of every blob file (for ``hec gc``'s sweep of unreferenced blobs)."""
+        for path in self.root.glob("[0-9a-f][0-9a-f]/*"):
+            name = path.name
+            if len(name) == 64 and name[:2] == path.parent.name and not name.startswith("."):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield f"sha256:{name}", st.st_size, st.st_mtime
 
     def close(self) -> None:
         """Nothing to release."""

@@ -1,0 +1,139 @@
+"""``hec compile``: an ONNX model into a bundle, with every knob the Python API has.
+
+Each knob is one :class:`Knob`: its flag, the scheme it belongs to, the
+keyword argument of ``he_compute.compile`` it sets, and a help text giving the
+default and the trade-off measured in ``bench/bench_knobs.py`` and
+``bench/bench_tfhe.py`` (2 cores; see the README).  A knob given for the other
+scheme is refused in one line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import HECError
+from ._util import echo as _echo
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One ``hec compile`` option that maps onto one compile keyword argument."""
+
+    flag: str
+    option: str
+    scheme: str
+    type: Any
+    help: str
+    is_flag: bool = False
+
+
+KNOBS = (
+    Knob("--n-bits", "n_bits", "tfhe", click.IntRange(2, 16),
+         "Quantization bits of a torch/ONNX model's weights and activations (default 5; for scikit-learn models, "
+         "the bits of their Concrete ML counterpart). 30-16-2 MLP: 4 bits lost 5 accuracy points; 6 bits (rounded to 6) "
+         "took twice the time for the same accuracy."),
+    Knob("--rounding-bits", "rounding_threshold_bits", "tfhe", click.IntRange(2, 16),
+         "Round accumulators to this many bits before each activation (default 5). 30-16-2 MLP: 5/5 runs 5.8 s/"
+         "sample at 0.974 accuracy; 6 bits unrounded, 176 s at 0.982."),
+    Knob("--no-rounding", "rounding_threshold_bits", "tfhe", None,
+         "Keep accumulators exact (slowest; see --rounding-bits).", is_flag=True),
+    Knob("--p-error", "p_error", "tfhe", click.FloatRange(0, 0.5, min_open=True),
+         "Probability that one bootstrap is wrong (default 2^-40). Depth-4 tree: 1e-3 ran ~2x faster than the "
+         "default at the same simulated accuracy; see the README for the table."),
+    Knob("--packing", "packing", "ckks", click.Choice(["auto", "batch", "single"]),
+         "Samples across slots (batch: thousands per ciphertext, best throughput) or one sample per ciphertext "
+         "(single: lower latency for a few samples); auto picks single for --batch-size <= 4 (default auto)."),
+    Knob("--batch-size", "batch_size", "ckks", click.IntRange(1),
+         "Expected samples per request, for --packing auto (default: unknown, so batch)."),
+    Knob("--max-error", "max_error", "ckks", click.FloatRange(min=0, min_open=True),
+         "Largest output error to aim for; activation polynomials are chosen to meet it (needs the CKKS "
+         "engine with error targets; until then use --activation-degree)."),
+    Knob("--activation-degree", "activation_degree", "ckks", click.Choice(["2", "4", "8"]),
+         "Force the degree of every activation polynomial (default: the cheapest of 2/4/8 within 1% of the "
+         "value range). Each step up costs one more level of depth."),
+)
+
+
+def _options(fn: Any) -> Any:
+    for knob in reversed(KNOBS):
+        scheme = knob.scheme.upper()
+        if knob.is_flag:
+            fn = click.option(knob.flag, is_flag=True, help=f"{scheme}: {knob.help}")(fn)
+        else:
+            fn = click.option(knob.flag, type=knob.type, default=None, help=f"{scheme}: {knob.help}")(fn)
+    return fn
+
+
+def _param(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def compile_options(scheme: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for ``he_compute.compile`` from the knobs given; one-line error for a misplaced one."""
+    misplaced = [k.flag for k in KNOBS if given.get(_param(k.flag)) not in (None, False) and k.scheme != scheme]
+    if misplaced:
+        raise HECError(f"{', '.join(misplaced)} do(es) not apply to --scheme {scheme}: drop it or change the scheme")
+    options: dict[str, Any] = {}
+    for knob in KNOBS:
+        value = given.get(_param(knob.flag))
+        if value is None or value is False:
+            continue
+        options[knob.option] = None if knob.is_flag else (int(value) if knob.flag == "--activation-degree" else value)
+    if "max_error" in options and not _ckks_accepts("max_error"):
+        raise HECError("--max-error needs the CKKS engine with error targets, which this build lacks: "
+                       "use --activation-degree 2|4|8 instead")
+    return options
+
+
+def _ckks_accepts(name: str) -> bool:
+    from ..schemes.ckks import compiler
+
+    return name in inspect.signature(compiler.compile).parameters
+
+
+def register(main: click.Group) -> None:
+    """Add ``compile`` to ``main``."""
+
+    @main.command("compile")
+    @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
+    @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Bundle to write.")
+    @click.option("--task", type=click.Choice(["classifier", "regressor"]), default=None,
+                  help="What the model is (default: a graph ending in Softmax/Sigmoid or with several outputs is "
+                       "a classifier; one output is a regressor). predict_proba needs a classifier.")
+    @_options
+    def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task: str | None,
+                    **knobs: Any) -> None:
+        """Compile an ONNX model (torch export, or scikit-learn through skl2onnx) into a bundle.
+
+        Prints the pre-flight estimate (hec plan gives it for N samples).
+
+        Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
+        """
+        import he_compute
+
+        from ..client.data import read_input
+
+        options = compile_options(scheme, knobs)
+        if task is not None:
+            options["task"] = task
+        if model.suffix.lower() != ".onnx":
+            raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
+        if not model.is_file():
+            raise HECError(f"{model} does not exist")
+        X = read_input(calibration)
+        start = time.perf_counter()
+        bundle = he_compute.compile(model, X, scheme=scheme, **options)
+        bundle.save(output)
+        _echo(f"wrote {output} ({bundle.scheme} {bundle.manifest.get('task', 'model')}, model "
+              f"{bundle.model_id[:12]}, {bundle.manifest['security_level']}-bit security) in "
+              f"{time.perf_counter() - start:.1f}s")
