@@ -152,3 +152,30 @@ def ckks_cli_bundle(tiny_mlp, tmp_path_factory):
 
 def test_ckks_bundle_from_the_cli_names_its_model_type(ckks_cli_bundle):
     assert he_compute.load_bundle(ckks_cli_bundle).manifest["model_type"] == "ONNX"
+
+
+# ---- item 6: the knobs reach hec compile ------------------------------------------------------------------
+
+
+def test_compile_knobs_reach_the_compilers(ckks_cli_bundle):
+    root = ckks_cli_bundle.parent
+    onnx, calib = root / "mlp.onnx", root / "calib.npy"
+    r = hec("compile", onnx, "--calibration", calib, "--p-error", "0.01", "--n-bits", 4, "--rounding-bits", 4,
+            "-o", root / "t.hec")
+    assert r.exit_code == 0, r.output
+    m = he_compute.load_bundle(root / "t.hec").manifest
+    assert m["tfhe"]["p_error"] == pytest.approx(0.01) and m["quantization"]["n_bits"] == 4
+    r = hec("compile", onnx, "--scheme", "ckks", "--calibration", calib, "--activation-degree", 2,
+            "--packing", "auto", "--batch-size", 2, "-o", root / "c.hec")
+    assert r.exit_code == 0, r.output
+    ckks = he_compute.load_bundle(root / "c.hec").manifest["ckks"]
+    assert ckks["packing"] == "single" and {a["degree"] for a in ckks["activations"]} == {2}
+    one_line_error(hec("compile", onnx, "--calibration", calib, "--max-error", 0.1, "-o", root / "x.hec"),
+                   "--max-error do(es) not apply to --scheme tfhe")
+    r = hec("compile", onnx, "--scheme", "ckks", "--calibration", calib, "--max-error", 0.5, "-o", root / "e.hec")
+    from he_compute.schemes.ckks import compiler
+
+    if "max_error" in compiler.compile.__code__.co_varnames:  # the CKKS engine with error targets is merged
+        assert r.exit_code == 0, r.output
+    else:
+        one_line_error(r, "use --activation-degree")

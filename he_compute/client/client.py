@@ -19,6 +19,7 @@ from ..formats import container
 from ..formats.bundle import Bundle, read_bundle
 from ..formats.ciphertexts import chunk_name
 from ..formats.container import Container
+from ..schemes._onnx_ml import preprocess
 from ..schemes.base import ClientBackend
 from . import keys, registry
 from .data import validate_input
@@ -89,7 +90,7 @@ class Client:
 
     def encrypt(self, X: Any, *, source: str = "input", progress: Progress | None = None) -> Container:
         """Validate and encrypt samples (rows of ``X``) into a ``ciphertexts`` container."""
-        arr = validate_input(X, self.manifest["input_shape"], source)
+        arr = preprocess(validate_input(X, self.manifest["input_shape"], source), self.manifest)
         sections: dict[str, bytes] = {}
         counts: list[int] = []
         for i, (count, payload) in enumerate(self._backend.encrypt(arr)):

@@ -11,6 +11,7 @@ from ...formats.bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
 from .._onnx import is_onnx, is_torch, model_type
+from .._onnx_ml import as_sklearn
 from .._task import decide
 from . import approx, frontend, params
 from .plan import PLAN_VERSION, check_plan, npy_bytes, plan_depth, run_layer
@@ -104,6 +105,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     (computed on the client from the decrypted decision scores); a torch/ONNX
     graph ending in Sigmoid/Softmax gets that op applied on the client too.
     """
+    model, X_calib, onnx_ml = as_sklearn(model, X_calib, "ckks")  # everyday: skl2onnx graph -> scikit-learn model
     plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree,
                                              range_margin=range_margin)
     depth = plan_depth(plan)
@@ -133,6 +135,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "library_versions": library_versions("tenseal"),
         "security_level": params.SECURITY_LEVEL,
         "ckks": ckks,
+        **onnx_ml,  # everyday: what an skl2onnx graph was rebuilt as, and its client-side preprocessing
     }
     client = {"encoding.json": json.dumps({"plan_outputs": n_out, "postprocess": post}).encode()}
     server = {"plan.json": json.dumps(plan, sort_keys=True).encode(), **weight_sections}

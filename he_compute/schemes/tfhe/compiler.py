@@ -19,6 +19,7 @@ from ...formats.bundle import Bundle
 from ...errors import FormatError, UnsupportedModelError
 from .. import library_versions
 from .._onnx import is_onnx, is_torch, load_onnx, model_type
+from .._onnx_ml import as_sklearn
 from .._quiet import import_torch_quietly
 from .._task import check_task, decide, final_activation
 from .artifacts import sections_from_deployment
@@ -111,8 +112,8 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     from concrete.ml.deployment import FHEModelDev
 
     check_task(task)
-    X = np.asarray(X_calib, dtype=np.float64)
-    extra: dict[str, Any] = {}
+    # An skl2onnx graph is compiled as the scikit-learn model it encodes; its Scalers run on the client.
+    model, X, extra = as_sklearn(model, np.asarray(X_calib, dtype=np.float64), "tfhe")
     final = None
     compile_kwargs = {"p_error": p_error} if p_error is not None else {}
     if is_torch(model) or is_onnx(model):
