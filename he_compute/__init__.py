@@ -99,8 +99,10 @@ def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -
     """Compile ``model`` for ``scheme`` ("tfhe" or "ckks") using calibration data ``X_calib``.
 
     Accepts Concrete ML built-in models, scikit-learn linear models and trees,
-    torch modules and ONNX models (objects or ``.onnx`` paths).  Scheme options
-    (``n_bits``, ``rounding_threshold_bits``, ... for TFHE) pass through.
+    torch modules and ONNX models (objects or ``.onnx`` paths, skl2onnx exports
+    included).  ``task="classifier"|"regressor"`` says what the model is; scheme
+    options (``n_bits``, ``rounding_threshold_bits``, ``p_error`` for TFHE;
+    ``packing``, ``batch_size``, ``activation_degree`` for CKKS) pass through.
 
     Example::
 
@@ -108,7 +110,12 @@ def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -
     """
     from . import schemes
 
-    return schemes.client(scheme).compile(model, X_calib, **options)
+    bundle = schemes.client(scheme).compile(model, X_calib, **options)
+    if bundle.scheme == "ckks" and "predicted_max_error" not in bundle.manifest["ckks"]:
+        from .client.estimate import record_approximation_error
+
+        record_approximation_error(bundle, X_calib)  # for the expected error that hec info / plan report
+    return bundle
 
 
 def import_concrete(directory: Any) -> "Bundle":

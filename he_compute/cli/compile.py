@@ -110,9 +110,10 @@ def register(main: click.Group) -> None:
     @click.option("--task", type=click.Choice(["classifier", "regressor"]), default=None,
                   help="What the model is (default: a graph ending in Softmax/Sigmoid or with several outputs is "
                        "a classifier; one output is a regressor). predict_proba needs a classifier.")
+    @click.option("--no-estimate", is_flag=True, help="Skip the cost estimate printed after compiling.")
     @_options
     def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task: str | None,
-                    **knobs: Any) -> None:
+                    no_estimate: bool, **knobs: Any) -> None:
         """Compile an ONNX model (torch export, or scikit-learn through skl2onnx) into a bundle.
 
         Prints the pre-flight estimate (hec plan gives it for N samples).
@@ -137,3 +138,10 @@ def register(main: click.Group) -> None:
         _echo(f"wrote {output} ({bundle.scheme} {bundle.manifest.get('task', 'model')}, model "
               f"{bundle.model_id[:12]}, {bundle.manifest['security_level']}-bit security) in "
               f"{time.perf_counter() - start:.1f}s")
+        if not no_estimate:
+            from ..client.estimate import estimate
+            from ._render import render
+            from .inspect import estimate_lines
+
+            for line in render({"estimate": estimate_lines(estimate(bundle, say=_echo))}):
+                _echo(line)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -42,8 +40,7 @@ def register(main: click.Group) -> None:
 
         Example: hec keygen model.hec --keys keys/
         """
-        from ..client.client import load_bundle
-        from ..client.client import Client
+        from ..client.client import Client, load_bundle
         from ..client.keys import refuse_existing
         from ..client.progress import working
 
@@ -69,8 +66,7 @@ def register(main: click.Group) -> None:
         Example: hec encrypt model.hec X.csv -o x.enc
         """
         from ..client import registry
-        from ..client.client import load_bundle
-        from ..client.client import Client
+        from ..client.client import Client, load_bundle
         from ..client.data import read_input, validate_input
         from ..client.progress import progress
 
@@ -106,10 +102,10 @@ def register(main: click.Group) -> None:
 
         Example: hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
         """
-        from ..formats import container
-        from ..evaluator import Evaluator
-        from ..formats.evalkeys import read as read_evaluation_keys
         from ..client.progress import progress
+        from ..evaluator import Evaluator
+        from ..formats import container
+        from ..formats.evalkeys import read as read_evaluation_keys
 
         enc = container.read(encrypted, expect="ciphertexts")
         evaluator = Evaluator.from_file(server)

@@ -100,7 +100,7 @@ class TFHEClient:
     def keygen(self) -> TFHEKeys:
         """Generate a fresh keyset; the secret part keeps the LWE secret keys only (see :func:`secret_keys_only`)."""
         self._client.keygen(force=True)
-        keyset = self._client.keys._keyset  # noqa: SLF001 - Concrete's own Client reads it the same way
+        keyset = self._client.keys._keyset  # Concrete's own Client reads this private attribute too
         return TFHEKeys(secret=secret_keys_only(self._specs, keyset),
                         evaluation=self._client.evaluation_keys.serialize())
 

@@ -24,6 +24,7 @@ from .._quiet import import_torch_quietly
 from .._task import check_task, decide, final_activation
 from .artifacts import sections_from_deployment
 from .client import build_model
+from .stats import circuit_statistics
 
 # Post-training quantization defaults for torch/ONNX models, chosen from the sweep in bench/bench_tfhe.py
 # on the 30-16-2 ReLU MLP (breast cancer): 5 bits with accumulators rounded to 5 bits kept the
@@ -138,6 +139,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         classes = getattr(compiled, "classes_", None)
         if classes is not None:
             extra["classes"] = np.asarray(classes).tolist()
+    extra["circuit"] = circuit_statistics(compiled.fhe_circuit)  # for pre-flight estimates (hec info / plan)
     with tempfile.TemporaryDirectory(prefix="hec-deploy-") as tmp:
         FHEModelDev(tmp, compiled).save(via_mlir=True)
         return bundle_from_deployment(tmp, extra, task=task, final=final)
