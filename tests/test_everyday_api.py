@@ -30,8 +30,8 @@ def test_a_logits_net_is_a_classifier_and_predict_proba_gives_probabilities(sche
     import torch
 
     net, Xtr, Xte = tiny_mlp  # 30-4-2, no final Softmax: it outputs logits
-    # 4-bit TFHE keeps the keys and the evaluation small; the point here is what the outputs are.
-    options = {"n_bits": 4, "rounding_threshold_bits": 4} if scheme == "tfhe" else {}
+    # Few bits (TFHE) and a low degree (CKKS) keep keys and evaluation small; the point is what the outputs are.
+    options = {"n_bits": 3, "rounding_threshold_bits": 3} if scheme == "tfhe" else {"activation_degree": 2}
     bundle = he_compute.compile(net, Xtr, scheme=scheme, **options)
     assert (bundle.manifest["task"], bundle.manifest["outputs"]) == ("classifier", "logits")
     X = Xte[:2]

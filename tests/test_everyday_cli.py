@@ -147,6 +147,7 @@ def ckks_cli_bundle(tiny_mlp, tmp_path_factory):
     r = hec("compile", root / "mlp.onnx", "--scheme", "ckks", "--calibration", root / "calib.npy",
             "-o", root / "mlp.hec")
     assert r.exit_code == 0, r.output
+    assert "time per batch:" in r.output and "expected error:" in r.output  # the pre-flight estimate (item 5)
     return root / "mlp.hec"
 
 
@@ -161,18 +162,19 @@ def test_compile_knobs_reach_the_compilers(ckks_cli_bundle):
     root = ckks_cli_bundle.parent
     onnx, calib = root / "mlp.onnx", root / "calib.npy"
     r = hec("compile", onnx, "--calibration", calib, "--p-error", "0.01", "--n-bits", 4, "--rounding-bits", 4,
-            "-o", root / "t.hec")
+            "-o", root / "t.hec", "--no-estimate")
     assert r.exit_code == 0, r.output
     m = he_compute.load_bundle(root / "t.hec").manifest
     assert m["tfhe"]["p_error"] == pytest.approx(0.01) and m["quantization"]["n_bits"] == 4
     r = hec("compile", onnx, "--scheme", "ckks", "--calibration", calib, "--activation-degree", 2,
-            "--packing", "auto", "--batch-size", 2, "-o", root / "c.hec")
+            "--packing", "auto", "--batch-size", 2, "-o", root / "c.hec", "--no-estimate")
     assert r.exit_code == 0, r.output
     ckks = he_compute.load_bundle(root / "c.hec").manifest["ckks"]
     assert ckks["packing"] == "single" and {a["degree"] for a in ckks["activations"]} == {2}
     one_line_error(hec("compile", onnx, "--calibration", calib, "--max-error", 0.1, "-o", root / "x.hec"),
                    "--max-error do(es) not apply to --scheme tfhe")
-    r = hec("compile", onnx, "--scheme", "ckks", "--calibration", calib, "--max-error", 0.5, "-o", root / "e.hec")
+    r = hec("compile", onnx, "--scheme", "ckks", "--calibration", calib, "--max-error", 0.5, "-o", root / "e.hec",
+            "--no-estimate")
     from he_compute.schemes.ckks import compiler
 
     if "max_error" in compiler.compile.__code__.co_varnames:  # the CKKS engine with error targets is merged

@@ -22,7 +22,7 @@ import he_compute
 from he_compute.cli import main
 from he_compute.client.estimate import estimate
 
-TIME_FACTOR = 3.0
+TIME_FACTOR = 4.0
 
 
 def within(estimated: float, measured: float, factor: float) -> bool:

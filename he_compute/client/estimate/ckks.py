@@ -4,7 +4,8 @@ The count follows what the CKKS server does for each plan step (:mod:`he_compute
 batch packing turns a linear layer into, per output, one ciphertext-by-scalar product (with its rescale)
 per non-zero weight, the additions between them and a bias addition; an activation polynomial of degree
 d costs d-1 ciphertext products for its powers plus its scalar terms; single packing's vector-matrix
-product costs about one rotation and product per matrix row.  Each operation is timed at the top level
+product costs about one rotation and product per matrix row; reading the input ciphertexts and writing
+the results are counted too (they dominate small models).  Each operation is timed at the top level
 (:mod:`.calibrate`) and scaled by the primes its ciphertext still has (SEAL's costs grow with them).
 This counter is the estimator's own; the CKKS engine keeps its own op counter, to be unified later.
 
@@ -25,7 +26,8 @@ EXACT = ("relu", "sigmoid", "tanh", "gelu")
 
 
 def count_ops(steps: list[tuple[str, Any]], width: int, primes: int) -> Counter[str]:
-    """Operations of one chunk, each weighted by the share of ``primes`` its ciphertext still has."""
+    """Operations of one chunk of ``width`` input ciphertexts (1 for single packing), each weighted by the
+    share of ``primes`` its ciphertext still has."""
     ops: Counter[str] = Counter()
     level = 0
 
@@ -104,10 +106,12 @@ def estimate(bundle: Any, costs: dict[str, float]) -> dict[str, Any]:
     server = CKKSServer(m, bundle.server)
     primes = len(ckks["coeff_mod_bit_sizes"]) - 1  # the last prime is the special one, used for key switching
     depth = int(ckks["multiplicative_depth"])
-    ops = count_ops(server.steps, server.n_in, primes)
-    seconds = sum(n * costs[op] for op, n in ops.items())
     batch = ckks["packing"] == "batch"
-    n_out = int(np.prod(m["output_shape"]))
+    n_in = server.n_in if batch else 1
+    n_out = int(server.plan["output_shape"][0]) if batch else 1  # before the client's post-processing
+    ops = count_ops(server.steps, n_in, primes)
+    ops["load"], ops["dump"] = n_in, n_out * max(primes - depth, 1) / primes
+    seconds = sum(n * costs[op] for op, n in ops.items())
     # A ciphertext's size follows the bits of the primes it still has: the result keeps the first prime only
     # once the plan's rescales have dropped one middle prime each.
     bits = [int(b) for b in ckks["coeff_mod_bit_sizes"][:-1]]
@@ -116,8 +120,8 @@ def estimate(bundle: Any, costs: dict[str, float]) -> dict[str, Any]:
     return {
         "unit": "batch" if batch else "sample", "samples_per_unit": int(ckks["slots"]) if batch else 1,
         "seconds_per_unit": seconds, "evaluation_key_bytes": int(costs["evaluation_key_bytes"]),
-        "input_bytes_per_unit": ct_in * (server.n_in if batch else 1),
-        "output_bytes_per_unit": ct_out * (n_out if batch else 1),
+        "input_bytes_per_unit": ct_in * n_in,
+        "output_bytes_per_unit": ct_out * n_out,
         "expected_error": _expected_error(m, costs["noise"], depth), "p_error": None,
         "basis": "counted " + ", ".join(f"{n:.0f} {op}" for op, n in sorted(ops.items())) + " (level-weighted), "
                  "times per-operation costs measured here on one core",
