@@ -38,6 +38,9 @@ def register(main: click.Group) -> None:
     def keygen_cmd(bundle: Path, keys_dir: Path, force: bool) -> None:
         """Generate secret keys into DIR and export the shareable evaluation keys.
 
+        DIR also keeps the bundle's server part and is recorded by key id in ~/.hec/keydirs.json,
+        so hec encrypt, run and decrypt find it without --keys or --bundle on this machine.
+
         Example: hec keygen model.hec --keys keys/
         """
         from ..client.client import Client, load_bundle
@@ -51,7 +54,8 @@ def register(main: click.Group) -> None:
             client = Client.keygen(b, keys_dir, force=force)
         size = client.evaluation_keys_path.stat().st_size
         _echo(f"secret keys in {keys_dir} (0700); evaluation keys {client.evaluation_keys_path} "
-              f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s")
+              f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s; "
+              f"hec encrypt, run and decrypt find them from now on")
 
 
     @main.command("encrypt")
