@@ -80,65 +80,6 @@ def clear(model, X):
         return model(torch.tensor(X, dtype=torch.float32)).numpy().astype(np.float64)
 
 
-# ---- per-operation costs, measured with the engine itself ------------------------------------------------
-
-
-def op_costs(client, relin, galois, reps: int = 20) -> dict[tuple[str, int], float]:
-    """Seconds per operation at each level, with the bundle's own parameters."""
-    from he_compute.schemes.ckks.seal import sealapi
-
-    backend = client._backend  # the CKKS client backend: its engine and secret key make test ciphertexts
-    s, eng = sealapi(), backend.engine
-    enc = s.Encryptor(eng.context, backend._secret)
-    ev = eng.evaluator
-    costs = {}
-
-    def timeit(fn):
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t0) / reps
-
-    for lvl in range(eng.depth + 1):
-        ct = s.Ciphertext()
-        if lvl == eng.depth:
-            from he_compute.schemes.ckks.seal import dump
-
-            enc.encrypt_symmetric(eng.encode(np.full(eng.slots, 0.5), 0, eng.scales[0]), ct)
-            last = eng.to_level(ct, lvl)
-            costs["dump", lvl] = timeit(lambda: dump(last))
-        enc.encrypt_symmetric(eng.encode(np.full(eng.slots, 0.5), 0, eng.scales[0]), ct)
-        ct = eng.to_level(ct, lvl)
-        out, big = s.Ciphertext(), s.Ciphertext()
-        costs["add", lvl] = timeit(lambda: ev.add(ct, ct, out))
-        costs["add_plain", lvl] = timeit(lambda: ev.add_plain(ct, eng.encode(0.3, lvl, ct.scale), out))
-        if lvl == eng.depth:  # the last level only adds: a product would not fit its one prime
-            continue
-        pt = eng.encode(0.3, lvl, ct.scale)
-        ev.multiply(ct, ct, big)
-        costs["mul_plain", lvl] = timeit(lambda: ev.multiply_plain(ct, pt, out))
-        costs["mul_ct", lvl] = timeit(lambda: ev.multiply(ct, ct, out))
-        if relin is not None:
-            costs["relin", lvl] = timeit(lambda: ev.relinearize(big, relin, out))
-        if galois is not None:
-            step = next(k for k in (1, 2, 4, 8, -1) if galois.has_key(pow(3, k if k > 0 else eng.slots + k, 2 * eng.n)))
-            costs["rotate", lvl] = timeit(lambda: ev.rotate_vector(ct, step, galois, out))
-        costs["rescale", lvl] = timeit(lambda: ev.rescale_to_next(big, out))
-        if lvl == 0:
-            from he_compute.schemes.ckks.seal import dump
-
-            blob = dump(enc.encrypt_symmetric(eng.encode(np.full(eng.slots, 0.5), 0, eng.scales[0])))
-            costs["load", 0] = timeit(lambda: eng.ciphertext(blob))
-        costs["mod_switch", lvl] = timeit(lambda: ev.mod_switch_to_next(ct, out))
-    return costs
-
-
-def limit_seconds(counts: dict, costs: dict) -> float:
-    """Operation counts times measured costs: the time one core cannot beat for one chunk."""
-    return float(sum(n * costs.get(key, 0.0) for key, n in counts["by_level"].items()))
-
-
 # ---- two worker processes -----------------------------------------------------------------------------------
 
 _W: dict = {}
@@ -177,7 +118,8 @@ def two_process_throughput(bundle, client, enc) -> tuple[float, list[bytes]]:
 
 def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) -> dict:
     """Old vs new on one model: one-core chunk time, two-process throughput, the limit, accuracy, CLI."""
-    from he_compute.schemes.ckks.opcount import op_counts
+    from he_compute.schemes.ckks.opcount import measure, op_counts
+    from he_compute.schemes.ckks.opcount import seconds as op_seconds
     from he_compute.schemes.ckks.plan import check_sections
 
     X_tr, X_te, _, _ = data
@@ -209,8 +151,7 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
         out = np.log(out[:, 1:] / out[:, :1])
     plan, weights = check_sections(bundle.server)
     counts = op_counts(plan, weights, "batch")
-    costs = op_costs(client, keys.handle[0], keys.handle[1])
-    limit1 = limit_seconds(counts, costs)
+    limit1 = op_seconds(counts, measure(ck))  # the engine's counts times its per-level costs, measured here
     # old engine on one chunk, same weights, its own fit and parameters
     old_out, old_t, old_p = old_run(old_layers, X[: ck["slots"]])
     old_t = min(old_t, old_run(old_layers, X[: ck["slots"]])[1])

@@ -99,8 +99,10 @@ def compile(model: Any, X_calib: Any, *, scheme: str = "tfhe", **options: Any) -
     """Compile ``model`` for ``scheme`` ("tfhe" or "ckks") using calibration data ``X_calib``.
 
     Accepts Concrete ML built-in models, scikit-learn linear models and trees,
-    torch modules and ONNX models (objects or ``.onnx`` paths).  Scheme options
-    (``n_bits``, ``rounding_threshold_bits``, ... for TFHE) pass through.
+    torch modules and ONNX models (objects or ``.onnx`` paths, skl2onnx exports
+    included).  ``task="classifier"|"regressor"`` says what the model is; scheme
+    options (``n_bits``, ``rounding_threshold_bits``, ``p_error`` for TFHE;
+    ``packing``, ``batch_size``, ``activation_degree`` for CKKS) pass through.
 
     Example::
 

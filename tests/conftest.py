@@ -12,6 +12,16 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_hec_home(tmp_path_factory):
+    """The key registry and per-machine cost measurements go to a temporary HEC_HOME, never the user's ~/.hec."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("hec-home")
+    patch.setenv("HEC_HOME", str(home))
+    yield home
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def cancer():
     """Breast-cancer data: (X_train, X_test, y_train, y_test)."""

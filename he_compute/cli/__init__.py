@@ -46,19 +46,19 @@ def main(ctx: click.Context, debug: bool) -> None:
 
     \b
     Typical flow:
-      hec compile model.onnx --scheme tfhe --calibration X.npy -o model.hec
+      hec compile model.onnx --calibration X.npy -o model.hec
       hec keygen model.hec --keys keys/
-      hec encrypt model.hec X.csv --keys keys/ -o x.enc
-      hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
-      hec decrypt y.enc --keys keys/ -o y.csv
+      hec encrypt model.hec X.csv -o x.enc
+      hec run x.enc -o y.enc --local-workers 2
+      hec decrypt y.enc -o y.csv
     """
     ctx.meta["hec.debug"] = debug
 
 
 def _register() -> None:
-    from . import audit, coordinator, jobs, models, worker
+    from . import audit, compile, coordinator, inspect, jobs, maint, models, worker
 
-    for module in (models, jobs, worker, audit, coordinator):
+    for module in (compile, models, inspect, jobs, maint, worker, audit, coordinator):
         module.register(main)
 
 

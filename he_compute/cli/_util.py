@@ -64,3 +64,23 @@ def open_producer(queue_url: str | None, remote: dict[str, Any] | None) -> Any:
 
     q, _ = open_tenant(remote["coordinator"], token_file=remote["token_file"], ca_file=remote["ca_file"])
     return q
+
+
+class Duration(click.ParamType):
+    """An age such as ``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` (plain numbers are seconds), in seconds."""
+
+    name = "AGE"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = text[-1:] if text[-1:] in self._UNITS else "s"
+        try:
+            number = float(text[:-1] if text[-1:] in self._UNITS else text)
+        except ValueError:
+            self.fail(f"{value!r} is not an age: use e.g. 90s, 30m, 12h, 7d or 2w", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r}: an age cannot be negative", param, ctx)
+        return number * self._UNITS[unit]

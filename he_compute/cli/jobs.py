@@ -18,7 +18,7 @@ import click
 from ..errors import HECError
 from ..transport.queue import JobState
 from ._util import BLOBS_HELP as _BLOBS_HELP
-from ._util import coordinator_options, open_producer, remote_settings
+from ._util import Duration, coordinator_options, open_producer, remote_settings
 from ._util import echo as _echo
 from ._util import queue_option as _queue_option
 from .audit import verify_options, verify_policy
@@ -59,12 +59,14 @@ def register(group: click.Group) -> None:
 
     @group.command("run")
     @click.argument("encrypted", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--bundle", "bundle_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Bundle or server part; only its server part is uploaded.")
+    @click.option("--bundle", "bundle_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Bundle or server part; only its server part is uploaded (default: the one keygen kept "
+                       "in the key directory).")
     @click.option("--eval-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Evaluation-key file (default: DIR/evaluation.keys with --keys).")
+                  help="Evaluation-key file (default: DIR/evaluation.keys).")
     @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Key directory; only its evaluation.keys is read (never the secret keys).")
+                  help="Key directory; only its evaluation.keys and server.hec are read, never the secret keys "
+                       "(default: the one on this machine that holds ENCRYPTED's key id).")
     @_queue_option
     @click.option("--blobs", "blobs_url", default=None, metavar="URL", help=_BLOBS_HELP)
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -81,7 +83,7 @@ def register(group: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
     @verify_options
     @coordinator_options
-    def run_cmd(encrypted: Path, bundle_path: Path, eval_keys: Path | None, keys_dir: Path | None,
+    def run_cmd(encrypted: Path, bundle_path: Path | None, eval_keys: Path | None, keys_dir: Path | None,
                 queue_url: str | None, blobs_url: str | None, output: Path, local_workers: int,
                 timeout: float | None, resume: bool, samples_per_job: int | None, as_json: bool,
                 **verify: Any) -> None:
@@ -91,17 +93,18 @@ def register(group: click.Group) -> None:
         submits one job per chunk of samples, waits and verifies every result. Ctrl-C (or
         SIGTERM) cancels the run's jobs; running the same command again resumes it.
 
-        Example: hec run x.enc --bundle model.hec --keys keys/ -o y.enc --local-workers 2
+        Example: hec run x.enc -o y.enc --local-workers 2
         """
+        from ..client import registry
         from ..client.run import run
         from ..formats import container
         from ..formats.evalkeys import read as read_evaluation_keys
 
-        if eval_keys is None:
-            if keys_dir is None:
-                raise HECError("pass --eval-keys FILE or --keys DIR so workers get the evaluation keys")
-            eval_keys = keys_dir / "evaluation.keys"
         enc = container.read(encrypted, expect="ciphertexts")
+        if eval_keys is None or bundle_path is None:  # what the flags leave out comes from the key directory
+            keys_dir = registry.keys_for(str(enc.meta.get("key_id")), keys_dir, str(encrypted))
+            eval_keys = eval_keys or keys_dir / "evaluation.keys"
+            bundle_path = bundle_path or registry.server_part_path(keys_dir)
         part = container.read(bundle_path, expect=("bundle", "server"))
         evk = read_evaluation_keys(eval_keys)
         remote = remote_settings(verify, queue_url)
@@ -132,7 +135,8 @@ def register(group: click.Group) -> None:
         n = enc.meta["n_samples"]
         if as_json:
             click.echo(json.dumps({"output": str(output), **report.to_json()}, indent=2))
-        _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s), {report.seconds['total']:.1f}s "
+        _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s) of run {report.run_id}, "
+              f"{report.seconds['total']:.1f}s "
               f"({report.seconds['total'] / max(1, n):.2f}s/sample); uploaded {sum(report.uploaded.values())} "
               f"blob(s), reused {sum(report.reused.values())}")
         if report.verification:
@@ -187,32 +191,42 @@ def register(group: click.Group) -> None:
     @_queue_option
     @click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "cancelled"]), default=None,
                   help="Only jobs in this state (failed = the dead letter).")
+    @click.option("--run", "run_id", default=None, metavar="RUN", help="Only the jobs of this run (hec run --json "
+                  "prints its id).")
+    @click.option("--since", type=Duration(), default=None,
+                  help="Only jobs submitted within this age (90s, 30m, 12h, 7d).")
+    @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
+                  help="Show at most this many (the oldest of those that match).")
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
     @coordinator_options
-    def jobs_cmd(queue_url: str | None, state: str | None, as_json: bool, **remote: Any) -> None:
-        """List jobs, oldest first.
+    def jobs_cmd(queue_url: str | None, state: str | None, run_id: str | None, since: float | None, limit: int,
+                 as_json: bool, **remote: Any) -> None:
+        """List jobs, oldest first, filtered by state, run and age.
 
-        Example: hec jobs --state failed
+        Example: hec jobs --state failed --since 1d
         """
         with open_producer(queue_url, remote_settings(remote, queue_url)) as q:
-            jobs = q.jobs(JobState(state) if state else None)
+            jobs = q.jobs(JobState(state) if state else None, limit, run=run_id,
+                          since=None if since is None else time.time() - since)
             url = q.url
         if as_json:
             click.echo(json.dumps([j.to_json() for j in jobs], indent=2))
             return
         if not jobs:
-            _echo(f"no jobs in {url}")
+            filtered = state or run_id or since is not None
+            _echo(f"no jobs in {url}{' match these filters' if filtered else ''}")
             return
         from rich.console import Console
         from rich.table import Table
 
         table = Table()
         table.add_column("job", no_wrap=True, min_width=max(len(j.id) for j in jobs))
+        table.add_column("run", no_wrap=True)
         for col in ("state", "attempts", "progress", "device", "updated"):
             table.add_column(col, no_wrap=True)
         table.add_column("error")
         for j in jobs:
-            table.add_row(j.id, j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
+            table.add_row(j.id, j.run or "-", j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
                           _when(j.updated), (j.error or "")[:60])
         Console(width=160 if not click.get_text_stream("stdout").isatty() else None).print(table)
 

@@ -1,11 +1,9 @@
-"""The client-only commands: ``hec compile / import-concrete / keygen / encrypt / eval / decrypt / info``."""
+"""The client-only commands: ``hec import-concrete / keygen / encrypt / eval / decrypt`` (compile: :mod:`.compile`)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -16,65 +14,6 @@ from ._util import size as _size
 
 def register(main: click.Group) -> None:
     """Add the model and key commands to ``main``."""
-
-    @main.command("compile")
-    @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
-    @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Bundle to write.")
-    @click.option("--n-bits", type=click.IntRange(2, 16), default=None, help="TFHE: quantization bits for torch/ONNX models (default 5).")
-    @click.option("--rounding-bits", type=click.IntRange(2, 16), default=None,
-                  help="TFHE: round accumulators to this many bits (default 5).")
-    @click.option("--no-rounding", is_flag=True, help="TFHE: disable accumulator rounding (slower, exact).")
-    @click.option("--packing", type=click.Choice(["auto", "batch", "single"]), default=None,
-                  help="CKKS: samples across slots (batch, throughput) or one sample per ciphertext (single, latency).")
-    @click.option("--max-error", type=click.FloatRange(min=0, min_open=True), default=None,
-                  help="CKKS: worst-case output error to aim for (picks activation degrees; default 5% of the output "
-                       "span on the calibration data).")
-    @click.option("--batch-size", type=click.IntRange(1), default=None,
-                  help="CKKS: expected samples per request, for --packing auto.")
-    def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, n_bits: int | None,
-                    rounding_bits: int | None, no_rounding: bool, packing: str | None, max_error: float | None,
-                    batch_size: int | None) -> None:
-        """Compile an ONNX model into a bundle.
-
-        Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
-        """
-        import he_compute
-        from ..client.data import read_input
-
-        tfhe_only = {"--n-bits": n_bits is not None, "--rounding-bits": rounding_bits is not None, "--no-rounding": no_rounding}
-        misplaced = [flag for flag, given in tfhe_only.items() if given and scheme != "tfhe"]
-        ckks_only = {"--packing": packing is not None, "--max-error": max_error is not None,
-                     "--batch-size": batch_size is not None}
-        misplaced += [flag for flag, given in ckks_only.items() if given and scheme != "ckks"]
-        if misplaced:
-            raise HECError(f"{', '.join(misplaced)} do(es) not apply to --scheme {scheme}: drop it or change the scheme")
-        if model.suffix.lower() != ".onnx":
-            raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
-        if not model.is_file():
-            raise HECError(f"{model} does not exist")
-        X = read_input(calibration)
-        options: dict[str, Any] = {}
-        if n_bits is not None:
-            options["n_bits"] = n_bits
-        if no_rounding:
-            options["rounding_threshold_bits"] = None
-        elif rounding_bits is not None:
-            options["rounding_threshold_bits"] = rounding_bits
-        if packing is not None:
-            options["packing"] = packing
-        if max_error is not None:
-            options["max_error"] = max_error
-        if batch_size is not None:
-            options["batch_size"] = batch_size
-        start = time.perf_counter()
-        bundle = he_compute.compile(model, X, scheme=scheme, **options)
-        bundle.save(output)
-        _echo(f"wrote {output} ({bundle.scheme}, model {bundle.model_id[:12]}, "
-              f"{bundle.manifest['security_level']}-bit security) in {time.perf_counter() - start:.1f}s")
-
 
     @main.command("import-concrete")
     @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
@@ -102,44 +41,64 @@ def register(main: click.Group) -> None:
     def keygen_cmd(bundle: Path, keys_dir: Path, force: bool, rotate: bool) -> None:
         """Generate secret keys into DIR and export the shareable evaluation keys.
 
+        DIR also keeps the bundle's server part and is recorded by key id in ~/.hec/keydirs.json,
+        so hec encrypt, run and decrypt find it without --keys or --bundle on this machine.
+
         Example: hec keygen model.hec --keys keys/
         """
-        from ..client.client import load_bundle
-        from ..client.client import Client
+        from ..client.client import Client, load_bundle
+        from ..client.keys import refuse_existing
         from ..client.progress import working
 
+        refuse_existing(keys_dir, force=force or rotate)  # before the slow part, and before saying it has started
         b = load_bundle(bundle)
         if rotate:
             from ..client.keys import retire
 
-            _echo(f"retired the old keys to {retire(keys_dir)}")
+            from ..client import registry
+            from ..client.keys import read_info
+
+            retired = retire(keys_dir)
+            registry.remember(retired, read_info(retired))  # old results still decrypt without --keys
+            _echo(f"retired the old keys to {retired}")
         start = time.perf_counter()
         with working(f"generating {b.scheme} keys for model {b.model_id[:12]}"):
             client = Client.keygen(b, keys_dir, force=force)
         size = client.evaluation_keys_path.stat().st_size
         _echo(f"secret keys in {keys_dir} (0700); evaluation keys {client.evaluation_keys_path} "
-              f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s")
+              f"({_size(size)}, key id {client.key_id[:12]}) in {time.perf_counter() - start:.1f}s; "
+              f"hec encrypt, run and decrypt find them from now on")
 
 
     @main.command("encrypt")
     @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
     @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                  help="Key directory (default: the newest one hec keygen made for BUNDLE on this machine).")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-    def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path, output: Path) -> None:
+    def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path | None, output: Path) -> None:
         """Encrypt INPUT (.npy or .csv, rows = samples) for BUNDLE with the keys in DIR.
 
-        Example: hec encrypt model.hec X.csv --keys keys/ -o x.enc
+        Example: hec encrypt model.hec X.csv -o x.enc
         """
-        from ..client.client import load_bundle
-        from ..client.client import Client
-        from ..client.data import read_input
+        from ..client import registry
+        from ..client.client import Client, load_bundle
+        from ..client.data import read_input, validate_input
         from ..client.progress import progress
 
         b = load_bundle(bundle)
+        # The input is checked against the bundle before the keys (and the scheme library) are loaded.
+        X = validate_input(read_input(input_path), b.manifest["input_shape"], str(input_path))
+        if keys_dir is None:
+            found = registry.find_for_model(b.model_id)
+            if not found:
+                raise HECError(f"no keys for model {b.model_id[:12]} on this machine: run hec keygen {bundle} "
+                               f"--keys DIR, or pass --keys DIR")
+            keys_dir = found[0]
+            if len(found) > 1:
+                _echo(f"using keys in {keys_dir} (the newest of {len(found)} for this model; --keys picks another)")
         client = Client(keys_dir)
         client.check_bundle(b)
-        X = read_input(input_path)
         with progress("encrypt", len(X)) as advance:
             enc = client.encrypt(X, source=str(input_path), progress=advance)
         enc.save(output)
@@ -159,10 +118,10 @@ def register(main: click.Group) -> None:
 
         Example: hec eval x.enc --bundle model.hec --eval-keys keys/evaluation.keys -o y.enc
         """
-        from ..formats import container
-        from ..evaluator import Evaluator
-        from ..formats.evalkeys import read as read_evaluation_keys
         from ..client.progress import progress
+        from ..evaluator import Evaluator
+        from ..formats import container
+        from ..formats.evalkeys import read as read_evaluation_keys
 
         enc = container.read(encrypted, expect="ciphertexts")
         evaluator = Evaluator.from_file(server)
@@ -178,55 +137,26 @@ def register(main: click.Group) -> None:
 
     @main.command("decrypt")
     @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--keys", "keys_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                  help="Key directory (default: the one on this machine that holds RESULT's key id).")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Output file, .npy or .csv (samples × outputs).")
-    def decrypt_cmd(result: Path, keys_dir: Path, output: Path) -> None:
-        """Decrypt an encrypted RESULT with the keys in DIR.
+                  help="Output file, .npy or .csv (samples × outputs), written 0600.")
+    def decrypt_cmd(result: Path, keys_dir: Path | None, output: Path) -> None:
+        """Decrypt an encrypted RESULT with the keys that encrypted its inputs.
 
-        Example: hec decrypt y.enc --keys keys/ -o y.csv
+        Example: hec decrypt y.enc -o y.csv
         """
-        from ..formats import container
+        from ..client import registry
         from ..client.client import Client
         from ..client.data import SUFFIXES, write_output
         from ..client.progress import progress
+        from ..formats import container
 
         if output.suffix.lower() not in SUFFIXES:
             raise HECError(f"{output}: unsupported output type; use .npy or .csv")
         res = container.read(result, expect="results")
-        client = Client(keys_dir)
+        client = Client(registry.keys_for(str(res.meta.get("key_id")), keys_dir, str(result)))
         with progress("decrypt", int(res.meta.get("n_samples", 0))) as advance:
             values = client.decrypt(res, progress=advance)
         write_output(output, values)
         _echo(f"wrote {output}: {values.shape[0]} samples × {values.shape[1]} outputs")
-
-
-    @main.command("info")
-    @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    def info_cmd(path: Path, as_json: bool) -> None:
-        """Describe a he_compute file: kind, scheme, model id, key id, shapes, sizes, security level.
-
-        Example: hec info model.hec
-        """
-        from ..formats import container
-
-        c = container.read(path)
-        meta = {k: v for k, v in c.meta.items() if k != "client_digests"}
-        desc = {
-            "file": str(path),
-            "kind": c.kind,
-            "scheme": c.scheme,
-            "size": path.stat().st_size,
-            "sections": {name: len(data) for name, data in c.sections.items()},
-            **meta,
-        }
-        if as_json:
-            click.echo(json.dumps(desc, indent=2, default=str))
-            return
-        for key, value in desc.items():
-            if key == "sections":
-                value = f"{len(value)} ({_size(sum(value.values()))})"
-            elif key == "size":
-                value = _size(int(value))
-            click.echo(f"{key:>18}: {value}")

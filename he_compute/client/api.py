@@ -28,9 +28,11 @@ from ..errors import HECError
 from ..formats.bundle import Bundle
 from ..formats.container import Container
 from ..formats.evalkeys import read as read_evaluation_keys
+from ..schemes._task import require_classifier, to_probabilities
 from ..transport.queue import JobState, Producer
 from .client import Client, load_bundle
 from .keys import KEYINFO
+from .pool import WorkerPool
 
 
 def labels_from_outputs(out: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -91,7 +93,9 @@ class EncryptedModel:
     it does not exist.  ``queue``/``blobs`` are URLs (default ``$HEC_QUEUE`` or
     the embedded queue under ``./.hec/`` *in the current directory*); or ``coordinator`` (an
     ``https://`` URL) with this tenant's ``token`` (or ``token_file``) and ``ca_file``;
-    ``local_workers=N`` starts N worker processes per call; ``in_process=True``
+    ``local_workers=N`` starts N worker processes on first use and keeps them
+    (with their compiled circuit and keys) until :meth:`close` or the end of the
+    ``with`` block (not with a coordinator, whose workers are remote); ``in_process=True``
     evaluates here, without a queue.
     """
 
@@ -117,12 +121,16 @@ class EncryptedModel:
         self.client.check_bundle(self.bundle)
         self.queue, self.blobs, self.local_workers, self.timeout = queue, blobs, local_workers, timeout
         self.remote = {"coordinator": coordinator, "token": token, "token_file": token_file, "ca_file": ca_file}
+        if coordinator and local_workers:
+            raise HECError("local_workers runs workers on the embedded queue; with a coordinator, start "
+                           "hec worker --coordinator URL on the worker machines instead")
         self.in_process, self.show_progress = in_process, show_progress
         self._server_part = self.bundle.server_part()
         self._evalkeys = read_evaluation_keys(self.client.evaluation_keys_path)
         self._evaluator: Any = None
         self._connection: Any = None
         self._remote_q: Any = None
+        self._workers: WorkerPool | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hec-job")
 
@@ -132,6 +140,11 @@ class EncryptedModel:
         classes = self.bundle.manifest.get("classes")
         n_out = int(np.prod(self.bundle.manifest["output_shape"]))
         return np.asarray(classes if classes is not None else np.arange(max(n_out, 2)))
+
+    @property
+    def local_worker_pids(self) -> list[int]:
+        """Process ids of the local workers this model started (empty before the first call, and after close)."""
+        return self._workers.pids if self._workers is not None else []
 
     def _conn(self) -> Any:
         """The queue connection, opened on first use and kept until :meth:`close`."""
@@ -148,6 +161,10 @@ class EncryptedModel:
                     self._remote_q = q  # closed in close(): it owns the session the store shares
                 else:
                     self._connection = Connection(self.queue, self.blobs)
+            if self.local_workers and self._workers is None:
+                conn = self._connection
+                self._workers = WorkerPool(self.local_workers, conn.queue_url, conn.blobs_url, conn.where.logs,
+                                           device=str(self._server_part.meta.get("device", "cpu")))
             return self._connection
 
     def _evaluate(self, enc: Container, job: EncryptedJob | None) -> Container:
@@ -159,12 +176,26 @@ class EncryptedModel:
                     self._evaluator = Evaluator(self._server_part)
                     self._keys = self._evaluator.load_keys(self._evalkeys)
             return self._evaluator.evaluate(enc, self._keys)
+        conn = self._conn()
+        if self._workers is None:
+            return self._run(conn, enc, job)
+        # The model's own workers serve every call; the run starts none (local_workers=0).
+        self._workers.ensure()
+        ids: list[str] = []
+        with self._workers.watch(lambda: [conn.q.cancel(i) for i in list(ids)]):
+            return self._run(conn, enc, job, ids)
+
+    def _run(self, conn: Any, enc: Container, job: EncryptedJob | None, ids: list[str] | None = None) -> Container:
         from .run import run
 
-        conn = self._conn()
-        report = run(enc, self._server_part, self._evalkeys, queue=conn.q, blobs=conn.store,
-                     local_workers=self.local_workers, timeout=self.timeout, show_progress=self.show_progress,
-                     on_submit=job._set_job_ids if job else None)
+        def submitted(job_ids: list[str]) -> None:
+            if ids is not None:
+                ids.extend(job_ids)
+            if job is not None:
+                job._set_job_ids(job_ids)
+
+        report = run(enc, self._server_part, self._evalkeys, queue=conn.q, blobs=conn.store, local_workers=0,
+                     timeout=self.timeout, show_progress=self.show_progress, on_submit=submitted)
         return report.result
 
     def _predict_raw(self, X: Any, job: EncryptedJob | None = None) -> np.ndarray:
@@ -172,20 +203,21 @@ class EncryptedModel:
         return self.client.decrypt(self._evaluate(enc, job))
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """The model's decrypted outputs, ``(n_samples, n_outputs)`` (Concrete ML classifiers: probabilities)."""
+        """The model's decrypted outputs, ``(n_samples, n_outputs)``: probabilities, logits or values, as the
+        manifest's ``outputs`` says."""
         return self._predict_raw(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, ``(n_samples, n_classes)``."""
-        if self.bundle.manifest.get("task") not in (None, "classifier"):
-            raise HECError("predict_proba needs a classifier bundle: use predict() or decision_function()")
-        return self._predict_raw(X)
+        """Class probabilities, ``(n_samples, n_classes)``; a softmax (or sigmoid) is applied here, on the
+        client, where the bundle decrypts to logits.  A regressor is refused before anything is encrypted."""
+        require_classifier(self.bundle.manifest)
+        return to_probabilities(self._predict_raw(X), self.bundle.manifest)
 
     def predict(self, X: Any) -> np.ndarray:
         """Class labels for classifiers, values for regressors, shaped like the clear model's output."""
         out = self._predict_raw(X)
         if self.bundle.manifest.get("task") == "classifier":
-            return labels_from_outputs(out, self.classes_)
+            return labels_from_outputs(to_probabilities(out, self.bundle.manifest), self.classes_)
         return out[:, 0] if out.shape[1] == 1 else out
 
     def submit(self, X: Any) -> EncryptedJob:
@@ -214,9 +246,12 @@ class EncryptedModel:
             yield pending.popleft().result()
 
     def close(self) -> None:
-        """Wait for background work, then close the queue connection."""
+        """Wait for background work, stop the local workers, then close the queue connection."""
         self._pool.shutdown(wait=True)
         with self._lock:
+            if self._workers is not None:
+                self._workers.close()
+                self._workers = None
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None

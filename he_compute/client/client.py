@@ -19,8 +19,9 @@ from ..formats import container
 from ..formats.bundle import Bundle, read_bundle
 from ..formats.ciphertexts import chunk_name
 from ..formats.container import Container
+from ..schemes._onnx_ml import preprocess
 from ..schemes.base import ClientBackend
-from . import keys
+from . import keys, registry
 from .data import validate_input
 
 Progress = Callable[[int], None]
@@ -47,13 +48,21 @@ class Client:
         self._backend: ClientBackend = schemes.client(self.info.scheme).open_client(part.meta, part.sections, secret)
 
     @classmethod
-    def keygen(cls, bundle: Bundle, keys_dir: str | os.PathLike[str], *, force: bool = False) -> Client:
-        """Generate keys for ``bundle`` into a new private directory and return a client on them."""
+    def keygen(cls, bundle: Bundle, keys_dir: str | os.PathLike[str], *, force: bool = False,
+               register: bool = True) -> Client:
+        """Generate keys for ``bundle`` into a new private directory and return a client on them.
+
+        The directory also keeps the bundle's server part, and (with ``register``) is recorded by key id
+        in the user's registry, so ``hec run`` and ``hec decrypt`` find it from a ciphertext alone.
+        """
         path = keys.prepare(keys_dir, force=force)
         part = bundle.client_part()
         backend = schemes.client(bundle.scheme).open_client(bundle.manifest, part.sections, None)
         material = backend.keygen()
-        keys.write(path, bundle.scheme, bundle.model_id, part, material.secret, material.evaluation)
+        info = keys.write(path, bundle.scheme, bundle.model_id, part, material.secret, material.evaluation,
+                          bundle.server_part())
+        if register:
+            registry.remember(path, info)
         return cls(path)
 
     @property
@@ -81,7 +90,7 @@ class Client:
 
     def encrypt(self, X: Any, *, source: str = "input", progress: Progress | None = None) -> Container:
         """Validate and encrypt samples (rows of ``X``) into a ``ciphertexts`` container."""
-        arr = validate_input(X, self.manifest["input_shape"], source)
+        arr = preprocess(validate_input(X, self.manifest["input_shape"], source), self.manifest)
         sections: dict[str, bytes] = {}
         counts: list[int] = []
         for i, (count, payload) in enumerate(self._backend.encrypt(arr)):

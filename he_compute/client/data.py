@@ -14,6 +14,8 @@ from ..errors import InputError
 from ..files import PRIVATE, atomic_write
 
 SUFFIXES = (".npy", ".csv")
+CELL_SHOWN = 24
+"""Characters of a bad CSV cell an error message shows."""
 
 
 def _suffix(path: Path) -> str:
@@ -42,8 +44,21 @@ def _read_csv(path: Path) -> np.ndarray:
             try:
                 values[i, j] = float(cell)
             except ValueError:
-                raise InputError(f"{path}: data row {i + 1}, column {j + 1}: {cell!r} is not a number") from None
+                raise InputError(f"{path}: data row {i + 1}, column {j + 1}: {_cell(cell)} is not a number"
+                                 f"{_separator_hint(cell)}") from None
     return values
+
+
+def _cell(cell: str) -> str:
+    """A cell as an error message shows it: quoted, and cut short (a wrongly separated row is one long cell)."""
+    return repr(cell if len(cell) <= CELL_SHOWN else cell[: CELL_SHOWN - 3] + "...")
+
+
+def _separator_hint(cell: str) -> str:
+    for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+        if sep in cell:
+            return f" (the file seems to separate values with {name}: save it comma-separated)"
+    return ""
 
 
 def _is_header(row: Sequence[str]) -> bool:

@@ -6,12 +6,16 @@ Layout of ``DIR`` (created 0700, files 0600)::
     secret.keys       container "secretkeys": the secret key material (never leaves DIR)
     client.hec        container "client": the bundle's client part, so decrypt needs no bundle
     evaluation.keys   container "evalkeys": the shareable evaluation keys (see :mod:`he_compute.evalkeys`)
+    server.hec        container "server": the bundle's server part, so hec run needs no bundle
+
+Key directories are recorded by key id in the user's registry (:mod:`.registry`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,7 @@ from ..formats import container, evalkeys
 from ..formats.container import Container
 
 KEYINFO, SECRET, CLIENT, EVALUATION = "keyinfo.json", "secret.keys", "client.hec", "evaluation.keys"
+SERVER = "server.hec"
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,12 @@ class KeyInfo:
     key_id: str
 
 
-def prepare(path: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """Create (or, with ``force``, reuse) a private key directory."""
+def refuse_existing(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Raise unless ``path`` holds no keys yet (or ``force``): checked before any slow key generation starts."""
     p = Path(path)
     if (p / KEYINFO).exists() and not force:
         raise KeyMismatchError(f"{p} already holds keys: choose another directory or pass --force to replace them")
-    return private_dir(p)
+    return p
 
 
 def retire(path: str | os.PathLike[str]) -> Path:
@@ -51,16 +56,26 @@ def retire(path: str | os.PathLike[str]) -> Path:
     for name in (KEYINFO, SECRET, CLIENT, EVALUATION):
         if (p / name).exists():
             os.replace(p / name, target / name)
+    if (p / SERVER).exists():  # the model's, not the keys': stays for the new keys, and a copy goes with the old
+        shutil.copyfile(p / SERVER, target / SERVER)
     return target
 
 
-def write(path: Path, scheme: str, model_id: str, client_part: Container, secret: bytes, evaluation: bytes) -> KeyInfo:
+def prepare(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Create (or, with ``force``, reuse) a private key directory."""
+    return private_dir(refuse_existing(path, force=force))
+
+
+def write(path: Path, scheme: str, model_id: str, client_part: Container, secret: bytes, evaluation: bytes,
+          server_part: Container | None = None) -> KeyInfo:
     """Store freshly generated keys; the secret file is written 0600 before anything else."""
     evk = evalkeys.new_container(scheme, model_id, evaluation)
     info = KeyInfo(scheme, model_id, evk.meta["key_id"])
     atomic_write(path / SECRET, Container("secretkeys", scheme, {"model_id": model_id}, {"secret": secret}).to_bytes(), PRIVATE)
     atomic_write(path / CLIENT, client_part.to_bytes(), PRIVATE)
     atomic_write(path / EVALUATION, evk.to_bytes(), PRIVATE)
+    if server_part is not None:
+        atomic_write(path / SERVER, server_part.to_bytes(), PRIVATE)
     atomic_write(path / KEYINFO, json.dumps(info.__dict__, indent=2).encode(), PRIVATE)
     return info
 

@@ -12,10 +12,13 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+PLAIN_EVERY_S = 5.0
+"""Least seconds between two plain progress lines (a log gets a few lines, not one per sample)."""
+
 
 @contextmanager
 def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; draws a bar on a TTY, prints a line per ~10% otherwise."""
+    """Yield ``advance(n)``; draws a bar on a TTY, otherwise prints a few lines (10% steps, 5 s apart) and the last."""
     mode = os.environ.get("HEC_PROGRESS", "auto")
     if not enabled or total <= 0 or mode == "off":
         yield lambda n: None
@@ -29,14 +32,17 @@ def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callab
             yield lambda n: bar.advance(task, n)
         return
     done, step, start = 0, max(1, total // 10), time.monotonic()
-    last = 0
+    last, last_t = 0, start
 
     def advance(n: int) -> None:
-        nonlocal done, last
+        nonlocal done, last, last_t
         done += n
-        if done - last >= step or done >= total:
-            last = done
-            print(f"{label}: {done}/{total} ({time.monotonic() - start:.1f}s)", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        # Without a terminal every line stays in the log: a line per 10% and at most one per PLAIN_EVERY_S
+        # (so that a handful of samples prints only the final line), and always the last one.
+        if done >= total or (done - last >= step and now - last_t >= PLAIN_EVERY_S):
+            last, last_t = done, now
+            print(f"{label}: {done}/{total} ({now - start:.1f}s)", file=sys.stderr, flush=True)
 
     yield advance
 

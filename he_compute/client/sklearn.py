@@ -91,7 +91,7 @@ class EncryptedPredictor(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Encrypted predictions, mapped to the labels seen in ``fit``."""
-        return labels_from_outputs(self.model_.decision_function(X), self.classes_)
+        return labels_from_outputs(self.model_.predict_proba(X), self.classes_)
 
     def close(self) -> None:
         """Close the encrypted model and delete a temporary key directory (secret key included)."""

@@ -33,3 +33,8 @@ def load_onnx(model: Any) -> Any:
         raise FormatError(f"{model} does not exist") from None
     except Exception as exc:  # onnx raises DecodeError and friends
         raise FormatError(f"{model} is not a readable ONNX model: {exc}") from exc
+
+
+def model_type(model: Any) -> str:
+    """How a manifest names what was compiled: ``"ONNX"`` for a graph or an ``.onnx`` path, else the class name."""
+    return "ONNX" if is_onnx(model) else type(model).__name__

@@ -12,7 +12,9 @@ import numpy as np
 from ...formats.bundle import Bundle
 from ...errors import InputError, UnsupportedModelError
 from .. import library_versions
-from .._onnx import is_onnx, is_torch
+from .._onnx import is_onnx, is_torch, model_type
+from .._onnx_ml import as_sklearn
+from .._task import decide
 from . import accuracy, approx, frontend, limits, params
 from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, plan_depth, run_layer, run_plan
 
@@ -220,6 +222,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     """
     if max_error is not None and not float(max_error) > 0:
         raise InputError(f"max_error must be positive, not {max_error!r}")
+    model, X_calib, onnx_ml = as_sklearn(model, X_calib, "ckks")  # skl2onnx graph -> scikit-learn model
     plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree, max_error=max_error,
                                              range_margin=range_margin)
     target = info["max_error"]
@@ -271,14 +274,15 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "warnings": warned,
     }
     manifest = {
-        "model_type": type(model).__name__,
-        "task": task or info["task"] or ("classifier" if post or n_out > 1 else "regressor"),
+        "model_type": model_type(model),  # a path compiled from the CLI is "ONNX", not "PosixPath"
+        **decide(task, known=info["task"], n_outputs=n_out, final=post),  # one rule for both schemes
         "input_shape": plan["input_shape"],
         "input_dtype": "float64",
         "output_shape": out_shape,
         "library_versions": library_versions("tenseal"),
         "security_level": params.SECURITY_LEVEL,
         "ckks": ckks,
+        **onnx_ml,  # what an skl2onnx graph was rebuilt as, and its client-side preprocessing
     }
     encoding: dict[str, Any] = {"plan_outputs": n_out, "postprocess": post}
     if info["fits"]:  # only fitted polynomials blow up outside their ranges; linear and x*x plans stay exact

@@ -125,3 +125,71 @@ def op_counts(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str
 def relative_cost(counts: dict[str, Any]) -> float:
     """A unitless cost (mul_plain at one prime = 1) for comparing plans and packings."""
     return float(sum(RELATIVE_COST[op] * n for op, n in counts["work"].items()))
+
+
+def measure(ckks: dict[str, Any], reps: int = 20) -> dict[str, float]:
+    """Seconds per operation at each level (``"mul_plain@2"``) with these parameters, on this thread, and the
+    byte sizes that go with them (``"bytes@L"``: one ciphertext at level L; ``"input_bytes"``: a client's
+    seeded input ciphertext; ``"relin_bytes"``; ``"galois_bytes_per_step"``).  Uses throwaway keys: what a worker's engine does, timed one op at a time.
+    """
+    import time
+
+    from .seal import Engine, dump, galois_elt, load, sealapi
+
+    s, eng = sealapi(), Engine(ckks)
+    gen = s.KeyGenerator(eng.context)
+    secret = gen.secret_key()
+    relin_blob, galois_blob = dump(gen.create_relin_keys()), dump(gen.create_galois_keys([galois_elt(1, eng.n)]))
+    relin = load("RelinKeys", eng.context, relin_blob, "relinearization keys")
+    galois = load("GaloisKeys", eng.context, galois_blob, "Galois keys")
+    enc, ev = s.Encryptor(eng.context, secret), eng.evaluator
+    costs: dict[str, float] = {"relin_bytes": float(len(relin_blob)), "galois_bytes_per_step": float(len(galois_blob))}
+    # A client's input is encrypted with the secret key and sent seeded (half the bytes of a computed one).
+    costs["input_bytes"] = float(len(dump(enc.encrypt_symmetric(eng.encode(np.full(eng.slots, 0.5), 0, eng.scales[0])))))
+
+    def timeit(fn: Any) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(max(3, reps // 4)):  # the best of a few batches: the machine's cost, not its neighbours'
+            t0 = time.perf_counter()
+            for _ in range(4):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / 4)
+        return best
+
+    def fresh(lvl: int) -> Any:
+        ct = s.Ciphertext()
+        enc.encrypt_symmetric(eng.encode(np.full(eng.slots, 0.5), 0, eng.scales[0]), ct)
+        return eng.to_level(ct, lvl)
+
+    for lvl in range(eng.depth + 1):
+        ct, out, big = fresh(lvl), s.Ciphertext(), s.Ciphertext()
+        blob = dump(ct)
+        costs[f"bytes@{lvl}"] = float(len(blob))
+        costs[f"load@{lvl}"] = timeit(lambda b=blob: eng.ciphertext(b))
+        costs[f"dump@{lvl}"] = timeit(lambda c=ct: dump(c))
+        costs[f"add@{lvl}"] = timeit(lambda c=ct: ev.add(c, c, out))
+        costs[f"add_plain@{lvl}"] = timeit(lambda c=ct: ev.add_plain(c, eng.encode(0.3, lvl, c.scale), out))
+        if lvl == eng.depth:  # the last level only adds: a product would not fit its one prime
+            continue
+        pt = eng.encode(0.3, lvl, ct.scale)
+        ev.multiply(ct, ct, big)
+        costs[f"mul_plain@{lvl}"] = timeit(lambda c=ct: ev.multiply_plain(c, pt, out))
+        costs[f"mul_ct@{lvl}"] = timeit(lambda c=ct: ev.multiply(c, c, out))
+        costs[f"relin@{lvl}"] = timeit(lambda: ev.relinearize(big, relin, out))
+        costs[f"rotate@{lvl}"] = timeit(lambda c=ct: ev.rotate_vector(c, 1, galois, out))
+        costs[f"rescale@{lvl}"] = timeit(lambda: ev.rescale_to_next(big, out))
+        costs[f"mod_switch@{lvl}"] = timeit(lambda c=ct: ev.mod_switch_to_next(c, out))
+    return costs
+
+
+def seconds(counts: dict[str, Any], costs: dict[str, float]) -> float:
+    """Operation counts (``op_counts``) times measured costs (``measure``): what one core cannot beat for one
+    chunk.  An operation at a level that was not timed is priced at its dearest measured level."""
+    total = 0.0
+    for (op, lvl), n in counts["by_level"].items():
+        cost = costs.get(f"{op}@{lvl}")
+        if cost is None:
+            cost = max((v for k, v in costs.items() if k.startswith(f"{op}@")), default=0.0)
+        total += n * cost
+    return float(total)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...errors import FormatError, UnsafeArtifactError, UnsupportedModelError
 from ...formats.bundle import Bundle
+from .._quiet import import_torch_quietly
 from .artifacts import check_processing, check_result_size
 
 
@@ -27,6 +28,7 @@ class TFHEKeys:
 
 
 def _allowed_model_classes() -> dict[str, type]:
+    import_torch_quietly()
     from concrete.ml.quantization import QuantizedModule
     from concrete.ml.sklearn import _get_sklearn_all_models
 
@@ -36,6 +38,7 @@ def _allowed_model_classes() -> dict[str, type]:
 
 def build_model(processing_json: bytes) -> Any:
     """Recreate the Concrete ML pre/post-processing object from the checked processing JSON."""
+    import_torch_quietly()
     from concrete.ml.common.serialization.loaders import loads
 
     processing = json.loads(processing_json)
@@ -55,6 +58,29 @@ def build_model(processing_json: bytes) -> Any:
     return model
 
 
+def secret_keys_only(specs_json: bytes, keyset: Any) -> bytes:
+    """Serialize a keyset holding the LWE secret keys of ``keyset`` and none of its evaluation keys.
+
+    Concrete's ``Keys.serialize`` writes the secret keys *and* the bootstrap and keyswitch keys, which
+    are the evaluation keys again (178 MB for a small CNN), so every encrypt and decrypt read them all.
+    Encryption and decryption need only the secret keys: a keyset is made for the same circuit with its
+    bootstrap and keyswitch keys left out of the key description, seeded with the existing secret keys.
+    """
+    from concrete import fhe
+    from concrete.compiler import Keyset
+
+    specs = json.loads(specs_json)
+    described = specs["keyset"]["lweSecretKeys"]
+    secret = keyset.get_client_keys().get_secret_keys()
+    dims = [int(k["params"]["lweDimension"]) for k in described]
+    if len(secret) != len(described) or [int(k.param.dimension()) for k in secret] != dims:
+        raise FormatError("the generated secret keys do not match the circuit's key description: re-compile")
+    specs["keyset"] = {**specs["keyset"], "lweBootstrapKeys": [], "lweKeyswitchKeys": [], "packingKeyswitchKeys": []}
+    info = fhe.ClientSpecs.deserialize(json.dumps(specs).encode()).program_info
+    initial = {int(k["id"]): key for k, key in zip(described, secret)}
+    return bytes(Keyset(info, None, initial_lwe_secret_keys=initial).serialize())
+
+
 class TFHEClient:
     """Holds the (optional) secret keyset for one bundle."""
 
@@ -66,12 +92,17 @@ class TFHEClient:
         self._client = fhe.Client(fhe.ClientSpecs.deserialize(self._specs))
         self._model = build_model(sections["processing.json"])
         if secret is not None:
-            self._client.keys = fhe.Keys.deserialize(secret)
+            try:
+                self._client.keys = fhe.Keys.deserialize(secret)
+            except Exception as exc:  # Concrete raises bare RuntimeError on bad bytes
+                raise FormatError(f"the TFHE secret keys are unreadable: {exc}") from exc
 
     def keygen(self) -> TFHEKeys:
-        """Generate a fresh keyset (secret + evaluation keys)."""
+        """Generate a fresh keyset; the secret part keeps the LWE secret keys only (see :func:`secret_keys_only`)."""
         self._client.keygen(force=True)
-        return TFHEKeys(secret=self._client.keys.serialize(), evaluation=self._client.evaluation_keys.serialize())
+        keyset = self._client.keys._keyset  # Concrete's own Client reads this private attribute too
+        return TFHEKeys(secret=secret_keys_only(self._specs, keyset),
+                        evaluation=self._client.evaluation_keys.serialize())
 
     def encrypt(self, X: np.ndarray) -> list[tuple[int, bytes]]:
         """One payload per sample: Concrete ML circuits take one sample at a time."""

@@ -18,9 +18,13 @@ import numpy as np
 from ...formats.bundle import Bundle
 from ...errors import FormatError, UnsupportedModelError
 from .. import library_versions
-from .._onnx import is_onnx, is_torch, load_onnx
+from .._onnx import is_onnx, is_torch, load_onnx, model_type
+from .._onnx_ml import as_sklearn
+from .._quiet import import_torch_quietly
+from .._task import check_task, decide, final_activation
 from .artifacts import sections_from_deployment
 from .client import build_model
+from .stats import circuit_statistics
 
 # Post-training quantization defaults for torch/ONNX models, chosen from the sweep in bench/bench_tfhe.py
 # on the issue's 30-16-2 ReLU MLP (breast cancer): 5 bits with accumulators rounded to 5 bits kept the
@@ -35,8 +39,13 @@ def _circuit_shape(specs: dict[str, Any], side: str) -> list[int]:
     return list(value["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"])
 
 
-def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None = None) -> Bundle:
-    """Convert a Concrete ML deployment directory (client.zip + server.zip) into a bundle."""
+def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None = None, *, task: str | None = None,
+                           final: str | None = None) -> Bundle:
+    """Convert a Concrete ML deployment directory (client.zip + server.zip) into a bundle.
+
+    ``task`` is the user's word on what the model is; ``final`` the Softmax/Sigmoid a graph ends in
+    (see :func:`he_compute.schemes._task.decide`).
+    """
     client, server, versions = sections_from_deployment(Path(directory))
     specs = json.loads(client["client.specs.json"])
     config = json.loads(server["configuration.json"])
@@ -46,12 +55,15 @@ def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None =
         raise FormatError(f"{directory}: client.specs.json describes no single-input, single-output circuit") from exc
     model = build_model(client["processing.json"])
     probe = model.post_processing(model.dequantize_output(np.zeros(out_circuit, dtype=np.int64)))
+    out_shape = list(np.asarray(probe).shape[1:])
+    graph = type(model).__name__ == "QuantizedModule"  # a torch/ONNX graph: it does not say what it is
+    known = None if graph else ("classifier" if hasattr(model, "predict_proba") else "regressor")
     manifest = {
         "model_type": type(model).__name__,
-        "task": "classifier" if hasattr(model, "predict_proba") else "regressor",
+        **decide(task, known=known, n_outputs=int(np.prod(out_shape)), final=final),
         "input_shape": in_shape[1:],
         "input_dtype": "float64",
-        "output_shape": list(np.asarray(probe).shape[1:]),
+        "output_shape": out_shape,
         "library_versions": library_versions("concrete-ml", "concrete-python"),
         "source_versions": versions,
         "security_level": int(config.get("security_level", 128)),
@@ -63,6 +75,7 @@ def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None =
 
 def _as_concrete_model(model: Any, X: np.ndarray, n_bits: int | None) -> Any:
     """Return a fitted Concrete ML built-in model for a Concrete ML or scikit-learn model."""
+    import_torch_quietly()
     import concrete.ml.sklearn as cml
 
     if type(model).__module__.startswith("concrete.ml."):
@@ -85,6 +98,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     n_bits: int | None = None,
     rounding_threshold_bits: int | None = DEFAULT_ROUNDING_THRESHOLD_BITS,
     p_error: float | None = None,
+    task: str | None = None,
 ) -> Bundle:
     """Compile ``model`` for TFHE and return its bundle.
 
@@ -92,25 +106,32 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     overrides it for scikit-learn models); torch modules and ONNX graphs use
     post-training quantization with ``n_bits`` (default 5) and accumulator
     rounding to ``rounding_threshold_bits`` (default 5; ``None`` disables it).
+    ``task`` (``classifier``/``regressor``) overrides what the model says it is;
+    a graph's final Softmax is applied on the client, as CKKS does.
     """
+    import_torch_quietly()
     from concrete.ml.deployment import FHEModelDev
 
-    X = np.asarray(X_calib, dtype=np.float64)
-    extra: dict[str, Any] = {}
+    check_task(task)
+    # An skl2onnx graph is compiled as the scikit-learn model it encodes; its Scalers run on the client.
+    model, X, extra = as_sklearn(model, np.asarray(X_calib, dtype=np.float64), "tfhe")
+    final = None
     compile_kwargs = {"p_error": p_error} if p_error is not None else {}
     if is_torch(model) or is_onnx(model):
         from concrete.ml.torch.compile import compile_onnx_model, compile_torch_model
 
         bits = DEFAULT_N_BITS if n_bits is None else n_bits
         compile_fn = compile_torch_model if is_torch(model) else compile_onnx_model
-        onnx_model = _onnx_opset_14(load_onnx(model)) if is_onnx(model) else model
+        onnx_model = _without_final_softmax(_onnx_opset_14(load_onnx(model))) if is_onnx(model) else model
         try:
             compiled = compile_fn(
                 onnx_model, X, n_bits=bits, rounding_threshold_bits=rounding_threshold_bits, **compile_kwargs
             )
         except (ValueError, AssertionError, RuntimeError) as exc:
             raise UnsupportedModelError(f"Concrete ML cannot compile this model: {exc}") from exc
+        final = final_activation(getattr(compiled, "onnx_model", None))
         extra["quantization"] = {"n_bits": bits, "rounding_threshold_bits": rounding_threshold_bits}
+        extra["model_type"] = model_type(model)
     else:
         compiled = _as_concrete_model(model, X, n_bits)
         compiled.compile(X, **compile_kwargs)
@@ -118,9 +139,24 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         classes = getattr(compiled, "classes_", None)
         if classes is not None:
             extra["classes"] = np.asarray(classes).tolist()
+    extra["circuit"] = circuit_statistics(compiled.fhe_circuit)  # for pre-flight estimates (hec info / plan)
     with tempfile.TemporaryDirectory(prefix="hec-deploy-") as tmp:
         FHEModelDev(tmp, compiled).save(via_mlir=True)
-        return bundle_from_deployment(tmp, extra)
+        return bundle_from_deployment(tmp, extra, task=task, final=final)
+
+
+def _without_final_softmax(proto: Any) -> Any:
+    """The graph without a final Softmax, which Concrete cannot run: the client applies it after decryption."""
+    if final_activation(proto) != "softmax":
+        return proto
+    import onnx
+
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(proto)
+    node = next(n for n in stripped.graph.node if stripped.graph.output[0].name in n.output)
+    stripped.graph.output[0].name = node.input[0]
+    stripped.graph.node.remove(node)
+    return stripped
 
 
 def _jsonable(value: Any) -> Any:

@@ -43,6 +43,7 @@ class TFHEServer:
         if rules:
             rules = [CompositionRule(CompositionClause(*a), CompositionClause(*b)) for a, b in rules]
         specs = fhe.ClientSpecs.deserialize(sections["client.specs.json"])
+        self._function = str(json.loads(sections["client.specs.json"])["circuits"][0].get("name", "main"))
         self._fhe = fhe
         self._server = fhe.Server.create(
             sections["circuit.mlir"].decode(),
@@ -51,6 +52,12 @@ class TFHEServer:
             composition_rules=rules,
             tfhers_specs=specs.tfhers_specs,
         )
+
+    def statistics(self) -> dict[str, float]:
+        """Concrete's cost figures for this circuit (complexity, bootstraps), for pre-flight estimates."""
+        from .stats import circuit_statistics
+
+        return circuit_statistics(self._server, self._function)
 
     def load_keys(self, evaluation: bytes) -> Any:
         """Deserialize evaluation keys once; pass the result to :meth:`evaluate`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from ...errors import BlobNotFound, IntegrityError, LimitExceeded, StoreError
 from ...files import atomic_write
@@ -139,6 +140,17 @@ class FileBlobStore(Closing):
             os.unlink(self._path(digest))
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             pass
+
+    def listing(self) -> Iterator[tuple[str, int, float]]:
+        """``(digest, size, mtime)`` of every blob file (for ``hec gc``'s sweep of unreferenced blobs)."""
+        for path in self.root.glob("[0-9a-f][0-9a-f]/*"):
+            name = path.name
+            if len(name) == 64 and name[:2] == path.parent.name and not name.startswith("."):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield f"sha256:{name}", st.st_size, st.st_mtime
 
     def close(self) -> None:
         """Nothing to release."""
