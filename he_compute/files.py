@@ -40,8 +40,9 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PUBLIC) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync, rename and directory fsync.
+def atomic_write(path: str | os.PathLike[str], data: bytes | list[bytes], mode: int = PUBLIC) -> None:
+    """Write ``data`` (or its parts, one after the other) to ``path`` via a temp file, fsync, rename and
+    directory fsync.
 
     ``mode`` is the widest mode the file gets; the umask narrows it further.
     The temporary file is created 0600, so the data is never readable by others
@@ -52,7 +53,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PUBLIC) 
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode & ~_umask())

@@ -53,3 +53,32 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     container.atomic_write(tmp_path / "f.bin", b"abc", 0o600)
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o600
+
+
+def test_save_writes_what_to_bytes_gives_and_returns_the_files_sha256(tmp_path):
+    import hashlib
+
+    c = Container("ciphertexts", "ckks", {"n_samples": 3}, {"chunk/000000": b"a" * 5000, "chunk/000001": b"b" * 7})
+    digest = c.save(tmp_path / "x.enc")
+    data = (tmp_path / "x.enc").read_bytes()
+    assert data == c.to_bytes() and digest == hashlib.sha256(data).hexdigest()
+
+
+def test_known_section_digests_follow_replaced_sections(tmp_path):
+    c = container.parse(_sample())
+    before = c.section_digests()["keys"]
+    c.sections["keys"] = b"z" * 100  # a new bytes object: the digest parse verified no longer applies
+    assert c.section_digests()["keys"] != before
+    assert container.parse(c.to_bytes()).sections["keys"] == b"z" * 100
+
+
+def test_read_meta_reads_the_header_alone_and_names_bad_files(tmp_path):
+    Container("ciphertexts", "ckks", {"key_id": "k1"}, {"chunk/000000": b"x" * 10}).save(tmp_path / "x.enc")
+    assert container.read_meta(tmp_path / "x.enc", expect="ciphertexts") == {"key_id": "k1"}
+    with pytest.raises(FormatError, match="is a ciphertexts file, expected results"):
+        container.read_meta(tmp_path / "x.enc", expect="results")
+    (tmp_path / "junk").write_bytes(b"not a container at all")
+    with pytest.raises(FormatError, match="bad magic"):
+        container.read_meta(tmp_path / "junk")
+    with pytest.raises(FormatError, match="does not exist"):
+        container.read_meta(tmp_path / "missing.enc")

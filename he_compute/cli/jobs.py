@@ -34,6 +34,21 @@ def _progress(job: Any) -> str:
     return f"{done}/{total}"
 
 
+@contextmanager
+def _early_workers(n: int, queue: Any, blobs: Any, part: Any) -> Iterator[tuple[Any, Any]]:
+    """The run's connection, and its ``n`` local workers started now: they boot while the inputs are read."""
+    from ..client.run.connection import Connection
+    from ..client.run.local import local_workers
+
+    with Connection(queue, blobs) as conn:
+        if n <= 0:
+            yield conn, None
+            return
+        with local_workers(n, conn.queue_url, conn.blobs_url, conn.where.logs,
+                           device=str(part.meta.get("device", "cpu"))) as workers:
+            yield conn, workers
+
+
 class _Interrupted(click.ClickException):
     """A run stopped by Ctrl-C or SIGTERM: one line, exit status 130 like any interrupted command."""
 
@@ -100,9 +115,9 @@ def register(group: click.Group) -> None:
         from ..formats import container
         from ..formats.evalkeys import read as read_evaluation_keys
 
-        enc = container.read(encrypted, expect="ciphertexts")
+        key_id = container.read_meta(encrypted, expect="ciphertexts").get("key_id")
         if eval_keys is None or bundle_path is None:  # what the flags leave out comes from the key directory
-            keys_dir = registry.keys_for(str(enc.meta.get("key_id")), keys_dir, str(encrypted))
+            keys_dir = registry.keys_for(str(key_id), keys_dir, str(encrypted))
             eval_keys = eval_keys or keys_dir / "evaluation.keys"
             bundle_path = bundle_path or registry.server_part_path(keys_dir)
         part = container.read(bundle_path, expect=("bundle", "server"))
@@ -118,11 +133,13 @@ def register(group: click.Group) -> None:
                                "hec worker --coordinator URL instead")
             q, store = open_tenant(remote["coordinator"], token_file=remote["token_file"], ca_file=remote["ca_file"])
         try:
-            with _interrupts_as_keyboard_interrupt():
+            with _interrupts_as_keyboard_interrupt(), \
+                    _early_workers(local_workers, q or queue_url, store or blobs_url, part) as (conn, workers):
+                enc = container.read(encrypted, expect="ciphertexts")  # the workers boot meanwhile
                 try:
-                    report = run(enc, part, evk, queue=q or queue_url, blobs=store or blobs_url, policy=policy,
+                    report = run(enc, part, evk, queue=conn.q, blobs=conn.store, policy=policy,
                                  resume=resume, local_workers=local_workers, timeout=timeout,
-                                 samples_per_job=samples_per_job)
+                                 samples_per_job=samples_per_job, workers=workers)
                 except KeyboardInterrupt:
                     raise _Interrupted("interrupted: the run's unfinished jobs were cancelled; run the same command "
                                        "again to resume (finished jobs are kept)") from None

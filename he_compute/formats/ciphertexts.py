@@ -24,7 +24,7 @@ def chunk_name(i: int) -> str:
 
 def inputs_digest(c: Container) -> str:
     """Digest of a ciphertexts container's payloads, recorded in the result it produces."""
-    return sha256_hex("".join(sha256_hex(v) for v in c.sections.values()).encode())
+    return sha256_hex("".join(c.section_digests().values()).encode())
 
 
 def check_inputs_match(ciphertexts: Container, model_id: str, key_id: str) -> None:

@@ -49,33 +49,53 @@ class Container:
     scheme: str
     meta: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, bytes] = field(default_factory=dict)
+    # Digests already computed for a section's exact bytes object (by parse, which verified them, or by an
+    # earlier call): a 50 MB ciphertexts file is hashed once per process, not once per use.
+    _known: dict[str, tuple[bytes, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def section_digests(self) -> dict[str, str]:
         """Map each section name to the sha256 of its payload."""
-        return {name: sha256_hex(data) for name, data in self.sections.items()}
+        out = {}
+        for name, data in self.sections.items():
+            known = self._known.get(name)
+            if known is None or known[0] is not data:
+                known = self._known[name] = (data, sha256_hex(data))
+            out[name] = known[1]
+        return out
 
-    def to_bytes(self) -> bytes:
-        """Serialize to the on-disk layout described in the module docstring."""
+    def _parts(self) -> list[bytes]:
         if self.kind not in KINDS:
             raise ValueError(f"unknown container kind {self.kind!r}")
+        digests = self.section_digests()
         header = {
             "kind": self.kind,
             "scheme": self.scheme,
             "meta": self.meta,
-            "sections": [
-                {"name": name, "size": len(data), "sha256": sha256_hex(data)}
-                for name, data in self.sections.items()
-            ],
+            "sections": [{"name": name, "size": len(data), "sha256": digests[name]}
+                         for name, data in self.sections.items()],
         }
         head = compact(header).encode()
-        body = b"".join([_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)), head, *self.sections.values()])
+        return [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head, *self.sections.values()]
+
+    def to_bytes(self) -> bytes:
+        """Serialize to the on-disk layout described in the module docstring."""
+        body = b"".join(self._parts())
         return body + hashlib.sha256(body).digest()
 
     def save(self, path: str | os.PathLike[str], mode: int = PUBLIC) -> str:
-        """Write atomically to ``path`` (``mode`` narrowed by the umask); return the file's sha256."""
-        data = self.to_bytes()
-        atomic_write(path, data, mode)
-        return sha256_hex(data)
+        """Write atomically to ``path`` (``mode`` narrowed by the umask); return the file's sha256.
+
+        The parts are written one after the other (no copy of the whole file in memory) and hashed once:
+        the trailer is the digest of the body, and the file's digest continues the same hash over it.
+        """
+        parts = self._parts()
+        h = hashlib.sha256()
+        for part in parts:
+            h.update(part)
+        trailer = h.digest()
+        h.update(trailer)
+        atomic_write(path, [*parts, trailer], mode)
+        return h.hexdigest()
 
 
 def parse(data: bytes, *, expect: str | tuple[str, ...] | None = None, source: str = "input") -> Container:
@@ -106,6 +126,7 @@ def parse(data: bytes, *, expect: str | tuple[str, ...] | None = None, source: s
     if wanted and kind not in wanted:
         raise FormatError(f"{source} is a {kind} file, expected {' or '.join(wanted)}")
     sections: dict[str, bytes] = {}
+    known: dict[str, tuple[bytes, str]] = {}
     offset = _PREFIX.size + head_len
     for entry in entries:
         name, size, digest = entry["name"], int(entry["size"]), entry["sha256"]
@@ -113,10 +134,40 @@ def parse(data: bytes, *, expect: str | tuple[str, ...] | None = None, source: s
         if len(chunk) != size or sha256_hex(chunk) != digest:
             raise IntegrityError(f"{source}: section {name!r} does not match its sha256")
         sections[name] = chunk
+        known[name] = (chunk, digest)
         offset += size
     if offset != len(body):
         raise FormatError(f"{source} has {len(body) - offset} unexpected trailing bytes")
-    return Container(kind=kind, scheme=scheme, meta=meta, sections=sections)
+    return Container(kind=kind, scheme=scheme, meta=meta, sections=sections, _known=known)
+
+
+def read_meta(path: str | os.PathLike[str], *, expect: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The header's ``meta`` alone, read without the sections and **not verified**: enough to find which keys a
+    large file needs before :func:`read` checks all of it."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            prefix = f.read(_PREFIX.size)
+            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+                raise FormatError(f"{p} is not a he_compute file (bad magic): pass a file written by hec")
+            _, _, head_len = _PREFIX.unpack(prefix)
+            head = f.read(min(head_len, _MAX_HEADER))
+        header = json.loads(head)
+        kind, meta = header["kind"], header["meta"]
+    except FileNotFoundError:
+        raise FormatError(f"{p} does not exist") from None
+    except IsADirectoryError:
+        raise FormatError(f"{p} is a directory, expected a he_compute file") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read {p}: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{p} has an unreadable header: {exc}") from exc
+    wanted = (expect,) if isinstance(expect, str) else expect
+    if wanted and kind not in wanted:
+        raise FormatError(f"{p} is a {kind} file, expected {' or '.join(wanted)}")
+    if not isinstance(meta, dict):
+        raise FormatError(f"{p} has an unreadable header: meta is not an object")
+    return meta
 
 
 def read(path: str | os.PathLike[str], *, expect: str | tuple[str, ...] | None = None) -> Container:

@@ -20,6 +20,7 @@ import base64
 import json
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -50,13 +51,24 @@ class Uploads:
     canaries: list[tuple[str, Canary]]
 
 
-def _put(conn: Connection, data: bytes, name: str, count: Callable[[str, bool], None]) -> str:
-    digest = digest_of(data)
+UPLOAD_THREADS = 2
+"""Chunks uploaded at once: hashing, writing and fsync (or a network round trip) release the GIL."""
+
+
+def _put(conn: Connection, data: bytes, name: str, count: Callable[[str, bool], None],
+         digest: str | None = None) -> str:
+    digest, fresh = _store(conn, data, digest)
+    count(name, fresh)
+    return digest
+
+
+def _store(conn: Connection, data: bytes, digest: str | None = None) -> tuple[str, bool]:
+    """Put ``data`` unless the store has it; ``digest`` is ours to give only where this process computed it."""
+    digest = digest or digest_of(data)
     fresh = not conn.store.exists(digest)
     if fresh:
         conn.store.put(data)
-    count(name, fresh)
-    return digest
+    return digest, fresh
 
 
 def upload(conn: Connection, ciphertexts: Container, server_part: Container, evalkeys: Container,
@@ -64,16 +76,23 @@ def upload(conn: Connection, ciphertexts: Container, server_part: Container, eva
     """Put the public parts, then every chunk (real and canary) in one shuffled batch."""
     server = _put(conn, server_part.to_bytes(), "server", count)
     keys = _put(conn, evalkeys.to_bytes(), "keys", count)
-    real = [ciphertexts.sections[chunk_name(i)] for i in range(len(ciphertexts.sections))]
+    names = [chunk_name(i) for i in range(len(ciphertexts.sections))]
+    real = [ciphertexts.sections[n] for n in names]
+    known: list[str | None] = [None] * len(real)
     if rerandomize:
         scheme = schemes.client(ciphertexts.scheme)
         real = [scheme.rerandomize(evalkeys.sections["keys"], p) for p in real]
-    batch = [("inputs", i, p) for i, p in enumerate(real)] + [("canaries", j, c.payload) for j, c in enumerate(canaries)]
+    elif real:
+        known = ["sha256:" + ciphertexts.section_digests()[n] for n in names]  # verified when the file was read
+    batch = ([("inputs", i, p, known[i]) for i, p in enumerate(real)]
+             + [("canaries", j, c.payload, None) for j, c in enumerate(canaries)])
     _RNG.shuffle(batch)
     inputs: list[str] = [""] * len(real)
     canary_digests: list[str] = [""] * len(canaries)
-    for name, i, payload in batch:
-        digest = _put(conn, payload, name, count)
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="hec-upload") as pool:
+        stored = list(pool.map(lambda item: _store(conn, item[2], item[3]), batch))
+    for (name, i, _, _), (digest, fresh) in zip(batch, stored):
+        count(name, fresh)
         if name == "inputs":
             inputs[i] = digest
         else:

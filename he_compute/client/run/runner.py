@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,7 @@ from .allowlist import AllowList
 from . import plan
 from .canaries import Canary, KnownAnswers, canary_check
 from .connection import Connection
+from .local import LocalWorkers
 from .local import local_workers as start_local_workers
 from .record import RunRecord, run_key
 from .supervisor import Group, Supervisor
@@ -153,6 +155,7 @@ def run(
     worker_env: dict[str, str] | None = None,
     on_submit: Callable[[list[str]], None] | None = None,
     resume: bool = True,
+    workers: LocalWorkers | None = None,
 ) -> RunReport:
     """Evaluate ``ciphertexts`` on queue workers and return the verified encrypted result.
 
@@ -166,6 +169,9 @@ def run(
     The run is recorded (:mod:`.record`): calling it again with the same ciphertexts, model, keys,
     queue and settings after a crash or an interrupt collects the jobs that finished and submits only
     what is missing (``resume=False`` starts over).
+
+    ``workers`` are local workers the caller started already on this queue (``hec run`` starts them before
+    it reads the ciphertexts, so that they boot meanwhile); they count as ``local_workers``.
     """
     policy = policy or Policy()
     server_part = _server_part_of(server_part)
@@ -174,8 +180,10 @@ def run(
     report = RunReport(result=Container("results", ciphertexts.scheme), job_ids=[])
     device = str(server_part.meta.get("device", "cpu"))
     with Connection(queue, blobs) as conn, \
-            start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
-                                env=worker_env) as local:  # they start while the run uploads
+            (nullcontext(workers) if workers is not None else
+             start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
+                                 env=worker_env)) as local:  # they start while the run uploads
+        local_workers = len(local.procs)
         vouched = _coordinator_operators(conn)
         policy.check_operators(local_workers, vouched is not None)
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
