@@ -8,12 +8,12 @@ For each model (breast-cancer ReLU MLP 30-16-2 from torch, logistic regression):
 * the limit: the plan's operation counts (:func:`op_counts`, per level) times the
   cost of each operation at that level measured here, on one core and on two;
 * argmax agreement and max output error against the clear float model on all rows;
-* optionally (``--cli``) the same 32,768 rows end to end through ``hec encrypt``,
-  ``hec run --local-workers 2`` and ``hec decrypt``.
+* (unless ``--no-cli``) the same 32,768 rows end to end through ``hec encrypt``,
+  ``hec run`` (with ``--local-workers 2``, and with a lasting ``hec worker``) and ``hec decrypt``.
 
 Then the digits square MLP 64-32-10 on one sample (single packing, BSGS rotations).
-Writes ``bench/results/ckks_engine.md``.  Run: ``python -m bench ckks_engine`` or
-``python bench/bench_ckks_engine.py [--cli]``.
+Writes ``bench/results/ckks_engine.md``.  Run: ``python -m bench ckks_engine``
+(``python bench/bench_ckks_engine.py --no-cli`` skips the CLI runs).
 """
 
 from __future__ import annotations
@@ -136,9 +136,12 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
     first = enc.sections["chunk/000000"]
     ev.evaluate_payload(first, keys)  # warm
     t_chunk = float("inf")
-    for _ in range(2):  # best of two: other jobs share these two cores
+    spent, runs = 0.0, 0
+    while runs < 2 or (spent < 1.0 and runs < 10):  # best of 2 (up to 10 for fast models): other jobs share the cores
+        runs += 1
         t0 = time.perf_counter()
         ev.evaluate_payload(first, keys)
+        spent += time.perf_counter() - t0
         t_chunk = min(t_chunk, time.perf_counter() - t0)
     rate2, results = two_process_throughput(bundle, client, enc)
     res = he_compute.Container("results", "ckks", {**{k: enc.meta[k] for k in (
@@ -147,14 +150,14 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
     t0 = time.perf_counter()
     out = client.decrypt(res)
     t_dec = time.perf_counter() - t0
-    if out.shape[1] == 2 and ref.shape[1] == 1:  # sklearn binary: probabilities back to the decision score
-        out = np.log(out[:, 1:] / out[:, :1])
+    out = as_scores(out, ref)
     plan, weights = check_sections(bundle.server)
     counts = op_counts(plan, weights, "batch")
     limit1 = op_seconds(counts, measure(ck))  # the engine's counts times its per-level costs, measured here
     # old engine on one chunk, same weights, its own fit and parameters
     old_out, old_t, old_p = old_run(old_layers, X[: ck["slots"]])
-    old_t = min(old_t, old_run(old_layers, X[: ck["slots"]])[1])
+    for _ in range(1 if old_t > 0.5 else 6):
+        old_t = min(old_t, old_run(old_layers, X[: ck["slots"]])[1])
     old_ref = ref[: ck["slots"]]
     row = {
         "model": name, "N": ck["poly_modulus_degree"], "primes": len(ck["coeff_mod_bit_sizes"]),
@@ -171,6 +174,14 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
     if cli:
         row |= cli_e2e(name, model, bundle, X_tr, X, ref, tmp)
     return row
+
+
+def as_scores(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Decrypted outputs as the clear model's scores: a scikit-learn binary classifier decrypts to
+    probabilities, its clear reference is the decision score."""
+    if out.shape[1] == 2 and ref.shape[1] == 1:
+        return np.log(out[:, 1:] / out[:, :1])
+    return out
 
 
 def agreement(out: np.ndarray, ref: np.ndarray) -> float:
@@ -203,7 +214,7 @@ def cli_e2e(name, model, bundle, X_tr, X, ref, tmp: Path) -> dict:
         t_enc = _hec("encrypt", d / "m.hec", d / "X.npy", "--keys", d / "keys", "-o", x)
         t_run = _hec("run", x, "-o", y, "--queue", queue, "--local-workers", local)
         t_dec = _hec("decrypt", y, "-o", out)
-        return t_enc, t_run, t_dec, agreement(np.load(out), ref)
+        return t_enc, t_run, t_dec, agreement(as_scores(np.load(out), ref), ref)
 
     row = {}
     for how, local in (("cold", 2), ("warm", 0)):
@@ -269,7 +280,7 @@ def main() -> None:
     """Run everything and write bench/results/ckks_engine.md."""
     from sklearn.linear_model import LogisticRegression
 
-    cli = "--cli" in sys.argv
+    cli = "--no-cli" not in sys.argv
     load = os.getloadavg()
     data = cancer()
     X_tr, _, y_tr, _ = data
@@ -300,9 +311,9 @@ def write(rows, single, load, cli) -> None:
                      f"{r['old_1core']:,.0f}", f"{r['new_1core']:,.0f}", f"{r['new_2proc']:,.0f}",
                      f"{r['limit_1core']:,.0f} / {r['limit_2core']:,.0f}", f"{r['new_2proc'] / r['limit_2core']:.0%}",
                      f"{r['old_agree']:.2%} / {r['agree']:.2%}", f"{r['old_err']:.3g} / {r['err']:.3g} ({r['predicted']:.3g})"])
-    text = [f"# CKKS engine: old vs new (python bench/bench_ckks_engine.py{' --cli' if cli else ''})", "",
+    text = [f"# CKKS engine: old vs new (python -m bench ckks_engine{'' if cli else ' --no-cli'})", "",
             f"Load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores). Throughput in samples/s, "
-            f"evaluation only (one chunk: best of two runs), {ROWS:,} rows (test split tiled); agreement and error against the clear float model "
+            f"evaluation only (one chunk: best of 2 runs, of up to 10 where one takes under 0.5 s), {ROWS:,} rows (test split tiled); agreement and error against the clear float model "
             f"on all rows.", "", table(head, body), ""]
     for r in rows:
         text.append(f"- {r['model']}: one chunk of {r['slots']} samples: new {r['new_chunk_s']:.3f} s vs limit "

@@ -15,6 +15,7 @@ Run: ``python -m bench verify`` (a few minutes on 2 cores).
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 N_SAMPLES = 120
+ROUNDS = 2
+LOAD = os.getloadavg()
 CONFIGS = [("replicas 1 (plain run)", {}), ("replicas 1 + receipts + allow-list", {"allow": True}),
            ("replicas 2", {"replicas": 2, "allow": True}), ("replicas 3", {"replicas": 3, "allow": True}),
            ("canaries 5%", {"canaries": 0.05})]
@@ -50,6 +53,7 @@ def main() -> None:
     client = he_compute.Client.keygen(bundle, root / "keys")
     evk = he_compute.read_evaluation_keys(client.evaluation_keys_path)
     Xq = X_test[:N_SAMPLES]
+    n = len(Xq)  # the test split may hold fewer than N_SAMPLES
     clear = model.predict_proba(Xq, fhe="disable")
     known = KnownAnswers(client, X_train[:100], model.predict_proba(X_train[:100], fhe="disable"))
     rows = []
@@ -67,7 +71,7 @@ def main() -> None:
                 break
             runner.run(client.encrypt(Xq[:6]), bundle.server_part(), evk, queue=q_url, blobs=b_url, samples_per_job=1,
                        show_progress=False, timeout=600, policy=runner.Policy(allowed=allow))
-        for label, opts in CONFIGS:
+        for label, opts in CONFIGS * ROUNDS:
             enc = client.encrypt(Xq)
             kwargs = dict(opts)
             if kwargs.pop("allow", False):  # receipts checked against an allow-list naming each worker's operator
@@ -80,16 +84,23 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             assert np.allclose(client.decrypt(report.result), clear, atol=1e-9)
             v = report.verification
-            rows.append((label, elapsed, N_SAMPLES / elapsed, v.get("submitted", N_SAMPLES), v.get("decoys_sent", 0)))
+            rows.append((label, elapsed, n / elapsed, v.get("submitted", n), v.get("decoys_sent", 0)))
     finally:
         for w in workers:
             w.stop()
         for t in threads:
             t.join(30)
+    best = {}
+    for row in rows:  # the faster of the rounds: other jobs share these two cores
+        if row[0] not in best or row[1] < best[row[0]][1]:
+            best[row[0]] = row
+    rows = [best[label] for label, _ in CONFIGS]
     base = rows[0][2]
     lines = ["# Verification cost", "",
-             f"{N_SAMPLES} breast-cancer samples, Concrete ML LogisticRegression (TFHE), embedded queue, 3 in-process "
-             "workers, one sample per job; results checked equal to the clear quantized model.", "",
+             f"{n} breast-cancer samples (the test split), Concrete ML LogisticRegression (TFHE), embedded queue, 3 "
+             f"in-process workers, one sample per job; results checked equal to the clear quantized model; the faster "
+             f"of {ROUNDS} rounds of every configuration, rounds interleaved; load average at start "
+             f"{LOAD[0]:.2f} {LOAD[1]:.2f} {LOAD[2]:.2f} (2 cores).", "",
              "| configuration | seconds | samples/s | relative throughput | last round | jobs run | decoys |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {label} | {sec:.2f} | {tp:.1f} | {tp / base:.2f}x | {LAST_ROUND.get(label, '-')} | {jobs} | {dec} |"

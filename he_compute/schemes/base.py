@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is for the annotations only: a worker's host process never needs it
+    import numpy as np
 
-if TYPE_CHECKING:
     from ..formats.bundle import Bundle
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..errors import KeyMismatchError
-from ..evaluator import Evaluator, LoadedKeys
 from ..formats import container
 from ..formats.task import Task
 
@@ -29,6 +28,9 @@ SERVER_CACHE_BYTES = int(os.environ.get("HEC_SERVER_CACHE_MB", "256")) * 1024 * 
 """Bytes of server parts whose compiled evaluators a worker keeps (``HEC_SERVER_CACHE_MB``)."""
 MAX_CACHED = int(os.environ.get("HEC_MAX_CACHED", "8"))
 """Entries each cache keeps at most: deserialized keys can be many times their serialized size."""
+
+if TYPE_CHECKING:  # evaluating happens in a sandbox child or InProcess; the worker's host process never loads it
+    from ..evaluator import Evaluator, LoadedKeys
 
 Fetch = Callable[[str], bytes]
 
@@ -153,6 +155,8 @@ class InProcess:
             return cached, True
         data = fetch(task.server)
         part = container.parse(data, expect="server", source=f"server part {task.server[:19]}")
+        from ..evaluator import Evaluator
+
         evaluator = Evaluator(part)  # structure, model id and the scheme's safety checks run here
         self.evaluators.put(task.server, evaluator, len(data))
         return evaluator, False

@@ -5,10 +5,11 @@ order, modification times, which digests are new) and remembers earlier runs:
 
 * every chunk of a run, canaries included, is uploaded in **one shuffled batch**, after the public parts;
 * canaries have the **sizes of real chunks** (their sample counts are drawn from the real ones);
-* **nothing repeats in a way that singles canaries out**: where the scheme can re-randomize a ciphertext
-  with public material (CKKS adds a fresh encryption of zero), every chunk is re-randomized for the run,
-  so all digests are new; where it cannot (TFHE has no public-key encryption), the canaries made for a
-  given input file are kept and used again with it, so that a re-run repeats every digest alike.
+* **nothing repeats in a way that singles canaries out**: a scheme that could re-randomize a ciphertext
+  with public material would get every chunk re-randomized for the run (all digests new); neither can
+  today (TFHE has no public-key encryption, and CKKS inputs are encrypted with the secret key, no public
+  key being made), so the canaries made for a given input file are kept and used again with it, and a
+  re-run repeats every digest alike.
 
 Groups (``per_job`` chunks each) are drawn from one shuffle of real and canary slots; a random sample of
 groups is marked as *decoys* (see :mod:`.supervisor`).  Everything is written to the run's record.
