@@ -5,10 +5,11 @@ the evaluation keys (never the secret keys) and returns a :class:`RunReport`
 whose ``result`` is the ``results`` container that :meth:`Client.decrypt`
 and ``hec decrypt`` read, in exactly the layout in-process evaluation gives.
 
-Top to bottom: check that the three belong together; upload what the blob
-store lacks (everything travels by sha256); cut the chunks (and canaries) into
-job groups; start local workers if asked; let the :class:`Supervisor` submit,
-verify and decide; assemble the result.  How a run is verified is a
+Top to bottom: check that the three belong together; start local workers if
+asked (or take the ones the caller started), which boot meanwhile; upload what
+the blob store lacks (everything travels by sha256); cut the chunks (and
+canaries) into job groups; let the :class:`Supervisor` submit, verify and
+decide; assemble the result.  How a run is verified is a
 :class:`Policy`.
 
 Example::
