@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import he_compute
-from he_compute.cli import main
+from he_compute.cli import commands, main
 
 HEC = [sys.executable, "-m", "he_compute"]
 
@@ -124,9 +124,18 @@ def test_real_process_prints_no_traceback_and_debug_does(tmp_path):
 
 
 def test_every_command_has_help_with_an_example():
-    for name, command in main.commands.items():
+    for name, command in commands().items():
         result = _run(name, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, name
+
+
+def test_the_lazy_command_table_names_every_registered_command():
+    """A command missing from LAZY would be unreachable; one listed under the wrong module would fail to load."""
+    from he_compute import cli
+
+    assert set(commands()) == set(cli.LAZY)
+    for name, module in cli.LAZY.items():
+        assert commands()[name].callback.__module__ == f"he_compute.cli.{module}", name
 
 
 def test_scheme_specific_flags_are_checked(files):

@@ -7,6 +7,7 @@ status 1.  ``hec --debug CMD`` shows tracebacks instead.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -16,9 +17,26 @@ from ..errors import HECError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+# Which module defines each command: a command's module is imported only when that command runs (or help
+# lists them all), so ``hec worker`` does not load the client's run machinery, nor ``hec decrypt`` the
+# coordinator's.  test_cli checks that this table matches what the modules register.
+LAZY = {"compile": "compile", "import-concrete": "models", "keygen": "models", "encrypt": "models",
+        "eval": "models", "decrypt": "models", "info": "inspect", "plan": "inspect", "run": "jobs",
+        "status": "jobs", "jobs": "jobs", "cancel": "jobs", "gc": "maint", "worker": "worker",
+        "audit": "audit", "coordinator": "coordinator"}
+_LOADED: set[str] = set()
+
 
 class _Group(click.Group):
-    """Maps library errors to one-line messages unless ``--debug`` is on."""
+    """Loads commands on first use; maps library errors to one-line messages unless ``--debug`` is on."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in LAZY:
+            _load(LAZY[name])
+        return self.commands.get(name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,14 +73,17 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.meta["hec.debug"] = debug
 
 
-def _register() -> None:
-    from . import audit, compile, coordinator, inspect, jobs, maint, models, worker
+def _load(module: str) -> None:
+    if module not in _LOADED:
+        _LOADED.add(module)
+        importlib.import_module(f"{__name__}.{module}").register(main)
 
-    for module in (compile, models, inspect, jobs, maint, worker, audit, coordinator):
-        module.register(main)
 
-
-_register()
+def commands() -> dict[str, click.Command]:
+    """Every ``hec`` command by name, all loaded (for help texts, docs and tests)."""
+    for module in sorted(set(LAZY.values())):
+        _load(module)
+    return dict(main.commands)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

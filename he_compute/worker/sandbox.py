@@ -271,9 +271,10 @@ class Sandbox:
             self._current.kill()
 
     def close(self) -> None:
-        """Stop every child (the spare too)."""
-        spare = self._take_spare()
+        """Stop every child (the spare too: it never had a job, so it is killed without waiting for it to boot)."""
+        spare, self._spare = self._spare, None
         if spare is not None:
+            spare.kill()
             spare.close()
         while self._children:
             self._children.popitem()[1].close()
