@@ -193,7 +193,10 @@ def test_four_hidden_layer_mlp_compiles_runs_and_too_deep_a_model_is_refused_wit
     out, _ = encrypted(bundle, X_te, tmp_path / "keys")
     plan, weights = check_sections(bundle.server)
     assert np.abs(out - ref).max() <= ck["predicted_max_error"]
-    assert np.abs(out - run_plan(plan, weights, X_in)).max() <= 0.1 * ck["predicted_max_error"]  # CKKS noise is small
+    # What encryption adds to the plan's own arithmetic is CKKS noise, amplified by every polynomial's slope:
+    # 0.9 to 3.2 in runs here (random from run to run), against a bound of about 30. A wrong scale or level
+    # gives errors of the order of the outputs themselves, far above a quarter of the bound.
+    assert np.abs(out - run_plan(plan, weights, X_in)).max() <= 0.25 * ck["predicted_max_error"]
 
 
 def test_op_counts_one_rescale_per_output(cancer):
