@@ -25,9 +25,10 @@ import hashlib
 import json
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import FormatError, IntegrityError
 from ..files import PUBLIC, atomic_write
@@ -104,33 +105,24 @@ def parse(data: bytes, *, expect: str | tuple[str, ...] | None = None, source: s
     Raises :class:`FormatError` (or :class:`IntegrityError`) with a message that
     names ``source``.
     """
-    if len(data) < _PREFIX.size + 32 or data[:8] != MAGIC:
-        raise FormatError(f"{source} is not a he_compute file (bad magic): pass a file written by hec")
-    _, version, head_len = _PREFIX.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise FormatError(
-            f"{source} uses container format v{version}, this he_compute reads v{FORMAT_VERSION}: "
-            "re-create it with this version"
-        )
-    body, trailer = data[:-32], data[-32:]
+    head_len = _head_length(data, source, trailer=32)
+    body, trailer = memoryview(data)[:-32], data[-32:]  # a view: each section is copied once, the body never
     if hashlib.sha256(body).digest() != trailer:
         raise IntegrityError(f"{source} is corrupt or truncated (checksum mismatch): fetch or re-create it")
     if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(body):
         raise FormatError(f"{source} has an invalid header length")
     try:
-        header = json.loads(body[_PREFIX.size : _PREFIX.size + head_len])
+        header = json.loads(bytes(body[_PREFIX.size : _PREFIX.size + head_len]))
         kind, scheme, meta, entries = header["kind"], header["scheme"], header["meta"], header["sections"]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{source} has an unreadable header: {exc}") from exc
-    wanted = (expect,) if isinstance(expect, str) else expect
-    if wanted and kind not in wanted:
-        raise FormatError(f"{source} is a {kind} file, expected {' or '.join(wanted)}")
+    _check_kind(kind, expect, source)
     sections: dict[str, bytes] = {}
     known: dict[str, tuple[bytes, str]] = {}
     offset = _PREFIX.size + head_len
     for entry in entries:
         name, size, digest = entry["name"], int(entry["size"]), entry["sha256"]
-        chunk = body[offset : offset + size]
+        chunk = bytes(body[offset : offset + size])
         if len(chunk) != size or sha256_hex(chunk) != digest:
             raise IntegrityError(f"{source}: section {name!r} does not match its sha256")
         sections[name] = chunk
@@ -145,26 +137,15 @@ def read_meta(path: str | os.PathLike[str], *, expect: str | tuple[str, ...] | N
     """The header's ``meta`` alone, read without the sections and **not verified**: enough to find which keys a
     large file needs before :func:`read` checks all of it."""
     p = Path(path)
+    with _reading(p), open(p, "rb") as f:
+        head_len = _head_length(f.read(_PREFIX.size), str(p))
+        head = f.read(min(head_len, _MAX_HEADER))
     try:
-        with open(p, "rb") as f:
-            prefix = f.read(_PREFIX.size)
-            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
-                raise FormatError(f"{p} is not a he_compute file (bad magic): pass a file written by hec")
-            _, _, head_len = _PREFIX.unpack(prefix)
-            head = f.read(min(head_len, _MAX_HEADER))
         header = json.loads(head)
         kind, meta = header["kind"], header["meta"]
-    except FileNotFoundError:
-        raise FormatError(f"{p} does not exist") from None
-    except IsADirectoryError:
-        raise FormatError(f"{p} is a directory, expected a he_compute file") from None
-    except OSError as exc:
-        raise FormatError(f"cannot read {p}: {exc.strerror}") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{p} has an unreadable header: {exc}") from exc
-    wanted = (expect,) if isinstance(expect, str) else expect
-    if wanted and kind not in wanted:
-        raise FormatError(f"{p} is a {kind} file, expected {' or '.join(wanted)}")
+    _check_kind(kind, expect, str(p))
     if not isinstance(meta, dict):
         raise FormatError(f"{p} has an unreadable header: meta is not an object")
     return meta
@@ -173,12 +154,38 @@ def read_meta(path: str | os.PathLike[str], *, expect: str | tuple[str, ...] | N
 def read(path: str | os.PathLike[str], *, expect: str | tuple[str, ...] | None = None) -> Container:
     """Read and verify the container at ``path``."""
     p = Path(path)
-    try:
+    with _reading(p):
         data = p.read_bytes()
+    return parse(data, expect=expect, source=str(p))
+
+
+def _head_length(data: bytes, source: str, *, trailer: int = 0) -> int:
+    """Check the magic and the format version at the start of ``data``; return the header's length."""
+    if len(data) < _PREFIX.size + trailer or data[:8] != MAGIC:
+        raise FormatError(f"{source} is not a he_compute file (bad magic): pass a file written by hec")
+    _, version, head_len = _PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{source} uses container format v{version}, this he_compute reads v{FORMAT_VERSION}: "
+            "re-create it with this version"
+        )
+    return int(head_len)
+
+
+def _check_kind(kind: str, expect: str | tuple[str, ...] | None, source: str) -> None:
+    wanted = (expect,) if isinstance(expect, str) else expect
+    if wanted and kind not in wanted:
+        raise FormatError(f"{source} is a {kind} file, expected {' or '.join(wanted)}")
+
+
+@contextmanager
+def _reading(p: Path) -> Iterator[None]:
+    """A file that cannot be read, as one line that names it."""
+    try:
+        yield
     except FileNotFoundError:
         raise FormatError(f"{p} does not exist") from None
     except IsADirectoryError:
         raise FormatError(f"{p} is a directory, expected a he_compute file") from None
     except OSError as exc:
         raise FormatError(f"cannot read {p}: {exc.strerror}") from exc
-    return parse(data, expect=expect, source=str(p))
