@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import he_compute  # noqa: E402
+from bench.common import train_classifier as train  # noqa: E402
 
 # Concrete ML runs one sample per circuit: a few are enough for a per-sample latency (the MLP takes ~30 s each).
 N_TFHE_SAMPLES = {0: 3, 1: 1}
@@ -48,16 +49,6 @@ def _models(cancer, digits):
     class Square(torch.nn.Module):
         def forward(self, x):
             return x * x
-
-    def train(net, X, y, epochs, lr=1e-2):
-        torch.manual_seed(0)
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
-        for _ in range(epochs):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(Xt), yt).backward()
-            opt.step()
-        return net.eval()
 
     X_tr, _, y_tr, _ = cancer
     torch.manual_seed(0)

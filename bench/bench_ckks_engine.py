@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import he_compute  # noqa: E402
 from bench.ckks_old_engine import old_fit  # noqa: E402
 from bench.ckks_old_engine import run as old_run  # noqa: E402
+from bench.common import train_classifier as train  # noqa: E402
 
 ROWS = 32768
 
@@ -48,19 +49,6 @@ def cancer():
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
     sc = StandardScaler().fit(X_tr)
     return sc.transform(X_tr), sc.transform(X_te), y_tr, y_te
-
-
-def train(net, X, y, epochs, lr=1e-2):
-    import torch
-
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
-    for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(Xt), yt).backward()
-        opt.step()
-    return net.eval()
 
 
 def relu_mlp(X_tr, y_tr):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import RESULTS, mb, table, timer, write
+from .common import RESULTS, mb, table, timer, train_classifier, write
 
 N_SAMPLES = int(os.environ.get("HEC_BENCH_SAMPLES", "3"))
 
@@ -37,13 +37,7 @@ def _mlp(X_tr, y_tr):
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    xt, yt = torch.tensor(X_tr, dtype=torch.float32), torch.tensor(y_tr)
-    for _ in range(200):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(xt), yt).backward()
-        opt.step()
-    return net
+    return train_classifier(net, X_tr, y_tr, 200, lr=0.01)
 
 
 def _models(X_tr, y_tr):

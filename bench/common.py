@@ -42,3 +42,17 @@ def mb(n: int) -> str:
     if n < 1e6:
         return f"{n / 1e3:.1f} KB"
     return f"{n / 1e6:.2f} MB"
+
+
+def train_classifier(net, X, y, epochs: int, lr: float = 1e-2):
+    """Full-batch Adam on cross-entropy, seeded: the one training loop of every benchmark's torch model."""
+    import torch
+
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(Xt), yt).backward()
+        opt.step()
+    return net.eval()

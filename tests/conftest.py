@@ -91,11 +91,8 @@ def tiny_mlp(cancer):
     X_train, X_test, y_train, _ = cancer
     scaler = StandardScaler().fit(X_train)
     Xtr, Xte = scaler.transform(X_train), scaler.transform(X_test)
+    from torch_support import train
+
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(torch.tensor(Xtr, dtype=torch.float32)), torch.tensor(y_train)).backward()
-        opt.step()
-    return net, Xtr, Xte
+    return train(net, Xtr, y_train, 60, lr=0.05), Xtr, Xte

@@ -11,46 +11,22 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 import he_compute
 from he_compute.errors import FormatError, SecurityError, UnsafeArtifactError, UnsupportedModelError
 
 torch = pytest.importorskip("torch")
+from torch_support import Square, standardized_cancer  # noqa: E402
+from torch_support import clear as _clear  # noqa: E402
+from torch_support import train as _train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cancer_std():
     """Standardized breast-cancer split (80/20, stratified, seeded)."""
-    X, y = load_breast_cancer(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-    scaler = StandardScaler().fit(X_tr)
-    return scaler.transform(X_tr), scaler.transform(X_te), y_tr, y_te
-
-
-class Square(torch.nn.Module):
-    """``x * x``: exported to ONNX as Mul(x, x)."""
-
-    def forward(self, x):
-        return x * x
-
-
-def _train(model, X, y, epochs, lr=1e-2):
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
-    for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
-        opt.step()
-    return model.eval()
-
-
-def _clear(model, X):
-    with torch.no_grad():
-        return model(torch.tensor(X, dtype=torch.float32)).numpy().astype(np.float64)
+    return standardized_cancer()
 
 
 def _mlp(act, X, y):

@@ -11,50 +11,26 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 import he_compute
 from he_compute.errors import KeyMismatchError, UnsupportedModelError
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # training here must give the same weights under any machine load
+from torch_support import Square, clear, standardized_cancer, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cancer():
-    X, y = load_breast_cancer(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-    sc = StandardScaler().fit(X_tr)
-    return sc.transform(X_tr), sc.transform(X_te), y_tr, y_te
+    return standardized_cancer()
 
 
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)
     return train_test_split(X / 16.0, y, test_size=0.2, random_state=0, stratify=y)
-
-
-class Square(torch.nn.Module):
-    def forward(self, x):
-        return x * x
-
-
-def train(net, X, y, epochs=60, lr=1e-2):
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
-    for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(Xt), yt).backward()
-        opt.step()
-    return net.eval()
-
-
-def clear(net, X):
-    with torch.no_grad():
-        return net(torch.tensor(X, dtype=torch.float32)).numpy().astype(np.float64)
 
 
 def encrypted(bundle, X, keys_dir):
