@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import he_compute  # noqa: E402
+from bench.common import standardized_cancer  # noqa: E402
 from bench.common import train_classifier as train  # noqa: E402
 
 # Concrete ML runs one sample per circuit: a few are enough for a per-sample latency (the MLP takes ~30 s each).
@@ -29,14 +30,10 @@ N_TFHE_SAMPLES = {0: 3, 1: 1}
 
 
 def _data():
-    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
 
-    X, y = load_breast_cancer(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-    sc = StandardScaler().fit(X_tr)
-    cancer = (sc.transform(X_tr), sc.transform(X_te), y_tr, y_te)
+    cancer = standardized_cancer()
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).reshape(-1, 1, 8, 8)
     return cancer, tuple(train_test_split(X, y, test_size=0.2, random_state=0, stratify=y))

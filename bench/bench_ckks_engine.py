@@ -35,20 +35,10 @@ sys.path.insert(0, str(ROOT))
 import he_compute  # noqa: E402
 from bench.ckks_old_engine import old_fit  # noqa: E402
 from bench.ckks_old_engine import run as old_run  # noqa: E402
+from bench.common import standardized_cancer as cancer  # noqa: E402
 from bench.common import train_classifier as train  # noqa: E402
 
 ROWS = 32768
-
-
-def cancer():
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    X, y = load_breast_cancer(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-    sc = StandardScaler().fit(X_tr)
-    return sc.transform(X_tr), sc.transform(X_te), y_tr, y_te
 
 
 def relu_mlp(X_tr, y_tr):

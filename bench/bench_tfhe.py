@@ -15,20 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import RESULTS, mb, table, timer, train_classifier, write
+from .common import RESULTS, mb, standardized_cancer, table, timer, train_classifier, write
 
 N_SAMPLES = int(os.environ.get("HEC_BENCH_SAMPLES", "3"))
 
 
-def _data():
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    X, y = load_breast_cancer(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-    scaler = StandardScaler().fit(X_tr)
-    return scaler.transform(X_tr), scaler.transform(X_te), y_tr, y_te
 
 
 def _mlp(X_tr, y_tr):
@@ -160,7 +151,7 @@ def _plot(points, path: Path) -> None:
 
 
 def main() -> None:
-    X_tr, X_te, y_tr, y_te = _data()
+    X_tr, X_te, y_tr, y_te = standardized_cancer()
     rows = []
     models = _models(X_tr, y_tr)
     for name, model in models:

@@ -56,3 +56,15 @@ def train_classifier(net, X, y, epochs: int, lr: float = 1e-2):
         torch.nn.functional.cross_entropy(net(Xt), yt).backward()
         opt.step()
     return net.eval()
+
+
+def standardized_cancer():
+    """Breast cancer, split 80/20 (stratified, seeded) and standardized on the training part."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(X_tr)
+    return scaler.transform(X_tr), scaler.transform(X_te), y_tr, y_te
