@@ -130,7 +130,7 @@ def bench_batch(name, model, old_layers, data, tmp: Path, cli: bool, **options) 
     t_dec = time.perf_counter() - t0
     out = as_scores(out, ref)
     plan, weights = check_sections(bundle.server)
-    counts = op_counts(plan, weights, "batch")
+    counts = op_counts(plan, weights, "batch", chain=ck["coeff_mod_bit_sizes"])
     limit1 = op_seconds(counts, measure(ck))  # the engine's counts times its per-level costs, measured here
     # old engine on one chunk, same weights, its own fit and parameters
     old_out, old_t, old_p = old_run(old_layers, X[: ck["slots"]])

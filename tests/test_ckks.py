@@ -182,7 +182,12 @@ def test_security_refusal(cancer_std):
     bundle = he_compute.compile(model, X_tr, scheme="ckks")
     assert bundle.manifest["security_level"] == 128
     # A tampered manifest cannot weaken the keys either: the client refuses to generate them, the worker to run.
-    bundle.manifest["ckks"]["poly_modulus_degree"] //= 2
+    # The ring is shrunk to the largest degree whose 128-bit budget the chain exceeds (a linear model's one
+    # 60-bit prime is still secure at N=4096: 2048 is the first ring too small for it).
+    from he_compute.schemes.ckks.params import MAX_COEFF_BITS_128
+
+    bits = sum(bundle.manifest["ckks"]["coeff_mod_bit_sizes"])
+    bundle.manifest["ckks"]["poly_modulus_degree"] = max(n for n, b in MAX_COEFF_BITS_128.items() if b < bits)
     with pytest.raises(SecurityError):
         he_compute.schemes.client("ckks").open_client(bundle.manifest, bundle.client, None)
     with pytest.raises(SecurityError):

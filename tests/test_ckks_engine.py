@@ -187,3 +187,59 @@ def test_op_counts_one_rescale_per_output(cancer):
     # The 30 -> 16 layer: 480 plaintext products at the top level, 16 rescales (not 480), no rotation.
     assert counts["by_level"]["mul_plain", 0] == 480 and counts["by_level"]["rescale", 0] == 16
     assert "rotate" not in counts["counts"] and counts["counts"]["relin"] <= 16 + 2
+
+
+def test_linear_models_use_one_prime_half_the_bytes_and_match_the_clear_model(cancer, tmp_path):
+    """A batch-packed linear model's one product stays unrescaled in a single 60-bit prime: no rescale,
+    no key switching, every ciphertext half the size of a [outer, scale, special] chain's; the decrypted
+    scores still match scikit-learn on the whole test split within the predicted error."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    from he_compute.schemes.ckks.opcount import op_counts
+    from he_compute.schemes.ckks.plan import check_sections
+
+    X_tr, X_te, y_tr, _ = cancer
+    logreg = LogisticRegression(max_iter=1000).fit(X_tr, y_tr)
+    clients = {}
+    for model in (logreg, LinearRegression().fit(X_tr, 3.0 * y_tr)):
+        bundle = he_compute.compile(model, X_tr, scheme="ckks")
+        ck = bundle.manifest["ckks"]
+        assert ck["coeff_mod_bit_sizes"] == [60] and ck["relin_keys"] is False and not ck["galois_steps"]
+        assert ck["scale_bits"] >= 26 and ck["weight_scale_bits"] >= 20
+        out, clients[type(model).__name__] = encrypted(bundle, X_te, tmp_path / type(model).__name__)
+        if isinstance(model, LogisticRegression):
+            ref, got = model.decision_function(X_te), np.log(out[:, 1] / out[:, 0])
+            assert np.array_equal(out.argmax(1), model.predict(X_te))
+        else:
+            ref, got = model.predict(X_te), out.ravel()
+        assert float(np.abs(got - ref).max()) <= ck["predicted_max_error"]
+        plan, weights = check_sections(bundle.server)
+        counts = op_counts(plan, weights, "batch", chain=ck["coeff_mod_bit_sizes"])["counts"]
+        assert counts.get("rescale", 0) == 0 and counts["mul_plain"] == 30
+    # Forced onto the usual three-prime chain, the same data take about twice the bytes.
+    three = he_compute.compile(logreg, X_tr, scheme="ckks", scale_bits=40)
+    assert len(three.manifest["ckks"]["coeff_mod_bit_sizes"]) == 3
+    one = len(clients["LogisticRegression"].encrypt(X_te).to_bytes())
+    assert 1.5 < len(he_compute.Client.keygen(three, tmp_path / "three").encrypt(X_te).to_bytes()) / one < 2.3
+
+
+def test_a_tampered_one_prime_manifest_is_refused_on_both_sides(cancer):
+    """One prime holds one product without key switching, and only below the prime: a manifest that asks
+    more of it (a deeper plan, keys, single packing, a product scale above the prime) is refused before
+    SEAL sees it, by the client and by the worker."""
+    from sklearn.linear_model import LogisticRegression
+
+    from he_compute import schemes
+    from he_compute.errors import FormatError, SecurityError
+
+    X_tr, _, y_tr, _ = cancer
+    bundle = he_compute.compile(LogisticRegression(max_iter=1000).fit(X_tr, y_tr), X_tr, scheme="ckks")
+    good = json.loads(json.dumps(bundle.manifest))
+    for change in ({"weight_scale_bits": 40}, {"weight_scale_bits": 8}, {"relin_keys": True},
+                   {"galois_steps": [1]}, {"packing": "single"}, {"multiplicative_depth": 2}):
+        manifest = json.loads(json.dumps(good))
+        manifest["ckks"].update(change)
+        with pytest.raises((SecurityError, UnsupportedModelError, FormatError)):
+            schemes.client("ckks").open_client(manifest, bundle.client, None)
+        with pytest.raises((SecurityError, UnsupportedModelError, FormatError)):
+            schemes.server("ckks").open_server(manifest, bundle.server)

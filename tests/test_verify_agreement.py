@@ -172,7 +172,19 @@ def test_one_party_with_three_keys_votes_once_and_is_outvoted(tmp_path, compiled
     for op, w in zip(("alice", "bob"), honest):
         allow.add(w.identity.public_raw, operator=op)
     threads = [threading.Thread(target=w.run, kwargs={"poll_s": 0.05}, daemon=True) for w in honest]
-    for t in [*sybils, *threads]:
+
+    def honest_later() -> None:
+        # The honest workers start once the sybils have answered two jobs: the queue hands out a group's
+        # replicas first, so those two are replicas of one group and mallory's keys vote twice on it
+        # (under load a race could otherwise spread the sybils over distinct groups, proving nothing).
+        deadline = time.monotonic() + 120
+        while sum(s.done for s in sybils) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for t in threads:
+            t.start()
+
+    starter = threading.Thread(target=honest_later, daemon=True)
+    for t in [*sybils, starter]:
         t.start()
     try:
         report = run(c.client.encrypt(X), c.bundle.server_part(),
@@ -184,6 +196,7 @@ def test_one_party_with_three_keys_votes_once_and_is_outvoted(tmp_path, compiled
             s.stopping.set()
         for w in honest:
             w.stop()
+        starter.join(130)
         for t in [*sybils, *threads]:
             t.join(30)
     v = report.verification

@@ -57,7 +57,8 @@ class Limits:
     cpu_job_s: int = _env_int("HEC_SANDBOX_CPU_S", 3600)                # CPU seconds per evaluation call
     max_keys: int = 4                                                   # key sets kept per model
     threads: int = 1
-    warm: tuple[str, ...] = ("he_compute.evaluator", "tenseal.sealapi")  # loaded by a spare child ahead of time
+    # Loaded by a spare child ahead of its first job (SEAL's bindings directly: see schemes/ckks/seal.sealapi).
+    warm: tuple[str, ...] = ("he_compute.evaluator", "numpy", "he_compute.schemes.ckks.seal", "_sealapi_cpp")
     env: dict[str, str] = field(default_factory=dict)                  # extra variables (tests' fault hooks)
 
 

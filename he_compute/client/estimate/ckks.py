@@ -22,12 +22,13 @@ def estimate(bundle: Any, costs: dict[str, float]) -> dict[str, Any]:
     ckks = bundle.manifest["ckks"]
     plan, weights = check_sections(bundle.server)
     slots = int(ckks["poly_modulus_degree"]) // 2
-    counts = op_counts(plan, weights, ckks["packing"], int(ckks.get("block", 0)), slots)
+    chain = [int(b) for b in ckks["coeff_mod_bit_sizes"]]
+    counts = op_counts(plan, weights, ckks["packing"], int(ckks.get("block", 0)), slots, chain)
     n_in, n_out = counts["counts"].get("load", 0), counts["counts"].get("dump", 0)
-    depth = int(ckks["multiplicative_depth"])
+    depth = len(chain) - 2 if len(chain) > 1 else 0  # the level results come back at
     batch = ckks["packing"] == "batch"
-    keys = (costs["relin_bytes"] if ckks.get("relin_keys", True) else 0.0) + \
-        costs["galois_bytes_per_step"] * len(ckks.get("galois_steps", []))
+    keys = (costs.get("relin_bytes", 0.0) if ckks.get("relin_keys", True) else 0.0) + \
+        costs.get("galois_bytes_per_step", 0.0) * len(ckks.get("galois_steps", []))
     return {
         "unit": "batch" if batch else "ciphertext", "samples_per_unit": int(ckks["samples_per_ciphertext"]),
         "seconds_per_unit": seconds(counts, costs), "evaluation_key_bytes": int(keys),

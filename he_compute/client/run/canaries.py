@@ -29,13 +29,13 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
 from ...errors import CanaryFailed
 from ...formats.signing import short_id
 from .votes import voter_name, who
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .supervisor import Supervisor
 
 _RNG = secrets.SystemRandom()
@@ -79,6 +79,8 @@ class KnownAnswers:
 
     def __init__(self, client: Any, X: Any, Y: Any = None, *, atol: float = 1e-9, server_part: Any = None,
                  evalkeys: Any = None, rng: Any = None):
+        import numpy as np  # here, not at the top: `hec run` without canaries need not load numpy
+
         self.client, self.X = client, np.asarray(X)
         self.Y = None if Y is None else np.asarray(Y, dtype=np.float64)
         if self.Y is not None and len(self.Y) != len(self.X):
@@ -121,6 +123,8 @@ class KnownAnswers:
 
     def check(self, canary: Canary, result: bytes, *, worker: str) -> None:
         """Raise :class:`CanaryFailed` naming ``worker`` unless ``result`` decrypts to the canary's known outputs."""
+        import numpy as np
+
         try:
             got = self.decrypt(result, canary.count)
             ok = got.shape == canary.expected.shape and bool(np.allclose(got, canary.expected, rtol=0, atol=self.atol))

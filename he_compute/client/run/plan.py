@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from ... import schemes
 from ...errors import UnsupportedModelError
 from ...files import PRIVATE, atomic_write, private_dir
@@ -117,6 +115,8 @@ def make_canaries(known: KnownAnswers, counts: list[int], fraction: float, *, st
     n = canary_count(len(counts), fraction)
     if not n:
         return []
+    import numpy as np  # only runs with canaries load numpy
+
     store = Path(state) / "canaries" / f"{inputs_digest[:32]}-{key_id[:16]}-{n}.json"
     if reuse:
         try:

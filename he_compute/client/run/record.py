@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ...files import PRIVATE, atomic_write, private_dir
 from ...formats.canonical import compact
 from ...formats.digests import sha256_hex
@@ -100,10 +98,9 @@ class RunRecord:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
+    # numpy arrays and scalars (canary outputs) without importing numpy: JSON needs only lists and numbers
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
         return value.tolist()
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 

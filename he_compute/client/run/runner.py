@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from ... import schemes
 from ...errors import AuditError, FormatError, InputError, KeyMismatchError
 from ...formats.bundle import from_container
@@ -201,8 +199,7 @@ def run(
             report.resumed = sum(1 for g in record.groups if g["jobs"])
         report.seconds["upload"] = round(time.perf_counter() - t0, 4)
         tasks = [(g["slots"], g["spec"]) for g in record.groups]
-        canaries = [Canary(b"", int(c["count"]), np.asarray(c["expected"], dtype=np.float64))
-                    for c in record.canaries]
+        canaries = _recorded_canaries(record.canaries)
 
         t1 = time.perf_counter()
         with progress("run", sum(counts), enabled=show_progress) as advance, conn.audit_log(policy.audit) as log:
@@ -331,3 +328,12 @@ def _collect(conn: Connection, groups: list[Group], n_real: int) -> dict[str, by
         for pos, s in enumerate(g.slots):
             by_slot[s] = g.winning_outputs()[pos]
     return {chunk_name(i): conn.store.get(by_slot[i]) for i in range(n_real)}
+
+
+def _recorded_canaries(recorded: list[dict[str, Any]]) -> list[Canary]:
+    """The canaries a run record holds (no payloads: those are in the store); numpy only when there are some."""
+    if not recorded:
+        return []
+    import numpy as np
+
+    return [Canary(b"", int(c["count"]), np.asarray(c["expected"], dtype=np.float64)) for c in recorded]

@@ -16,15 +16,16 @@ class of its own.  Decrypted values never leave the client.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ...errors import HECError
 from ...formats.signing import short_id
 from .allowlist import AllowList
 
-Decrypt = Callable[[bytes, int], np.ndarray]
+if TYPE_CHECKING:  # numpy is loaded only when values are compared: `hec run` starts faster without it
+    import numpy as np
+
+Decrypt = Callable[[bytes, int], "np.ndarray"]
 
 
 class Voters:
@@ -78,6 +79,8 @@ class Meaning:
 
     def _decrypted(self, candidate: str, outputs: Sequence[str], counts: Sequence[int]) -> np.ndarray | None:
         if candidate not in self._values:
+            import numpy as np
+
             try:
                 parts = [self.decrypt(self.fetch(d), int(n)) for d, n in zip(outputs, counts)]
                 self._values[candidate] = np.concatenate(parts, axis=0)
@@ -88,6 +91,8 @@ class Meaning:
 
     def same(self, a: np.ndarray | None, b: np.ndarray | None) -> bool:
         """Whether two decrypted answers agree (exactly, or within the tolerance relative to 1 + |value|)."""
+        import numpy as np
+
         if a is None or b is None or a.shape != b.shape:
             return False
         if self.tolerance == 0:

@@ -16,7 +16,7 @@ from .._onnx import is_onnx, is_torch, model_type
 from .._onnx_ml import as_sklearn
 from .._task import decide
 from . import accuracy, approx, frontend, limits, params
-from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, plan_depth, run_layer, run_plan
+from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, one_product, plan_depth, run_layer, run_plan
 
 POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
 # Unless max_error is given, the compiler aims for a worst-case output error of this fraction of the
@@ -234,6 +234,9 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     ckks = params.choose(depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
                          coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
+    automatic = poly_modulus_degree is None and coeff_mod_bit_sizes is None and scale_bits is None
+    if chosen == "batch" and automatic and one_product(plan):  # a linear model: one prime, half the bytes
+        ckks = params.one_prime(depth, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE) or ckks
     if chosen == "batch" and ckks["poly_modulus_degree"] < BATCH_MIN_DEGREE and poly_modulus_degree is None \
             and coeff_mod_bit_sizes is None:
         ckks = params.choose(depth, scale_bits=scale_bits, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE)

@@ -25,11 +25,12 @@ def linear_batch(eng: Any, xs: list[Any], matrix: np.ndarray, bias: np.ndarray, 
     """``W x + b`` with one ciphertext per feature: plaintext products summed, then ONE rescale per output.
 
     Inputs may be unrelinearized products (see ``lazy`` in :func:`poly`): each
-    output is relinearized once, instead of each input.
+    output is relinearized once, instead of each input.  At the chain's last
+    level (a one-prime chain: nothing to drop) the sums stay unrescaled.
     """
     lvl = max(eng.level(x) for x in xs)
     xs = [eng.to_level(x, lvl) for x in xs]
-    target = eng.scales[lvl + 1]
+    target = eng.scales[lvl + 1] if lvl < eng.depth else None
     out = []
     for i in range(matrix.shape[0]):
         cols = np.flatnonzero(matrix[i])

@@ -55,14 +55,14 @@ class Counter:
             return FakeCt(level, ct.scale)
         return ct
 
-    def dot_plain(self, cts: list[FakeCt], values: list[Any], scale: float, rescale: bool = True) -> FakeCt:
+    def dot_plain(self, cts: list[FakeCt], values: list[Any], scale: float | None, rescale: bool = True) -> FakeCt:
         lvl = cts[0].lvl
         if any(c.lazy for c in cts):
             self._tick("mul_plain", lvl, len(cts) // 2)  # a third part costs half a product more
         self._tick("mul_plain", lvl, len(cts))
         self._tick("add", lvl, len(cts) - 1)
-        out = FakeCt(lvl, scale, any(c.lazy for c in cts))
-        return self.rescale(out, scale) if rescale else out
+        out = FakeCt(lvl, cts[0].scale**2 if scale is None else scale, any(c.lazy for c in cts))
+        return self.rescale(out, scale) if rescale and scale is not None else out
 
     def rescale(self, ct: FakeCt, scale: float) -> FakeCt:
         self._tick("rescale", ct.lvl)
@@ -100,25 +100,26 @@ class Counter:
 
 
 def op_counts(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: str = "batch", block: int = 0,
-              slots: int = 0) -> dict[str, Any]:
+              slots: int = 0, chain: list[int] | None = None) -> dict[str, Any]:
     """Operations one chunk of a plan costs.
 
     ``{"counts": {op: n}, "work": {op: n x primes}, "by_level": {(op, level): n}}``.
 
     A chunk is ``slots`` samples for batch packing and ``slots / (2 block)``
-    samples for single packing.
+    samples for single packing.  ``chain`` (the coefficient modulus bit sizes):
+    a one-prime chain leaves the plan's one product unrescaled, as the engine does.
     """
     from .plan import plan_depth
     from .server import build_steps, run
 
     depth = plan_depth(plan)
-    counter = Counter(depth)
+    counter = Counter(0 if chain is not None and len(chain) == 1 else depth)
     steps = build_steps(plan, weights, packing, block, slots)
     n_in = int(np.prod(plan["input_shape"]))
     xs = [FakeCt(0, counter.scales[0]) for _ in range(1 if packing == "single" else n_in)]
     counter._tick("load", 0, len(xs))  # the worker parses every input ciphertext and serializes every output
     out = run(counter, steps, xs, (True, True), packing, block, slots)
-    counter._tick("dump", depth, len(out))
+    counter._tick("dump", counter.depth, len(out))
     return {"counts": dict(counter.counts), "work": dict(counter.work), "by_level": dict(counter.by_level)}
 
 
@@ -139,11 +140,14 @@ def measure(ckks: dict[str, Any], reps: int = 20) -> dict[str, float]:
     s, eng = sealapi(), Engine(ckks)
     gen = s.KeyGenerator(eng.context)
     secret = gen.secret_key()
-    relin_blob, galois_blob = dump(gen.create_relin_keys()), dump(gen.create_galois_keys([galois_elt(1, eng.n)]))
-    relin = load("RelinKeys", eng.context, relin_blob, "relinearization keys")
-    galois = load("GaloisKeys", eng.context, galois_blob, "Galois keys")
+    one_prime = len(ckks["coeff_mod_bit_sizes"]) == 1  # no key switching: no keys, one unrescaled product
+    costs: dict[str, float] = {}
+    if not one_prime:
+        relin_blob, galois_blob = dump(gen.create_relin_keys()), dump(gen.create_galois_keys([galois_elt(1, eng.n)]))
+        relin = load("RelinKeys", eng.context, relin_blob, "relinearization keys")
+        galois = load("GaloisKeys", eng.context, galois_blob, "Galois keys")
+        costs |= {"relin_bytes": float(len(relin_blob)), "galois_bytes_per_step": float(len(galois_blob))}
     enc, ev = s.Encryptor(eng.context, secret), eng.evaluator
-    costs: dict[str, float] = {"relin_bytes": float(len(relin_blob)), "galois_bytes_per_step": float(len(galois_blob))}
     # A client's input is encrypted with the secret key and sent seeded (half the bytes of a computed one).
     costs["input_bytes"] = float(len(dump(enc.encrypt_symmetric(eng.encode(np.full(eng.slots, 0.5), 0, eng.scales[0])))))
 
@@ -170,9 +174,11 @@ def measure(ckks: dict[str, Any], reps: int = 20) -> dict[str, float]:
         costs[f"dump@{lvl}"] = timeit(lambda c=ct: dump(c))
         costs[f"add@{lvl}"] = timeit(lambda c=ct: ev.add(c, c, out))
         costs[f"add_plain@{lvl}"] = timeit(lambda c=ct: ev.add_plain(c, eng.encode(0.3, lvl, c.scale), out))
+        pt = eng.encode(0.3, lvl, ct.scale)
+        if one_prime:  # its one level holds one product, left unrescaled
+            costs[f"mul_plain@{lvl}"] = timeit(lambda c=ct: ev.multiply_plain(c, pt, out))
         if lvl == eng.depth:  # the last level only adds: a product would not fit its one prime
             continue
-        pt = eng.encode(0.3, lvl, ct.scale)
         ev.multiply(ct, ct, big)
         costs[f"mul_plain@{lvl}"] = timeit(lambda c=ct: ev.multiply_plain(c, pt, out))
         costs[f"mul_ct@{lvl}"] = timeit(lambda c=ct: ev.multiply(c, c, out))

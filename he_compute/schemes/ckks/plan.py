@@ -90,6 +90,14 @@ def plan_depth(plan: dict[str, Any]) -> int:
     return sum(depth_of(layer) for layer in plan["layers"])
 
 
+def one_product(plan: dict[str, Any]) -> bool:
+    """Whether the plan's only multiplication is its last layer, a linear op (a linear model): then a
+    batch-packed run needs no key switching and fits a one-prime chain (:func:`.params.one_prime`)."""
+    layers = plan["layers"]
+    deep = [layer for layer in layers if depth_of(layer)]
+    return bool(layers) and deep == [layers[-1]] and layers[-1]["op"] in LINEAR_OPS
+
+
 def needs_relin(plan: dict[str, Any]) -> bool:
     """Whether the plan multiplies ciphertexts together (and so needs relinearization keys)."""
     return any(layer["op"] == "square" or (layer["op"] == "poly" and max(len(c) for c in layer["coeffs"]) > 2)

@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import FormatError, KeyMismatchError, UnsafeArtifactError
 from . import kernels, params
 from .payload import Payload, check_output, pack, unpack
-from .plan import LINEAR_OPS, affine_matrix, check_sections, feature_groups, needs_relin, plan_depth
+from .plan import LINEAR_OPS, affine_matrix, check_sections, feature_groups, needs_relin, one_product, plan_depth
 from .seal import Engine, load
 
 # SEAL's messages for keys that lack a rotation or do not belong to these parameters.
@@ -106,6 +106,8 @@ class CKKSServer:
         self.packing = self.ckks["packing"]
         if self.packing not in ("batch", "single"):
             raise FormatError(f"unknown CKKS packing {self.packing!r}: re-compile the bundle")
+        if len(self.ckks["coeff_mod_bit_sizes"]) == 1 and not one_product(self.plan):
+            raise FormatError("a one-prime chain holds only a linear model's one product: re-compile the bundle")
         self.slots = int(self.ckks["poly_modulus_degree"]) // 2
         self.n_in = int(np.prod(self.plan["input_shape"]))
         self.block = int(self.ckks.get("block", 0))
