@@ -71,6 +71,50 @@ def test_logistic_regression_batch(cancer_std, tmp_path):
     assert err < 1e-3  # probabilities: a purely linear plan is nearly exact
 
 
+def test_chunks_encrypted_in_forked_processes_come_back_complete_and_in_order(cancer_std, tmp_path, monkeypatch):
+    """Batch encryption forks one child per other core; every chunk comes back in input order, and a
+    child that fails (here: every forked child) costs only time: the parent encrypts its share itself."""
+    import os
+
+    from sklearn.linear_model import LogisticRegression
+
+    from he_compute.schemes.ckks import client as ckks_client
+
+    X_tr, X_te, y_tr, _ = cancer_std
+    model = LogisticRegression(max_iter=1000).fit(X_tr, y_tr)
+    bundle = he_compute.compile(model, X_tr, scheme="ckks")
+    client = he_compute.Client.keygen(bundle, tmp_path / "keys")
+    X = np.resize(X_te, (3 * bundle.manifest["ckks"]["slots"] + 5, X_te.shape[1]))  # 4 chunks, the last short
+    monkeypatch.setattr(ckks_client.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(ckks_client.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    forks = []
+    real_fork = os.fork
+
+    def counting_fork():
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(ckks_client.os, "fork", counting_fork)
+    ev = he_compute.Evaluator(bundle.server_part())
+    keys = ev.load_keys(he_compute.read_evaluation_keys(client.evaluation_keys_path))
+    enc = client.encrypt(X)
+    assert len(forks) == 3 and enc.meta["chunks"] == [4096, 4096, 4096, 5]
+    np.testing.assert_allclose(client.decrypt(ev.evaluate(enc, keys)), model.predict_proba(X), atol=1e-4)
+
+    parent = os.getpid()
+    real_batch = ckks_client.CKKSClient._encrypt_batch
+
+    def failing_in_children(self, enc, part):
+        if os.getpid() != parent:
+            raise RuntimeError("a forked child fails")
+        return real_batch(self, enc, part)
+
+    monkeypatch.setattr(ckks_client.CKKSClient, "_encrypt_batch", failing_in_children)
+    enc = client.encrypt(X)
+    assert len(forks) == 6 and enc.meta["chunks"] == [4096, 4096, 4096, 5]
+    np.testing.assert_allclose(client.decrypt(ev.evaluate(enc, keys)), model.predict_proba(X), atol=1e-4)
+
+
 @pytest.mark.parametrize("act_name", ["square", "relu"])
 def test_mlp_onnx_batch(cancer_std, tmp_path, act_name):
     X_tr, X_te, y_tr, y_te = cancer_std
