@@ -166,6 +166,46 @@ def test_concurrent_appends_keep_one_chain(tmp_path):
     assert AuditLog.open(path).verify().size == 80
 
 
+def test_batches_store_together_with_one_fsync_and_keep_one_chain_with_concurrent_appenders(tmp_path, monkeypatch):
+    """A batch's entries are stored when it ends (even by an exception), built one on the other under one
+    lock and written with one fsync; batches and single appends from other threads still form one chain."""
+    import os
+
+    path = tmp_path / "audit.jsonl"
+    fsyncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    log = AuditLog.open(path)
+    with log.batch():
+        for i in range(10):
+            log.append("submit", f"job-{i}", {"i": i})
+        assert not path.exists()  # nothing stored until the batch ends
+    # one fsync of the log, and the head's atomic write (its file and its directory)
+    assert log.verify().size == 10 and len(fsyncs) == 3
+    with pytest.raises(RuntimeError):
+        with log.batch():
+            log.append("submit", "job-x", {})
+            raise RuntimeError("the run failed after submitting")
+    assert [e["job"] for e in log.entries()][-1] == "job-x"
+
+    def work(k):
+        mine = AuditLog.open(path)
+        for i in range(10):
+            if k % 2:
+                mine.append("submit", f"job-{k}-{i}", {"k": k})
+            else:
+                with mine.batch():
+                    for j in range(3):
+                        mine.append("receipt", f"job-{k}-{i}-{j}", {"k": k})
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert AuditLog.open(path).verify().size == 11 + 2 * 10 + 2 * 30
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(min_value=1, max_value=40), st.data())
 def test_inclusion_proofs_verify_for_every_size_and_fail_for_another_leaf(n, data):
@@ -282,8 +322,11 @@ def test_the_redis_store_detects_a_rewrite(tmp_path):
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
         log = AuditLog.open(location_for_queue(url))
-        for i in range(5):
+        for i in range(3):
             log.append("submit", f"job-{i}", {"n": i})
+        with log.batch():  # stored in one transaction, on the same chain
+            for i in range(3, 5):
+                log.append("submit", f"job-{i}", {"n": i})
         assert log.verify().size == 5
         entry = json.loads(r.lindex("hec:audit", 2))
         entry["job"] = "job-x"

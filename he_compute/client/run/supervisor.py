@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -133,28 +134,30 @@ class Supervisor:
              canary_check: CanaryCheck | None, on_submit: Callable[[list[str]], None] | None,
              adopt: dict[int, list[str]]) -> list[Group]:
         self.groups = [Group(i, slots, spec, decoy=i in self.decoys) for i, (slots, spec) in enumerate(tasks)]
-        for g in self.groups:
-            self._adopt(g, adopt.get(g.index, []))
-            self._submit(g, max(0, self.replicas - g.submitted))
+        with self._logged_together():
+            for g in self.groups:
+                self._adopt(g, adopt.get(g.index, []))
+                self._submit(g, max(0, self.replicas - g.submitted))
         if on_submit is not None:
             on_submit(list(self.jobs))
         deadline = None if timeout is None else time.monotonic() + timeout
         shown: set[int] = set()
         while True:
-            self._poll()
-            waiting = False
-            for g in self.groups:
-                more = self._decide(g)
-                if g.winner is not None and g.index not in shown:
-                    shown.add(g.index)
-                    advance(g.samples)
-                need = more - len(g.pending)
-                if need > 0:
-                    self._check_rerun_possible(g)
-                    if g.submitted >= self.replicas:
-                        self.stats["tie_breakers"] += need
-                    self._submit(g, need)
-                waiting = waiting or g.winner is None
+            with self._logged_together():
+                self._poll()
+                waiting = False
+                for g in self.groups:
+                    more = self._decide(g)
+                    if g.winner is not None and g.index not in shown:
+                        shown.add(g.index)
+                        advance(g.samples)
+                    need = more - len(g.pending)
+                    if need > 0:
+                        self._check_rerun_possible(g)
+                        if g.submitted >= self.replicas:
+                            self.stats["tie_breakers"] += need
+                        self._submit(g, need)
+                    waiting = waiting or g.winner is None
             if not waiting:
                 if canary_check is None or canary_check(self):
                     self.cancel_pending()
@@ -170,7 +173,11 @@ class Supervisor:
                            f"cancelled: start workers (hec worker --queue {self.q.url}) or pass a longer --timeout")
                 # With workers flagged, what is missing is a trustworthy result, not capacity alone.
                 raise VerificationError(message) if self.flagged else QueueError(message)
-            time.sleep(POLL_S)
+            self.q.wait(POLL_S)
+
+    def _logged_together(self) -> AbstractContextManager[None]:
+        """The audit entries of one pass (submissions, receipts) stored together, with one durable write."""
+        return self.audit.batch() if self.audit is not None else nullcontext()
 
     def _adopt(self, g: Group, job_ids: list[str]) -> None:
         """Take over jobs of an earlier attempt that finished or are still alive; the rest are resubmitted."""

@@ -149,6 +149,11 @@ class Producer(Protocol):
         """Cancel a queued or running job; ``False`` if it had already ended."""
         ...
 
+    def wait(self, timeout_s: float) -> None:
+        """Return within ``timeout_s``, early once another party changed the queue (a job finished), so a
+        client polling for results hears of them at once; a plain sleep where the engine cannot tell."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

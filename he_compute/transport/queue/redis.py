@@ -374,6 +374,10 @@ class RedisQueue(Closing):
                    args=[lease.token, GROUP, "", time.time(), 1, 1, self.max_attempts_cap,
                          lease.operator or lease.worker])
 
+    def wait(self, timeout_s: float) -> None:
+        """A plain sleep: Redis says nothing of other clients' writes without a subscription."""
+        time.sleep(max(0.0, timeout_s))
+
     def cancel(self, job_id: str) -> bool:
         """Mark cancelled; a pending entry is acknowledged by whoever meets it next."""
         self.status(job_id)

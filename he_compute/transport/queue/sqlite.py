@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS group_claims (
 # Columns added after the first release: added to older databases on open.
 _ADDED_COLUMNS = {"grp": "TEXT", "run": "TEXT"}
 _POLL_S = 0.1
+_CHANGE_S = 0.005  # how often an idle claim or a waiting client looks for another connection's commit
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:
@@ -195,7 +196,27 @@ class SqliteQueue(Closing):
                     return Lease(job=job, token=token, worker=worker, operator=who)
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+            self.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, waking within ``_CHANGE_S`` of another connection's commit (SQLite's
+        ``data_version``, a read of the WAL index: no lock, no disk)."""
+        deadline = time.monotonic() + timeout_s
+        version = self._data_version()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(_CHANGE_S, left))
+            if self._data_version() != version:
+                return
+
+    def _data_version(self) -> int:
+        try:
+            with self._lock:
+                return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:  # a locked or vanished database: let the caller's next query say what is wrong
+            return -1
 
     def _owns(self, db: sqlite3.Connection, lease: Lease) -> bool:
         row = db.execute("SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id WHERE l.job_id = ? AND l.token = ? "

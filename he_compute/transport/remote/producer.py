@@ -86,6 +86,10 @@ class RemoteProducer(Closing):
         params = {"state": JobState(state).value if state else None, "limit": int(limit), "run": run, "since": since}
         return [_job(j) for j in self.session.json("GET", f"{API}/jobs", params=params)["jobs"]]
 
+    def wait(self, timeout_s: float) -> None:
+        """A plain sleep: the coordinator is polled, not subscribed to."""
+        time.sleep(max(0.0, timeout_s))
+
     def cancel(self, job_id: str) -> bool:
         """Cancel one of this tenant's jobs."""
         self._seen.pop(job_id, None)
