@@ -133,6 +133,17 @@ def test_info_prints_readable_text(ckks_cli_bundle):
     assert "activations:" in r.output and "security level:" in r.output
 
 
+def test_info_into_a_pipe_closed_early_ends_quietly(ckks_cli_bundle):
+    """`hec info M | head -1`: the reader leaves after one line; hec stops without an error line."""
+    proc = subprocess.Popen([sys.executable, "-m", "he_compute", "info", str(ckks_cli_bundle.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HEC_PROGRESS": "off"})
+    first = proc.stdout.readline()
+    proc.stdout.close()  # before hec has written the rest: its next write meets a closed pipe
+    err = proc.stderr.read().decode()
+    proc.wait(60)
+    assert first.startswith(b"file:") and "Error" not in err and "Traceback" not in err, err
+
+
 # ---- item 9: manifest -----------------------------------------------------------------------------------
 
 

@@ -47,6 +47,8 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader left (`hec info M | head`): click ends quietly, as Unix tools do
+            raise
         except Exception as exc:  # an unexpected failure still gets one line
             if ctx.meta.get("hec.debug"):
                 raise
