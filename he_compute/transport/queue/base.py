@@ -10,6 +10,7 @@ manager.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Protocol, runtime_checkable
@@ -157,6 +158,11 @@ class Producer(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def sleep_wait(_: Any, timeout_s: float) -> None:
+    """:meth:`Producer.wait` for engines that cannot tell when the queue changed: a plain sleep."""
+    time.sleep(max(0.0, timeout_s))
 
 
 @runtime_checkable

@@ -27,18 +27,8 @@ from typing import Any, Iterable
 from ...errors import QueueError
 from .._closing import Closing
 from ..locations import redis_key as key_for
-from .base import (
-    DEFAULT_LEASE_S,
-    DEFAULT_MAX_ATTEMPTS,
-    MAX_ATTEMPTS_CAP,
-    Job,
-    JobState,
-    Lease,
-    check_job_id,
-    check_tag,
-    dumps,
-    unreadable_job,
-)
+from .base import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_CAP, Job, JobState, Lease, check_job_id,
+                   check_tag, dumps, sleep_wait, unreadable_job)
 
 GROUP = "hec-workers"
 DEAD = key_for("dead")
@@ -374,9 +364,7 @@ class RedisQueue(Closing):
                    args=[lease.token, GROUP, "", time.time(), 1, 1, self.max_attempts_cap,
                          lease.operator or lease.worker])
 
-    def wait(self, timeout_s: float) -> None:
-        """A plain sleep: Redis says nothing of other clients' writes without a subscription."""
-        time.sleep(max(0.0, timeout_s))
+    wait = sleep_wait  # Redis says nothing of other clients' writes without a subscription
 
     def cancel(self, job_id: str) -> bool:
         """Mark cancelled; a pending entry is acknowledged by whoever meets it next."""

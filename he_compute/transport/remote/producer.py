@@ -24,7 +24,7 @@ from ...errors import AuditError, QueueError
 from ...files import PRIVATE, atomic_write
 from ...formats import audit as entries
 from .._closing import Closing
-from ..queue.base import DEFAULT_MAX_ATTEMPTS, Job, JobState
+from ..queue.base import DEFAULT_MAX_ATTEMPTS, Job, JobState, sleep_wait
 from .session import Session
 from .wire import API, H_IDEMPOTENCY, job_from_wire
 
@@ -86,9 +86,7 @@ class RemoteProducer(Closing):
         params = {"state": JobState(state).value if state else None, "limit": int(limit), "run": run, "since": since}
         return [_job(j) for j in self.session.json("GET", f"{API}/jobs", params=params)["jobs"]]
 
-    def wait(self, timeout_s: float) -> None:
-        """A plain sleep: the coordinator is polled, not subscribed to."""
-        time.sleep(max(0.0, timeout_s))
+    wait = sleep_wait  # the coordinator is polled, not subscribed to
 
     def cancel(self, job_id: str) -> bool:
         """Cancel one of this tenant's jobs."""
