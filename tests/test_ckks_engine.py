@@ -216,6 +216,15 @@ def test_linear_models_use_one_prime_half_the_bytes_and_match_the_clear_model(ca
         plan, weights = check_sections(bundle.server)
         counts = op_counts(plan, weights, "batch", chain=ck["coeff_mod_bit_sizes"])["counts"]
         assert counts.get("rescale", 0) == 0 and counts["mul_plain"] == 30
+    # Raw features (up to ~4,000): the weights' rounding (to 2**-weight_scale) now shows, and is predicted.
+    from sklearn.datasets import load_breast_cancer
+
+    X_raw, y_raw = load_breast_cancer(return_X_y=True)
+    raw = LinearRegression().fit(X_raw[:400], y_raw[:400])
+    bundle = he_compute.compile(raw, X_raw[:400], scheme="ckks")
+    out, _ = encrypted(bundle, X_raw[400:], tmp_path / "raw")
+    err = float(np.abs(out.ravel() - raw.predict(X_raw[400:])).max())
+    assert bundle.manifest["ckks"]["coeff_mod_bit_sizes"] == [60] and err <= bundle.manifest["ckks"]["predicted_max_error"]
     # Forced onto the usual three-prime chain, the same data take about twice the bytes.
     three = he_compute.compile(logreg, X_tr, scheme="ckks", scale_bits=40)
     assert len(three.manifest["ckks"]["coeff_mod_bit_sizes"]) == 3

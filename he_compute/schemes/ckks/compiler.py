@@ -236,7 +236,15 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
     automatic = poly_modulus_degree is None and coeff_mod_bit_sizes is None and scale_bits is None
     if chosen == "batch" and automatic and one_product(plan):  # a linear model: one prime, half the bytes
-        ckks = params.one_prime(depth, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE) or ckks
+        one = params.one_prime(depth, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE)
+        if one is not None:
+            ckks = one
+            # Its weights are rounded to multiples of 2**-weight_scale: each output may move by half of that
+            # times the sum of |x| (the calibration data's largest, with the range margin).
+            Xc = np.abs(np.asarray(X_calib, dtype=np.float64).reshape(len(X_calib), -1))
+            rounding = 2.0 ** -(one["weight_scale_bits"] + 1) * float(Xc.sum(axis=1).max()) * (1 + range_margin)
+            info["predicted_max_error"] += rounding
+            info["worst_case_bound"] += rounding
     if chosen == "batch" and ckks["poly_modulus_degree"] < BATCH_MIN_DEGREE and poly_modulus_degree is None \
             and coeff_mod_bit_sizes is None:
         ckks = params.choose(depth, scale_bits=scale_bits, int_bits=int_bits, min_degree=BATCH_MIN_DEGREE)
