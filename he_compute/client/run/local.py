@@ -63,7 +63,7 @@ def identities(states: list[Path], procs: list[subprocess.Popen[bytes]]) -> Allo
         while not pub.is_file():
             if procs[i].poll() is not None or time.monotonic() > deadline:
                 raise QueueError(f"local worker {i} did not start (see its log): no identity in {state}")
-            time.sleep(0.05)
+            time.sleep(0.01)  # a worker writes its key about 0.2 s after it starts: the run waits on it
         known.add(pub.read_text().strip(), operator=f"local-{i}")
     return known
 
