@@ -158,12 +158,17 @@ def test_concurrent_appends_keep_one_chain(tmp_path):
         for i in range(20):
             log.append("submit", f"job-{k}-{i}", {"k": k})
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    _in_threads(work, 4)
+    assert AuditLog.open(path).verify().size == 80
+
+
+def _in_threads(work, n):
+    """``work(k)`` for ``k`` in ``range(n)``, each in its own thread, all at once."""
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert AuditLog.open(path).verify().size == 80
 
 
 def test_batches_store_together_with_one_fsync_and_keep_one_chain_with_concurrent_appenders(tmp_path, monkeypatch):
@@ -198,11 +203,7 @@ def test_batches_store_together_with_one_fsync_and_keep_one_chain_with_concurren
                     for j in range(3):
                         mine.append("receipt", f"job-{k}-{i}-{j}", {"k": k})
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(work, 4)
     assert AuditLog.open(path).verify().size == 11 + 2 * 10 + 2 * 30
 
 
