@@ -40,13 +40,10 @@ def _early_workers(n: int, queue: Any, blobs: Any, part: Any) -> Iterator[tuple[
     from ..client.run.connection import Connection
     from ..client.run.local import local_workers
 
-    with Connection(queue, blobs) as conn:
-        if n <= 0:
-            yield conn, None
-            return
-        with local_workers(n, conn.queue_url, conn.blobs_url, conn.where.logs,
-                           device=str(part.meta.get("device", "cpu"))) as workers:
-            yield conn, workers
+    with Connection(queue, blobs) as conn, \
+            local_workers(n, conn.queue_url, conn.blobs_url, conn.where.logs,
+                          device=str(part.meta.get("device", "cpu"))) as workers:  # none when n is 0
+        yield conn, workers
 
 
 class _Interrupted(click.ClickException):

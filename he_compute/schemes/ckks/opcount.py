@@ -175,12 +175,11 @@ def measure(ckks: dict[str, Any], reps: int = 20) -> dict[str, float]:
         costs[f"add@{lvl}"] = timeit(lambda c=ct: ev.add(c, c, out))
         costs[f"add_plain@{lvl}"] = timeit(lambda c=ct: ev.add_plain(c, eng.encode(0.3, lvl, c.scale), out))
         pt = eng.encode(0.3, lvl, ct.scale)
-        if one_prime:  # its one level holds one product, left unrescaled
+        if lvl < eng.depth or one_prime:  # a one-prime chain's one level holds one product, left unrescaled
             costs[f"mul_plain@{lvl}"] = timeit(lambda c=ct: ev.multiply_plain(c, pt, out))
         if lvl == eng.depth:  # the last level only adds: a product would not fit its one prime
             continue
         ev.multiply(ct, ct, big)
-        costs[f"mul_plain@{lvl}"] = timeit(lambda c=ct: ev.multiply_plain(c, pt, out))
         costs[f"mul_ct@{lvl}"] = timeit(lambda c=ct: ev.multiply(c, c, out))
         costs[f"relin@{lvl}"] = timeit(lambda: ev.relinearize(big, relin, out))
         costs[f"rotate@{lvl}"] = timeit(lambda c=ct: ev.rotate_vector(c, 1, galois, out))

@@ -200,7 +200,7 @@ class SqliteQueue(Closing):
 
     def wait(self, timeout_s: float) -> None:
         """Sleep up to ``timeout_s``, waking within ``_CHANGE_S`` of another connection's commit (SQLite's
-        ``data_version``, a read of the WAL index: no lock, no disk)."""
+        ``data_version``, a read of the WAL index: no database lock, no disk)."""
         deadline = time.monotonic() + timeout_s
         version = self._data_version()
         while True:
