@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench redis browser clean
+.PHONY: install demo test test-fast bench redis browser iproute2 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
 	  || echo "warning: could not install chromium; the status page test will fail" >&2; }
 
+# ip and tc for the link benchmark (network namespaces, a shaped veth pair): Debian's iproute2.
+iproute2:
+	@{ command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >/dev/null \
+	  || echo "warning: could not install iproute2; the link benchmark will fail" >&2; }
+
 demo: install
 	$(BIN)/python -m he_compute.demo
 
@@ -38,7 +44,7 @@ test: install redis browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: install redis
+bench: install redis iproute2
 	$(BIN)/python -m bench
 
 clean:
