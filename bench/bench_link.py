@@ -22,6 +22,7 @@ Run: ``python -m bench link`` (root, iproute2; ``make bench`` installs it). Writ
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ PROFILES = (100, 20)  # Mbit/s, each with a 40 ms round trip
 RTT_MS = 40
 PY = sys.executable
 PASSWORD = "bench-link"
+ONLY = os.environ.get("HEC_BENCH_LINK_ONLY", "")  # "tfhe" or "ckks": one scheme's models (results: link-SCHEME.md)
 
 
 def _models(tmp: Path):
@@ -55,7 +57,7 @@ def _models(tmp: Path):
     X_tr, X_te, y_tr, _ = standardized_cancer()
     out = []
     tree = DecisionTreeClassifier(max_depth=4, random_state=0).fit(X_tr, y_tr)
-    for compress in ("0", "1"):
+    for compress in ("0", "1") if "ckks" not in ONLY else ():
         # Concrete ML reads these two switches when it compiles (its defaults are "1").
         os.environ["USE_INPUT_COMPRESSION"] = os.environ["USE_KEY_COMPRESSION"] = compress
         bundle = he_compute.compile(tree, X_tr, scheme="tfhe")
@@ -70,14 +72,17 @@ def _models(tmp: Path):
         with torch.no_grad():
             return mlp(torch.tensor(X, dtype=torch.float32)).numpy().argmax(1)
 
-    for name, model, predict in (("CKKS logistic regression", lr, lr.predict), ("CKKS MLP 30-16-2", mlp, mlp_predict)):
+    for name, model, predict in (("CKKS logistic regression", lr, lr.predict), ("CKKS MLP 30-16-2", mlp, mlp_predict)) \
+            if "tfhe" not in ONLY else ():
         bundle = he_compute.compile(model, X_tr, scheme="ckks", packing="batch")
         slots = bundle.manifest["ckks"]["slots"]
         out.append((name, bundle, predict, X_te[:1], np.resize(X_te, (2 * slots, X_te.shape[1]))))
     rows = []
     for i, (name, bundle, predict, first, batch) in enumerate(out):
         client = he_compute.Client.keygen(bundle, tmp / f"keys-{i}", register=False)
-        rows.append((name, bundle, client, predict, client.encrypt(first), client.encrypt(batch), batch))
+        enc_first = client.encrypt(first)
+        enc_first.meta["x"] = first  # kept in memory only, to encrypt afresh for each row
+        rows.append((name, bundle, client, predict, enc_first, client.encrypt(batch), batch))
     return rows
 
 
@@ -154,6 +159,9 @@ def _one(link: Link, svc: Services, how: str, args: list[str], queue, blobs, mod
     from he_compute.client.run import run
 
     name, bundle, client, predict, first, batch, X = model
+    # Fresh ciphertexts for every row: CKKS evaluation is deterministic, so a result of the same ciphertexts
+    # would already be in the store, and a worker does not upload a blob the store holds.
+    first, batch = client.encrypt(first.meta["x"]), client.encrypt(X)
     evk = read_evaluation_keys(client.evaluation_keys_path)
     state = svc.d / f"worker-{n}"
     worker = subprocess.Popen(link.in_ns("w", [PY, "-m", "he_compute", "worker", "--concurrency", "1", "--threads",
@@ -189,11 +197,11 @@ def inner(link: Link) -> None:
     from bench._wire_sizes import ckks_sizes
 
     d = Path(tempfile.mkdtemp(prefix="hec-bench-link-"))
-    models = _models(d)
-    sizes = [ckks_sizes(m[1], m[5], m[2]) for m in models if m[1].scheme == "ckks"]
-    svc = Services(link, d)
-    rows, n = [], 0
+    rows, n, svc = [], 0, None
     try:
+        models = _models(d)
+        sizes = [ckks_sizes(m[1], m[5], m[2]) for m in models if m[1].scheme == "ckks"]
+        svc = Services(link, d)
         for rate in PROFILES:
             link.shape(rate)
             for how, (queue, blobs, args) in svc.paths().items():
@@ -203,7 +211,9 @@ def inner(link: Link) -> None:
                     rows.append({**r, "profile": rate})
                     print(r, flush=True)
     finally:
-        svc.close()
+        if svc is not None:
+            svc.close()
+        shutil.rmtree(d, ignore_errors=True)  # the coordinator's blob store holds every key and ciphertext
     _report(rows, sizes, os.getloadavg())
 
 
@@ -212,15 +222,28 @@ def _report(rows, sizes, load) -> None:
             "eval keys", "pulled before 1st result", "time to 1st result", "samples/s", "agreement"]
     body = [[r["model"], r["path"], f"{r['profile']} Mbit/s", mb(int(r["down"])), mb(int(r["up"])),
              mb(int(r["input_payload"])), mb(r["evk"]), mb(r["first_down"]), f"{r['ttfr']:.1f} s",
-             f"{r['rate']:,.0f}", f"{r['agree']:.1%}"] for r in rows]
+             f"{r['rate']:.3g}" if r["rate"] < 10 else f"{r['rate']:,.0f}", f"{r['agree']:.1%}"] for r in rows]
     text = [f"# Over a link (python -m bench link): {', '.join(f'{p} Mbit/s' for p in PROFILES)}, {RTT_MS} ms RTT",
             "", f"Load average at the end: {load[0]:.2f}. One `hec worker` (1 core) in its own network namespace per "
             "row, started fresh; the client, Redis and the coordinator (TLS) in the other. Bytes are the worker "
-            "end's veth counters (headers and protocol included).", "", table(head, body), "",
-            "## CKKS: what SEAL's seeded symmetric ciphertexts and zstd save (same ciphertexts, this run)", ""]
-    for s in sizes:
-        text.append(s)
-    write("link", "\n".join(text))
+            "end's veth counters (headers and protocol included).", "", table(head, body), ""]
+    if any(r["model"].startswith("TFHE") for r in rows):
+        text += ["## TFHE: Concrete ML's compression on / off (both compiled and measured in this run)", ""]
+    for r_on in rows:
+        if r_on["model"] != "TFHE tree, compression on":
+            continue
+        off = next((r for r in rows if r["model"] == "TFHE tree, compression off" and r["path"] == r_on["path"]
+                    and r["profile"] == r_on["profile"]), None)
+        if off is None:
+            continue
+        text.append(f"- {r_on['path']}, {r_on['profile']} Mbit/s: evaluation keys {r_on['evk'] / off['evk']:.1%} "
+                    f"of off; bytes to the worker per sample {r_on['down'] / off['down']:.1%}; from it "
+                    f"{r_on['up'] / off['up']:.0%}; pulled before the first result {r_on['first_down'] / off['first_down']:.1%}; "
+                    f"time to first result {r_on['ttfr']:.0f} s vs {off['ttfr']:.0f} s")
+    if sizes:
+        text += ["", "## CKKS: what SEAL's seeded symmetric ciphertexts and zstd save (same ciphertexts, this run)", ""]
+        text += sizes
+    write(f"link-{ONLY}" if ONLY else "link", "\n".join(text))
 
 
 def main() -> None:
