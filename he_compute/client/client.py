@@ -93,11 +93,13 @@ class Client:
         arr = preprocess(validate_input(X, self.manifest["input_shape"], source), self.manifest)
         sections: dict[str, bytes] = {}
         counts: list[int] = []
+        done = 0
         for i, (count, payload) in enumerate(self._backend.encrypt(arr)):
             sections[chunk_name(i)] = payload
-            counts.append(count)
+            counts.append(count)  # samples in the chunk, padding included: every chunk of a scheme has one size
             if progress:
-                progress(count)
+                progress(min(count, arr.shape[0] - done))
+            done += count
         meta = {
             "model_id": self.model_id,
             "key_id": self.key_id,
@@ -118,15 +120,20 @@ class Client:
                 f"this result was computed for model {str(meta.get('model_id'))[:12]} / key "
                 f"{str(meta.get('key_id'))[:12]}; the keys in {self.keys_dir} cannot decrypt it"
             )
-        outputs = []
-        for i, count in enumerate(meta["chunks"]):
+        counts = [int(c) for c in meta["chunks"]]
+        n_samples = int(meta["n_samples"])
+        if not 0 < n_samples <= sum(counts):
+            raise FormatError(f"this result says it holds {n_samples} samples in chunks of {sum(counts)}")
+        outputs, done = [], 0
+        for i, count in enumerate(counts):
             payload = results.sections.get(chunk_name(i))
             if payload is None:
                 raise FormatError(f"result lacks {chunk_name(i)}")
-            outputs.append(self._backend.decrypt(payload, int(count)))
+            outputs.append(self._backend.decrypt(payload, count))
             if progress:
-                progress(int(count))
-        return np.concatenate(outputs, axis=0)
+                progress(min(count, n_samples - done))
+            done += count
+        return np.concatenate(outputs, axis=0)[:n_samples]  # the last chunk's padding dropped
 
     def decrypt_chunk(self, payload: bytes, n_samples: int) -> np.ndarray:
         """Decrypt one result chunk (size-checked by the scheme before it is parsed)."""
