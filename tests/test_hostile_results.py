@@ -43,16 +43,20 @@ def ckks_logreg(cancer, tmp_path_factory):
     return model, bundle, client, X_tr, X_te
 
 
-def _honest_run(enc, server, evk, policy, q_url, b_url, **kw):
-    with queue.connect(q_url) as q, blobs.connect(b_url) as store:
-        worker = Worker(q, store, executor=InProcess(), log=lambda m: None)
-        t = threading.Thread(target=worker.run, kwargs={"poll_s": 0.01}, daemon=True)
+def _honest_run(enc, server, evk, policy, q_url, b_url, *, workers=1, **kw):
+    """``run`` with ``workers`` honest workers in threads."""
+    honest = [Worker(queue.connect(q_url), blobs.connect(b_url), name=f"honest-{i}", executor=InProcess(),
+                     log=lambda m: None) for i in range(workers)]
+    threads = [threading.Thread(target=w.run, kwargs={"poll_s": 0.01}, daemon=True) for w in honest]
+    for t in threads:
         t.start()
-        try:
-            return run(enc, server, evk, queue=q_url, blobs=b_url, policy=policy, show_progress=False, resume=False,
-                       timeout=300, **kw)
-        finally:
-            worker.stop()
+    try:
+        return run(enc, server, evk, queue=q_url, blobs=b_url, policy=policy, show_progress=False, resume=False,
+                   timeout=300, **kw)
+    finally:
+        for w in honest:
+            w.stop()
+        for t in threads:
             t.join(30)
 
 
@@ -128,3 +132,150 @@ def test_a_worker_reading_job_shapes_picks_real_chunks_no_more_often_than_chance
     p = float(np.mean(chance))
     bound = int(binom.ppf(0.999, RUNS, p))
     assert hits <= bound, (hits, RUNS, p)
+
+
+# -- results with flipped bits ------------------------------------------------------------------------------
+
+FLIPPED_BIT = 63
+"""The top bit of the first segment's size in a TFHE result's Cap'n Proto framing: flipped, Concrete's
+``Value.deserialize`` allocates and zeroes 16 GB for a message of 10 KB before it fails (48 s here, with a
+machine's memory to spare; the issue saw it loop for ever)."""
+DECRYPT_TIMEOUT_S = "3"
+
+
+def _flipped(payload: bytes) -> bytes:
+    data = bytearray(payload)
+    data[FLIPPED_BIT // 8] ^= 1 << (FLIPPED_BIT % 8)
+    return bytes(data)
+
+
+_TIMED = """
+import sys, time
+from he_compute.schemes._quiet import import_torch_quietly
+import_torch_quietly()
+from concrete import fhe  # loaded before the clock starts: a loaded machine takes seconds to import it
+from he_compute.cli import commands, main
+commands()
+start = time.monotonic()
+try:
+    main(sys.argv[2:], prog_name="hec")
+finally:
+    open(sys.argv[1], "w").write(str(time.monotonic() - start))
+"""
+
+
+def _hec(args, tmp_path, timeout):
+    """``hec ARGS`` in a fresh process: (the finished process, seconds it ran once loaded).
+
+    A process still running after ``timeout`` seconds is killed and the test fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HEC_DECRYPT_TIMEOUT_S": DECRYPT_TIMEOUT_S}
+    clock = tmp_path / f"{args[0]}.seconds"
+    try:
+        done = subprocess.run([sys.executable, "-c", _TIMED, str(clock), *args], env=env, capture_output=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"hec {args[0]} still ran after {timeout}s ({len(exc.stderr or b'')} bytes on stderr)")
+    return done, float(clock.read_text())
+
+
+@pytest.fixture
+def tfhe_result(compiled, cancer):
+    """A TFHE model, its encrypted inputs and an honest result of them."""
+    c = compiled("linear")
+    X = cancer[1][:3]
+    enc = c.client.encrypt(X)
+    ev = he_compute.Evaluator(c.bundle.server_part())
+    keys = ev.load_keys(he_compute.read_evaluation_keys(c.client.evaluation_keys_path))
+    return c, X, enc, ev.evaluate(enc, keys)
+
+
+def test_hec_decrypt_of_a_result_with_a_flipped_bit_ends_with_one_line(tfhe_result, tmp_path):
+    from he_compute.formats.container import Container
+
+    c, X, enc, result = tfhe_result
+    sections = dict(result.sections)
+    sections["chunk/000001"] = _flipped(sections["chunk/000001"])
+    Container("results", result.scheme, result.meta, sections).save(tmp_path / "y.enc")
+    done, seconds = _hec(["decrypt", str(tmp_path / "y.enc"), "--keys", str(c.client.keys_dir), "-o",
+                          str(tmp_path / "y.npy")], tmp_path, timeout=300)
+    assert seconds < float(DECRYPT_TIMEOUT_S) + 10, seconds  # its deadline, and room for a loaded machine
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: the result"), done.stderr[-2000:]
+    assert "chunk/000001" in lines[0] or "did not decrypt within" in lines[0] or "could not be decrypted" in lines[0]
+    assert not (tmp_path / "y.npy").exists()
+    # The honest result still decrypts, in one child for the whole file.
+    np.testing.assert_allclose(c.client.decrypt(result), c.model.predict_proba(X, fhe="disable"), rtol=0, atol=1e-9)
+
+
+class FlippingWorker(threading.Thread):
+    """Claims jobs like any worker and returns a well-signed result of the right size with one bit flipped."""
+
+    def __init__(self, q_url: str, b_url: str, payload: bytes):
+        from he_compute.worker.identity import WorkerIdentity
+
+        super().__init__(daemon=True)
+        self.q, self.store, self.payload = queue.connect(q_url), blobs.connect(b_url), _flipped(payload)
+        self.me, self.done, self.stopping = WorkerIdentity.generate(), 0, threading.Event()
+
+    def run(self) -> None:
+        from he_compute.formats.receipt import sign_receipt
+
+        while not self.stopping.is_set():
+            lease = self.q.claim("flipper", devices=("cpu",), block_s=0.05)
+            if lease is None:
+                continue
+            spec = lease.job.spec
+            outs = [self.store.put(self.payload) for _ in spec["inputs"]]
+            receipt = sign_receipt(self.me, job_id=lease.job.id, model_id=spec["model_id"], key_id=spec["key_id"],
+                                   inputs=spec["inputs"], outputs=outs, timings={"eval_ms": 1})
+            self.q.complete(lease, {"outputs": outs, "inputs": spec["inputs"], "receipt": receipt, "stats": {}})
+            self.done += 1
+
+
+def test_hec_run_with_canaries_facing_a_bit_flipping_worker_ends_with_one_line(tfhe_result, cancer, tmp_path):
+    c, X, enc, result = tfhe_result
+    enc.save(tmp_path / "x.enc")
+    np.save(tmp_path / "known.npy", cancer[0][:40])
+    q_url, b_url = f"sqlite://{tmp_path}/hec/queue.db", f"file://{tmp_path}/hec/blobs"
+    flipper = FlippingWorker(q_url, b_url, result.sections["chunk/000000"])
+    flipper.start()
+    try:
+        done, seconds = _hec(["run", str(tmp_path / "x.enc"), "--keys", str(c.client.keys_dir), "--queue", q_url,
+                              "--blobs", b_url, "-o", str(tmp_path / "y.enc"), "--canaries", "0.5", "--canary-inputs",
+                              str(tmp_path / "known.npy"), "--timeout", "30"], tmp_path, timeout=600)
+    finally:
+        flipper.stopping.set()
+        flipper.join(10)
+    assert flipper.done > 0 and seconds < 30 + 10, seconds  # its --timeout, and room for a loaded machine
+    lines = done.stderr.decode().strip().splitlines()
+    # (The exit status is left out: `hec run` exits 0 after this line when it evaluated the canaries itself,
+    # before and after this change alike; reported, not fixed here.)
+    assert lines[-1].startswith("Error: ") and flipper.me.short_id in lines[-1], (done.returncode, lines[-3:])
+    assert not any("Premature EOF" in line for line in lines)
+    assert not (tmp_path / "y.enc").exists()
+
+
+def test_a_bit_flipping_worker_is_flagged_and_its_jobs_rerun_by_an_honest_one(tfhe_result, cancer, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("HEC_DECRYPT_TIMEOUT_S", DECRYPT_TIMEOUT_S)
+    c, X, enc, result = tfhe_result
+    known = KnownAnswers(c.client, cancer[0][:40], c.model.predict_proba(cancer[0][:40], fhe="disable"))
+    q_url, b_url = f"sqlite://{tmp_path}/hec/queue.db", f"file://{tmp_path}/hec/blobs"
+    flipper = FlippingWorker(q_url, b_url, result.sections["chunk/000000"])
+    flipper.start()
+    try:
+        report = _honest_run(enc, c.bundle.server_part(),
+                             he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
+                             Policy(replicas=2, canaries=0.5, known_answers=known, accept_sybil_risk=True),
+                             q_url, b_url, workers=2, samples_per_job=1)
+    finally:
+        flipper.stopping.set()
+        flipper.join(10)
+    assert flipper.done > 0
+    assert flipper.me.short_id in report.verification["flagged"], report.verification
+    np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"),
+                               rtol=0, atol=1e-9)
