@@ -24,6 +24,7 @@ from he_compute.client.run import KnownAnswers, Policy, run
 from he_compute.transport import blobs, queue
 from he_compute.worker.executor import InProcess
 from he_compute.worker.loop import Worker
+from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
 
 RUNS = 14
 
@@ -277,5 +278,46 @@ def test_a_bit_flipping_worker_is_flagged_and_its_jobs_rerun_by_an_honest_one(tf
         flipper.join(10)
     assert flipper.done > 0
     assert flipper.me.short_id in report.verification["flagged"], report.verification
+    np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"),
+                               rtol=0, atol=1e-9)
+
+
+# -- a worker that fails jobs "for good" ---------------------------------------------------------------------
+
+class Failer(threading.Thread):
+    """Claims every job it can and fails it at once, asking the queue not to retry it (dead letter)."""
+
+    def __init__(self, q_url: str, error: str = "this job cannot be done"):
+        super().__init__(daemon=True)
+        self.q, self.error, self.failed, self.stopping = queue.connect(q_url), error, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            lease = self.q.claim("failer", devices=("cpu",), block_s=0.05)
+            if lease is not None:
+                self.q.fail(lease, self.error, retry=False)
+                self.failed += 1
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+def test_a_worker_failing_jobs_for_good_cannot_abort_a_verified_run(engine, compiled, cancer, tmp_path, request):
+    c = compiled("linear")
+    X, X_known = cancer[1][:3], cancer[0][:40]
+    known = KnownAnswers(c.client, X_known, c.model.predict_proba(X_known, fhe="disable"))
+    q_url = request.getfixturevalue("redis_url") if engine == "redis" else f"sqlite://{tmp_path}/hec/queue.db"
+    b_url = f"file://{tmp_path}/hec/blobs"
+    failer = Failer(q_url)
+    failer.start()
+    try:
+        report = _honest_run(c.client.encrypt(X), c.bundle.server_part(),
+                             he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
+                             Policy(replicas=2, canaries=0.3, known_answers=known, accept_sybil_risk=True),
+                             q_url, b_url, workers=2, samples_per_job=1)
+    finally:
+        failer.stopping.set()
+        failer.join(10)
+    assert failer.failed > 0, "the failing worker never got a job: the test proved nothing"
+    v = report.verification
+    assert v["failed_by"] == {"failer": failer.failed} and v["flagged"] == {}, v
     np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"),
                                rtol=0, atol=1e-9)
