@@ -321,3 +321,55 @@ def test_a_worker_failing_jobs_for_good_cannot_abort_a_verified_run(engine, comp
     assert v["failed_by"] == {"failer": failer.failed} and v["flagged"] == {}, v
     np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"),
                                rtol=0, atol=1e-9)
+
+
+# -- a worker's words on the user's terminal -----------------------------------------------------------------
+
+PAINT = ("\x1b]0;owned\x07\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07\x1b[2K\r"
+         "All jobs verified OK\x1b[8m\u202e")
+"""An OSC title, an OSC 52 clipboard write, a line erase and a carriage return that paints a fake verdict,
+a hidden-text attribute and a right-to-left override."""
+RAW = ("\x1b", "\x07", "\r", "\u202e")
+
+
+class NamedFailer(Failer):
+    """A failer that claims under a new crafted name each time (so the queue gives it every job of a group)."""
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            lease = self.q.claim(f"w{n}{PAINT}", devices=("cpu",), block_s=0.05)
+            if lease is not None:
+                self.q.fail(lease, f"bad input{PAINT}", retry=False)
+                self.failed += 1
+
+
+def test_a_workers_error_text_and_name_reach_the_terminal_escaped(compiled, cancer, tmp_path):
+    from click.testing import CliRunner
+
+    from he_compute.cli import main
+
+    c = compiled("linear")
+    c.client.encrypt(cancer[1][:1]).save(tmp_path / "x.enc")
+    q_url, b_url = f"sqlite://{tmp_path}/hec/queue.db", f"file://{tmp_path}/hec/blobs"
+    failer = NamedFailer(q_url)
+    failer.start()
+    try:
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "x.enc"), "--keys", str(c.client.keys_dir), "--queue",
+                                        q_url, "--blobs", b_url, "-o", str(tmp_path / "y.enc"), "--timeout", "60"])
+    finally:
+        failer.stopping.set()
+        failer.join(10)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and lines[-1].startswith("Error: job group 0 failed on 3 workers"), res.stderr
+    assert "All jobs verified OK" in lines[-1] and "\\x1b]52;c;" in lines[-1]  # shown, as visible escapes
+    job_id = queue.connect(q_url).jobs()[0].id
+    shown = [res.stderr]
+    for args in (["jobs", "--queue", q_url], ["status", job_id, "--queue", q_url]):
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 0, out.output
+        shown.append(out.output)
+    assert "\\x1b]0;owned" in shown[2]
+    for text in shown:
+        assert not any(ch in text for ch in RAW), [ch for ch in RAW if ch in text]
