@@ -128,7 +128,7 @@ def _send(fd: int, kind: bytes, body: bytes) -> None:
 def _collect(pid: int, r: int, err_r: int, what: str, max_values: int, deadline: float, budget: float,
              progress: Callable[[int], None] | None) -> np.ndarray:
     buf = bytearray()
-    limit = _FRAME.size + _SHAPE.size + 8 * max_values
+    limit = _FRAME.size + _SHAPE.size + 8 * max_values + 8192  # the result, or an error of at most 4000 bytes
     result: np.ndarray | None = None
     reaped = False
     printed, said = 0, b""
