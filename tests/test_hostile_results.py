@@ -135,6 +135,20 @@ def test_a_worker_reading_job_shapes_picks_real_chunks_no_more_often_than_chance
     assert hits <= bound, (hits, RUNS, p)
 
 
+def test_tfhe_chunks_of_a_run_with_canaries_all_look_alike(compiled, cancer, tmp_path):
+    """TFHE chunks hold one sample each, so a run's jobs, headers and blob sizes are alike without padding."""
+    c = compiled("linear")
+    X, X_known = cancer[1][:4], cancer[0][:40]
+    known = KnownAnswers(c.client, X_known, c.model.predict_proba(X_known, fhe="disable"))
+    q_url, b_url = f"sqlite://{tmp_path}/hec/queue.db", f"file://{tmp_path}/hec/blobs"
+    report = _honest_run(c.client.encrypt(X), c.bundle.server_part(),
+                         he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
+                         Policy(canaries=0.5, known_answers=known, decoys=0), q_url, b_url, samples_per_job=1)
+    with queue.connect(q_url) as q, blobs.connect(b_url) as store:
+        shapes = _shapes(q, store, report.run_id)
+    assert len(shapes) == 4 + 2 and len(set(shapes.values())) == 1, set(shapes.values())
+
+
 # -- results with flipped bits ------------------------------------------------------------------------------
 
 FLIPPED_BIT = 63
