@@ -2,9 +2,10 @@
 
 A result chunk comes from an untrusted worker.  Its size and framing are checked before anything parses
 it, but a scheme library's parser can still misbehave on bytes that pass those checks: Concrete's
-``Value.deserialize`` loops for ever on a TFHE result with one flipped bit.  So the client decrypts in a
-forked child of itself (the keys are already in memory; nothing is written anywhere and nothing new is
-loaded, so a fork costs milliseconds where a fresh interpreter would spend seconds importing Concrete):
+``Value.deserialize`` allocates 16 GB, or loops for ever, on a TFHE result with one flipped bit.  So the
+client decrypts in a forked child of itself: the keys are already in memory and nothing new is loaded, so
+a fork costs tens of milliseconds where a fresh interpreter would spend seconds importing Concrete
+(``python -m bench decrypt``):
 
 * a **deadline**: a child that has not answered by then is killed, and the caller gets a
   :class:`~he_compute.errors.FormatError` naming what it was decrypting;
