@@ -44,10 +44,11 @@ def test_a_ckks_result_with_lying_counts_is_refused_before_it_is_parsed(cancer, 
                                 scaler.transform(X_train), scheme="ckks")
     client = he_compute.Client.keygen(bundle, tmp_path / "keys")
     enc = client.encrypt(scaler.transform(X_test[:3]))
-    too_many = pack(Payload("output", "batch", 3, [b"x"] * 50))
+    n = enc.meta["chunks"][0]  # 3 samples, in a chunk padded to the full size
+    too_many = pack(Payload("output", "batch", n, [b"x"] * 50))
     with pytest.raises(FormatError, match="expected 1 batch-packed"):
         client.decrypt(_results_like(enc, too_many))
-    oversized = pack(Payload("output", "batch", 3, [os.urandom(3 << 20)]))
+    oversized = pack(Payload("output", "batch", n, [os.urandom(3 << 20)]))
     with pytest.raises(FormatError, match="larger than these parameters allow"):
         client.decrypt(_results_like(enc, oversized))
 

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ..errors import HECError
+from ..formats.text import printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -44,7 +45,7 @@ class _Group(click.Group):
         except HECError as exc:
             if ctx.meta.get("hec.debug"):
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None  # workers' and tenants' words included
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except BrokenPipeError:  # the reader left (`hec info M | head`): click ends quietly, as Unix tools do
@@ -53,7 +54,7 @@ class _Group(click.Group):
             if ctx.meta.get("hec.debug"):
                 raise
             raise click.ClickException(
-                f"internal error: {type(exc).__name__}: {exc} (re-run with hec --debug for the traceback)"
+                f"internal error: {type(exc).__name__}: {printable(exc)} (re-run with hec --debug for the traceback)"
             ) from None
 
 

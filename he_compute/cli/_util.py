@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 import click
 
+from ..formats.text import printable
+
 QUEUE_HELP = "Queue URL: sqlite:///PATH/queue.db or redis://HOST:PORT/DB (default $HEC_QUEUE, else ./.hec/queue.db)."
 BLOBS_HELP = "Blob store URL: file://DIR, redis://HOST:PORT/DB or s3://BUCKET/PREFIX (default: next to the queue)."
 
@@ -16,8 +18,9 @@ def queue_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def echo(message: str) -> None:
-    """Print a status line on stderr (stdout is kept for --json output)."""
-    click.echo(message, err=True)
+    """Print a status line on stderr (stdout is kept for --json output), made printable: status lines name
+    workers and operators, and quote what they said."""
+    click.echo(printable(message), err=True)
 
 
 def size(n: float) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import HECError
+from ..formats.text import printable
 
 _QUEUE_HELP = "Queue URL whose audit log to read (default $HEC_QUEUE, else ./.hec/queue.db)."
 
@@ -117,7 +118,7 @@ def register(group: click.Group) -> None:
             else:
                 spec = body.get("spec", {})
                 what = f"submitted {len(spec.get('inputs', []))} input(s) for model {str(spec.get('model_id'))[:12]}"
-            click.echo(f"#{e['i']:<6} {when}  {e['kind']:<8} {what}")
+            click.echo(printable(f"#{e['i']:<6} {when}  {printable(e['kind'], 20):<8} {what}"))  # workers' words
 
     @audit.command("worker-key")
     @click.option("--state", "state_dir", default=None, metavar="DIR",

@@ -17,6 +17,7 @@ import click
 
 from ..errors import HECError
 from ..transport.queue import JobState
+from ..formats.text import printable
 from ._util import BLOBS_HELP as _BLOBS_HELP
 from ._util import Duration, coordinator_options, open_producer, remote_settings
 from ._util import echo as _echo
@@ -191,7 +192,7 @@ def register(group: click.Group) -> None:
                     "worker": job.worker or "-", "created": _when(job.created), "updated": _when(job.updated),
                     "error": job.error or "-"}
             for key, value in rows.items():
-                click.echo(f"{key:>9}: {value}")
+                click.echo(f"{key:>9}: {printable(value)}")  # a worker wrote the error, progress and name
             return
         counts: dict[str, int] = {}
         for job in q.jobs(limit=10**9):
@@ -232,6 +233,7 @@ def register(group: click.Group) -> None:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table()
         table.add_column("job", no_wrap=True, min_width=max(len(j.id) for j in jobs))
@@ -239,9 +241,10 @@ def register(group: click.Group) -> None:
         for col in ("state", "attempts", "progress", "device", "updated"):
             table.add_column(col, no_wrap=True)
         table.add_column("error")
-        for j in jobs:
-            table.add_row(j.id, j.run or "-", j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
-                          _when(j.updated), (j.error or "")[:60])
+        for j in jobs:  # plain Text: no rich markup from a stranger's words, and no control characters
+            table.add_row(*(Text(printable(cell, 60)) for cell in (
+                j.id, j.run or "-", j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
+                _when(j.updated), j.error or "")))
         Console(width=160 if not click.get_text_stream("stdout").isatty() else None).print(table)
 
     @group.command("cancel")

@@ -21,7 +21,7 @@ from ..formats.ciphertexts import chunk_name
 from ..formats.container import Container
 from ..schemes._onnx_ml import preprocess
 from ..schemes.base import ClientBackend
-from . import keys, registry
+from . import bounded, keys, registry
 from .data import validate_input
 
 Progress = Callable[[int], None]
@@ -93,11 +93,13 @@ class Client:
         arr = preprocess(validate_input(X, self.manifest["input_shape"], source), self.manifest)
         sections: dict[str, bytes] = {}
         counts: list[int] = []
+        done = 0
         for i, (count, payload) in enumerate(self._backend.encrypt(arr)):
             sections[chunk_name(i)] = payload
-            counts.append(count)
+            counts.append(count)  # samples in the chunk, padding included: every chunk of a scheme has one size
             if progress:
-                progress(count)
+                progress(min(count, arr.shape[0] - done))
+            done += count
         meta = {
             "model_id": self.model_id,
             "key_id": self.key_id,
@@ -118,19 +120,44 @@ class Client:
                 f"this result was computed for model {str(meta.get('model_id'))[:12]} / key "
                 f"{str(meta.get('key_id'))[:12]}; the keys in {self.keys_dir} cannot decrypt it"
             )
-        outputs = []
-        for i, count in enumerate(meta["chunks"]):
+        counts = [int(c) for c in meta["chunks"]]
+        n_samples = int(meta["n_samples"])
+        if not 0 < n_samples <= sum(counts):
+            raise FormatError(f"this result says it holds {n_samples} samples in chunks of {sum(counts)}")
+        payloads = []
+        for i in range(len(counts)):
             payload = results.sections.get(chunk_name(i))
             if payload is None:
                 raise FormatError(f"result lacks {chunk_name(i)}")
-            outputs.append(self._backend.decrypt(payload, int(count)))
-            if progress:
-                progress(int(count))
-        return np.concatenate(outputs, axis=0)
+            payloads.append(payload)
+
+        def work(report: Progress) -> np.ndarray:
+            outputs, done = [], 0
+            for i, (payload, count) in enumerate(zip(payloads, counts)):
+                try:
+                    outputs.append(self._backend.decrypt(payload, count))
+                except FormatError as exc:
+                    raise FormatError(f"{chunk_name(i)}: {exc}") from None
+                report(min(count, n_samples - done))
+                done += count
+            return np.concatenate(outputs, axis=0)[:n_samples]  # the last chunk's padding dropped
+
+        # One child for the whole result: its bytes came from workers (see .bounded).
+        return bounded.run_bounded(work, what="the result", max_values=self._max_values(sum(counts)),
+                                   deadline_s=bounded.timeout_s() + bounded.PER_CHUNK_S * len(counts),
+                                   progress=progress)
 
     def decrypt_chunk(self, payload: bytes, n_samples: int) -> np.ndarray:
-        """Decrypt one result chunk (size-checked by the scheme before it is parsed)."""
-        return self._backend.decrypt(payload, int(n_samples))
+        """Decrypt one result chunk a worker made (size-checked by the scheme before it is parsed), in a
+        child bounded in time and output (see :mod:`.bounded`)."""
+        n = int(n_samples)
+        return bounded.run_bounded(lambda report: self._backend.decrypt(payload, n), what="a result chunk",
+                                   max_values=self._max_values(n), deadline_s=bounded.timeout_s())
+
+    def _max_values(self, n_samples: int) -> int:
+        """The most floats ``n_samples`` decrypted samples can hold (outputs per sample, with room to spare)."""
+        per = int(np.prod(self.manifest.get("output_shape") or [1]))
+        return max(1, n_samples) * max(1, per) * 4
 
     @property
     def agreement_tolerance(self) -> float:

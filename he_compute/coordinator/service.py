@@ -286,8 +286,9 @@ class Coordinator:
         return accepted
 
     def fail(self, worker: WorkerRecord, job_id: str, token: str, error: str, retry: bool) -> JobState:
-        """Report this worker's lease failed."""
-        state = self.q.fail(self._lease(worker, job_id, token), str(error)[:4000], retry=bool(retry))
+        """Report this worker's lease failed; ``retry`` is the worker's say and is not heeded: whether a job is
+        tried again is the queue's decision (within its attempt cap) and the client's, never a stranger's."""
+        state = self.q.fail(self._lease(worker, job_id, token), str(error)[:4000], retry=True)
         if state is JobState.FAILED:
             self.state.ended(self.state.job_owner(job_id) or "", job_id)
         self.state.count(worker.worker_id, "failed")

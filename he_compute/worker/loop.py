@@ -43,6 +43,7 @@ from ..errors import (
 )
 from ..formats.receipt import sign_receipt
 from ..formats.task import Result, Task
+from ..formats.text import printable
 from ..transport.blobs import BlobStore
 from ..transport.queue import Consumer, Lease, routed_device
 from .executor import Executor
@@ -145,7 +146,8 @@ class Worker:
         self.stopping = threading.Event()
         self._signals = 0
         self.stats = {"jobs": 0, "failed": 0, "server_loads": 0, "server_hits": 0, "keys_loads": 0, "keys_hits": 0}
-        self._log = log or (lambda msg: print(f"[{self.name}] {msg}", file=sys.stderr, flush=True))
+        # Log lines quote errors raised while evaluating a tenant's bytes: made printable before they are written.
+        self._log = log or (lambda msg: print(f"[{printable(self.name)}] {printable(msg)}", file=sys.stderr, flush=True))
 
     def stop(self, *_: Any) -> None:
         """Ask the loop to stop: the chunk in hand finishes, a job with chunks left is released."""

@@ -245,6 +245,9 @@ def _prepare(conn: Connection, policy: Policy, key: str, ciphertexts: Container,
     canaries: list[Canary] = []
     rerandomize = False
     if policy.canaries and policy.known_answers is not None:
+        if len(set(counts)) > 1:  # a short chunk would be the one chunk no canary looks like
+            raise InputError(f"canaries need chunks of one size, and these have {min(counts)} to {max(counts)} "
+                             "samples: encrypt the inputs again with this version (it pads every chunk)")
         rerandomize = plan.can_rerandomize(ciphertexts.scheme, evalkeys, ciphertexts.sections[chunk_name(0)])
         canaries = plan.make_canaries(policy.known_answers, counts, policy.canaries, state=conn.where.state,
                                       inputs_digest=inputs_digest(ciphertexts), key_id=evalkeys.meta["key_id"],

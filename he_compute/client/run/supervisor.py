@@ -36,6 +36,7 @@ from ...errors import (
     TransportError,
     VerificationError,
 )
+from ...formats.text import printable
 from ...transport.audit import AuditLog
 from ...transport.blobs import BlobStore
 from ...transport.queue import Job, JobState, Producer, routed_device
@@ -45,6 +46,8 @@ from .redundancy import result_digest, tally
 from .votes import Meaning, Voters, voter_name, who
 
 POLL_S = 0.05
+FAILED_WAIT_S = 60.0
+"""How long a group some worker failed may wait for another worker to take it before the run fails."""
 TARGET_WAIT_S = 3.0
 """How long a job routed to one worker may sit unclaimed before it goes to another (that worker may be gone,
 or be a cheater that ignores routed jobs)."""
@@ -66,6 +69,8 @@ class Group:
     decoy: bool = False        # gets one more run once decided, like a tie-breaker (not waited for)
     decoy_sent: bool = False
     revisit: bool = False      # an answer arrived after the decision: tally again
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (worker, error) of its dead-lettered jobs
+    failed_at: float = 0.0     # when the last of them was seen
 
     @property
     def samples(self) -> int:
@@ -107,7 +112,8 @@ class Supervisor:
         self.unresponsive: set[str] = set()
         self.decoy_jobs: set[str] = set()   # nobody waits for these: the run may end before they do
         self.stats = {"submitted": 0, "tie_breakers": 0, "duplicates": 0, "invalid": 0, "reruns": 0,
-                      "unattributed": 0, "decoys": len(decoys), "decoys_sent": 0}
+                      "unattributed": 0, "decoys": len(decoys), "decoys_sent": 0, "failed": 0}
+        self.failed_by: dict[str, int] = {}     # queue worker name -> jobs it sent to the dead letter
         self.job_stats: list[dict[str, Any]] = []  # what each accepted job's worker reported (cache hits, timings)
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -201,11 +207,38 @@ class Supervisor:
                     self.unresponsive.add(target)
                     self.jobs[job_id].pending.discard(job_id)
                     continue
+            g = self.jobs[job_id]
+            if job.state is JobState.QUEUED and g.failed_at and time.monotonic() - g.failed_at > FAILED_WAIT_S:
+                raise JobFailed(f"job group {g.index} failed on {printable(g.failures[-1][0], 80)} and no other worker "
+                                f"took it within {FAILED_WAIT_S:.0f}s: {printable(g.failures[-1][1], 300)}")
             if job.state is JobState.DONE:
                 self._take(job)
-            elif job.state in (JobState.FAILED, JobState.CANCELLED):
-                verb = "was cancelled" if job.state is JobState.CANCELLED else "failed"
-                raise JobFailed(f"job {job_id} {verb} after {job.attempts} attempt(s): {job.error}")
+            elif job.state is JobState.FAILED:
+                self._failed(job)
+            elif job.state is JobState.CANCELLED:
+                raise JobFailed(f"job {job_id} was cancelled after {job.attempts} attempt(s): "
+                                f"{printable(job.error, 300)}")
+
+    def _failed(self, job: Job) -> None:
+        """A job in the dead letter: it counts against the worker that failed it, and the group goes to another.
+
+        Whether a job is tried again is the client's decision, not the worker's: a worker that fails a job
+        "for good" only takes itself out of that group (the queue gives no operator two jobs of one group),
+        and the group is submitted again.  A group that fails on more workers than it could ever need ends
+        the run, as does a failed group that no other worker takes within ``FAILED_WAIT_S``.
+        """
+        g = self.jobs[job.id]
+        g.pending.discard(job.id)
+        worker = job.worker or "an unnamed worker"
+        error = job.error or "no reason given"
+        g.failures.append((worker, error))
+        g.failed_at = time.monotonic()
+        self.failed_by[worker] = self.failed_by.get(worker, 0) + 1
+        self.stats["failed"] += 1
+        if len(g.failures) > self.replicas + 1:
+            names = ", ".join(sorted({printable(w, 80) for w, _ in g.failures}))
+            raise JobFailed(f"job group {g.index} failed on {len(g.failures)} workers ({names}); the last said: "
+                            f"{printable(error, 300)}")
 
     # -- submission -----------------------------------------------------------------------------------------
 
@@ -366,6 +399,7 @@ class Supervisor:
                 "workers": [worker_name(w) for w in self.seen],
                 "voters": sorted({voter_name(self.voter_of[w]) for w in self.seen if w in self.voter_of}),
                 "compared_by_meaning": self.meaning.decrypted if self.meaning else 0,
+                "failed_by": {printable(w, 80): n for w, n in self.failed_by.items()},
                 "rotate_keys": bool(self.flagged)}
 
 

@@ -105,6 +105,7 @@ class CKKSClient:
         chunks = []
         if self.packing == "single":
             per = self.slots // (2 * self.block)
+            flat = _pad_rows(flat, per)
             for start in range(0, flat.shape[0], per):
                 part = flat[start : start + per]
                 vec = np.zeros(self.slots)
@@ -113,6 +114,7 @@ class CKKSClient:
                     vec[2 * self.block * b + self.block : 2 * self.block * b + self.block + row.size] = row
                 chunks.append((part.shape[0], pack(Payload("input", "single", part.shape[0], [self._encrypt(enc, vec)]))))
             return chunks
+        flat = _pad_rows(flat, self.slots)
         parts = [flat[start : start + self.slots] for start in range(0, flat.shape[0], self.slots)]
         if len(parts) > 1 and _may_fork():
             return _in_processes(self, parts)
@@ -141,6 +143,18 @@ class CKKSClient:
                 raise FormatError(f"batch result must hold {self.n_out} ciphertexts of {n_samples} samples")
             y = np.stack([v[:n_samples] for v in vectors], axis=1)
         return _postprocess(self.post, y)
+
+
+def _pad_rows(flat: np.ndarray, per: int) -> np.ndarray:
+    """``flat`` with copies of its own rows appended up to a multiple of ``per``.
+
+    Every chunk then holds ``per`` samples, so a short last chunk cannot tell a worker that it is real work
+    and not a canary (canaries are full chunks).  Copies of real rows, not zeros, keep every slot inside
+    the calibration range the polynomial activations were fitted on.  The client drops the padding when it
+    decrypts (``n_samples`` in the container says how many rows are real).
+    """
+    missing = -flat.shape[0] % per
+    return np.concatenate([flat, flat[np.arange(missing) % flat.shape[0]]]) if missing else flat
 
 
 # Batch encryption of many chunks is spread over the cores by forked processes: SEAL's bindings hold the

@@ -107,6 +107,7 @@ redis.call('XADD', KEYS[3], '*', 'job', ARGV[5], 'error', ARGV[3])
 return 1
 """
 
+# A dead-lettered job keeps the name of the worker that failed it last (the client counts it against it).
 # KEYS: job hash, stream, dead, group hash (or '').  ARGV: token, group, error, now, retry ('1'/'0'),
 # release ('1'/'0'), cap, operator (on release: it may claim from the job's group again: it ran nothing).
 _FAIL = """
@@ -129,7 +130,7 @@ if ARGV[5] == '1' and attempts < maxa then
   redis.call('XADD', KEYS[2], '*', 'job', id)
   return 'queued'
 end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[3], 'token', '', 'worker', '', 'updated', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[3], 'token', '', 'updated', ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'job', id, 'error', ARGV[3])
 return 'failed'
 """

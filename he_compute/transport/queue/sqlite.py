@@ -258,8 +258,10 @@ class SqliteQueue(Closing):
                 return JobState(row["state"])
             limit = min(int(row["max_attempts"]), self.max_attempts_cap)
             state = JobState.QUEUED if retry and row["attempts"] < limit else JobState.FAILED
-            db.execute("UPDATE jobs SET state = ?, error = ?, worker = NULL, updated = ? WHERE id = ?",
-                       (state.value, str(error)[:4000], now, lease.job.id))
+            # A dead-lettered job keeps the name of the worker that failed it last: the client counts it
+            # against that worker and gives the job to another.
+            db.execute("UPDATE jobs SET state = ?, error = ?, worker = CASE WHEN ? THEN worker END, updated = ? "
+                       "WHERE id = ?", (state.value, str(error)[:4000], state is JobState.FAILED, now, lease.job.id))
             db.execute("DELETE FROM leases WHERE job_id = ?", (lease.job.id,))
             return state
 
