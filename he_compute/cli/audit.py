@@ -72,13 +72,15 @@ def register(group: click.Group) -> None:
         Example: hec audit verify --queue sqlite:///srv/hec/queue.db --size 120 --root 3fa1...
         """
         from ..client import checkpoints
-        from ..transport.locations import Locations
+        from ..transport.locations import Locations, state_dir
 
         if (size is None) != (root is None):
             raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
         log = _open(queue_url, log_path, remote)
-        kept = (size, root) if size is not None else checkpoints.latest(Locations.resolve(queue_url).state,
-                                                                         log.location)
+        where = Locations.resolve(queue_url)
+        # A coordinator's log is checked against the checkpoints its runs kept in $HEC_HOME (state_dir of its URL).
+        state = where.state if log.location in (where.audit, log_path) else state_dir(log.location)
+        kept = (size, root) if size is not None else checkpoints.latest(state, log.checkpoint_key)
         head = log.verify(checkpoint=kept)
         if kept is not None and size is None:
             click.echo(f"{log.location}: matches the checkpoint of its first {kept[0]} entries this client signed "

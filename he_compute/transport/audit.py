@@ -45,6 +45,8 @@ class AuditStore(Protocol):
     """
 
     location: str
+    checkpoint_key: str
+    """This log among the logs one client keeps checkpoints of (the location, plus the tenant at a coordinator)."""
 
     def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
         """Under the store's lock: ``line, head = build(last line)``; store both; return the line."""
@@ -74,7 +76,7 @@ class JsonlStore(Closing):
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.location = str(self.path)
+        self.location = self.checkpoint_key = str(self.path)
         self._head = self.path.with_name(self.path.name + ".head")
         self.torn_bytes = 0
 
@@ -167,7 +169,7 @@ class RedisStore(Closing):
     def __init__(self, url: str):
         import redis
 
-        self.location = url
+        self.location = self.checkpoint_key = url
         self._r = redis.Redis.from_url(url.split("?", 1)[0])
 
     def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
@@ -230,6 +232,11 @@ class AuditLog:
     def location(self) -> str:
         """Where the entries are stored."""
         return self.store.location
+
+    @property
+    def checkpoint_key(self) -> str:
+        """What a client's kept checkpoints of this log are filed under (see :class:`AuditStore`)."""
+        return self.store.checkpoint_key
 
     def append(self, kind: str, job_id: str, body: dict[str, Any], *, now_ms: int | None = None) -> dict[str, Any]:
         """Append one entry (``kind`` is ``submit`` or ``receipt``) and return it (inside :meth:`batch`:

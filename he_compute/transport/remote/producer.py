@@ -24,6 +24,7 @@ from ...errors import AuditError, QueueError
 from ...files import PRIVATE, atomic_write
 from ...formats import audit as entries
 from .._closing import Closing
+from ..locations import hec_home
 from ..queue.base import DEFAULT_MAX_ATTEMPTS, Job, JobState, sleep_wait
 from .session import Session
 from .wire import API, H_IDEMPOTENCY, job_from_wire
@@ -116,9 +117,8 @@ class RemoteProducer(Closing):
 
 
 def default_checkpoints() -> Path:
-    """Where clients keep audit checkpoints: ``$HEC_CHECKPOINTS`` or ``~/.hec/audit-checkpoints.json``."""
-    return Path(os.environ.get("HEC_CHECKPOINTS") or Path(os.environ.get("HOME", ".")) / ".hec" /
-                "audit-checkpoints.json")
+    """Where clients keep audit checkpoints: ``$HEC_CHECKPOINTS`` or ``$HEC_HOME/audit-checkpoints.json``."""
+    return Path(os.environ.get("HEC_CHECKPOINTS") or hec_home() / "audit-checkpoints.json")
 
 
 class RemoteAuditStore(Closing):
@@ -130,6 +130,11 @@ class RemoteAuditStore(Closing):
         self.checkpoints = Path(checkpoints) if checkpoints else default_checkpoints()
         self._head: str | None = None
         self._key: str | None = None
+
+    @property
+    def checkpoint_key(self) -> str:
+        """This log among those one client checks: the coordinator's URL and the tenant (one user may hold two)."""
+        return self._checkpoint_key()
 
     def _checkpoint_key(self) -> str:
         if self._key is None:
