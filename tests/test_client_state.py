@@ -57,3 +57,44 @@ def test_two_tenants_of_one_user_keep_apart_checkpoints_under_hec_home(tmp_path,
     # Everything the client keeps is under $HEC_HOME, nothing in ~/.hec or the working directory.
     assert {p.name for p in home.iterdir()} >= {"client.key", "audit-checkpoints.jsonl", "audit-checkpoints.json"}
     assert not list(user.rglob("*")), list(user.rglob("*"))
+
+
+# A process that appends audit entries and dies (os._exit: no cleanup, as on SIGKILL or power loss) at the
+# moment the head record would be written after the entries were made durable.
+_CRASH_AFTER_FSYNC = """
+import os, sys
+from pathlib import Path
+import he_compute.transport.audit as audit
+log_path = Path(sys.argv[1])
+real = audit.atomic_write
+def crashing(path, data, *args, **kwargs):
+    if Path(path).name == log_path.name + ".head" and log_path.exists() and log_path.stat().st_size > 0:
+        os._exit(9)
+    return real(path, data, *args, **kwargs)
+audit.atomic_write = crashing
+with audit.AuditLog.open(log_path) as log:
+    log.append("submit", "job-1", {"model": "m"})
+"""
+
+
+def test_a_crash_between_the_first_appends_fsync_and_its_head_write_is_not_reported_as_tampering(tmp_path):
+    """User action: the client dies (power cut, SIGKILL) while its first run writes the first audit entry,
+    after the entry is durable and before the head record is.  ``hec audit verify`` then reported the log as
+    tampered with ("head record is missing"), though nothing but a crash had happened.  Deleting the head
+    of a log that has one must still be reported."""
+    log = tmp_path / "audit.jsonl"
+    crashed = subprocess.run([PYTHON, "-c", _CRASH_AFTER_FSYNC, str(log)], capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 9, crashed.stderr  # it did die at that point
+    assert log.read_text().count("\n") == 1  # with the entry durable
+    out = _hec(dict(os.environ), "audit", "verify", "--log", str(log))
+    assert out.returncode == 0 and "1 entries intact" in out.stdout, out.stderr
+    # The log goes on from there, and the next append brings the head up to date.
+    from he_compute.transport.audit import AuditLog
+
+    with AuditLog.open(log) as again:
+        again.append("submit", "job-2", {"model": "m"})
+    assert _hec(dict(os.environ), "audit", "verify", "--log", str(log)).returncode == 0
+    # Control: a head deleted by someone (not a crash) is still found.
+    (tmp_path / "audit.jsonl.head").unlink()
+    tampered = _hec(dict(os.environ), "audit", "verify", "--log", str(log))
+    assert tampered.returncode == 1 and "head record is missing" in tampered.stderr, tampered.stderr

@@ -119,6 +119,11 @@ class LogHead:
         return out
 
 
+def empty_head() -> str:
+    """The head record of a log with no entries (written before the first entry: see ``JsonlStore``)."""
+    return canonical({"size": 0, "chain": _ZERO.hex()}).decode()
+
+
 def next_entry(last: str | None, kind: str, job_id: str, body: dict[str, Any], t: int,
                where: str = "the audit log") -> tuple[dict[str, Any], str]:
     """The entry that follows the line ``last`` (``None`` for the first), and the new head record."""

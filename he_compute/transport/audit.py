@@ -68,6 +68,8 @@ class AuditStore(Protocol):
 class JsonlStore(Closing):
     """One JSON line per entry in ``PATH`` and the head in ``PATH.head``; appends hold an ``fcntl`` lock.
 
+    Entries are made durable before the head, and the first append writes the empty log's head first, so a
+    crash between the two leaves a head that lags behind the entries (still verifiable) and never no head.
     A crash in the middle of an append leaves a *torn* last line (no newline).  It is never taken for an
     entry: :meth:`lines` returns complete lines only and reports the torn bytes in :attr:`torn_bytes`,
     and the next append moves them to ``PATH.torn`` (for inspection) before it writes, so the chain goes
@@ -92,6 +94,11 @@ class JsonlStore(Closing):
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 self._set_aside_torn_tail(fh)
+                if fh.seek(0, os.SEEK_END) == 0 and not self._head.exists():
+                    # The head of the empty log goes first, so that a crash after the first entries are
+                    # durable and before their head is written leaves a head that lags (which verifies)
+                    # rather than none (which reads as a deleted head, i.e. tampering).
+                    atomic_write(self._head, entries.empty_head().encode())
                 last, lines, head = self._last_line(fh), [], ""
                 for build in builds:
                     last, head = build(last)
