@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import HECError
+from ..errors import ConfigError, HECError
 
 _QUEUE_HELP = "Queue URL whose audit log to read (default $HEC_QUEUE, else ./.hec/queue.db)."
 
@@ -184,9 +184,12 @@ def verify_policy(opts: dict[str, Any], *, keys_dir: Any, server_part: Any, eval
         from ..client.data import read_input
         from ..formats.bundle import from_container
 
-        Y = read_input(opts["canary_outputs"]) if opts["canary_outputs"] else None
+        X, Y = read_input(opts["canary_inputs"]), read_input(opts["canary_outputs"]) if opts["canary_outputs"] else None
+        if Y is not None and len(Y) != len(X):
+            raise ConfigError(f"--canary-outputs has {len(Y)} rows but --canary-inputs has {len(X)}: give one known "
+                              "output row per input")
         part = from_container(server_part).server_part() if server_part.kind == "bundle" else server_part
-        known = KnownAnswers(Client(keys_dir), read_input(opts["canary_inputs"]), Y, server_part=part,
+        known = KnownAnswers(Client(keys_dir), X, Y, server_part=part,
                              evalkeys=evalkeys)
     decryptor = None
     if opts["replicas"] > 1 and keys_dir is not None:

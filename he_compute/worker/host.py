@@ -19,7 +19,7 @@ import time
 from typing import Callable, Iterable
 
 from ..commands import worker_argv
-from ..errors import DeviceError, IdentityError
+from ..errors import ConfigError, DeviceError
 from ..transport import blobs as blob_stores
 from ..transport import queue as job_queue
 from ..transport.blobs import BlobStore
@@ -33,6 +33,8 @@ DEVICES = ("auto", "cpu", "cuda")
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits before restarting a child that keeps dying (reset after it has run for a minute)."""
 STOP_GRACE_S = 60.0
+EXIT_REFUSED = 77
+"""Exit status of a worker the coordinator refuses (sysexits' EX_NOPERM): its supervisor does not restart it."""
 """How long children get after the first stop signal to finish the sample in hand."""
 _PR_SET_PDEATHSIG = 1
 
@@ -170,6 +172,12 @@ class _Children:
         elif code:
             self.say(f"hec worker: worker process {i} exited with status {code}")
             self.worst = max(self.worst, code)
+        if code == EXIT_REFUSED:  # the coordinator refused this machine's key: every child would be refused
+            self.say(f"hec worker: the coordinator refused this worker's key; stopping (status {EXIT_REFUSED})")
+            self.done = [True] * len(self.done)
+            if not self.signals:
+                self.on_signal(signal.SIGTERM, None)
+            return
         if self.signals or (self.burst and code == 0):
             self.done[i] = True
             return
@@ -211,7 +219,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
         from ..transport.remote import open_worker
 
         if identity is None:
-            raise IdentityError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
+            raise ConfigError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
         consumer, lease_blobs = open_worker(coordinator, identity, token_file=token_file)  # enrols once
         say(f"hec worker: admitted by {consumer.url} under operator {consumer.operator}")
         if jobs_at_once == 1:

@@ -169,7 +169,7 @@ def canary_check(source: KnownAnswers, canaries: list[Canary], slot_of: dict[int
             except CanaryFailed:
                 bad = True
                 for w in g.agreeing:
-                    sup.flag(w, f"returned a wrong result for a canary (job group {g.index})")
+                    sup.flag(w, f"returned a wrong result for a canary (job group {g.index})", canary=True)
         return not bad
 
     return check

@@ -25,7 +25,7 @@ from ...errors import AuthError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from ...formats.receipt import Signer
 from .._closing import Closing
-from ..blobs.base import DEFAULT_MAX_BLOB_BYTES, verified
+from ..blobs.base import max_blob_bytes, verified
 from ..queue.base import Job, JobState, Lease
 from .session import Session
 from .wire import API, job_from_wire
@@ -144,8 +144,9 @@ class RemoteConsumer(Closing):
         self.session.close()
 
 
-def read_stream(resp: Any, digest: str, where: str, limit: int = DEFAULT_MAX_BLOB_BYTES) -> bytes:
+def read_stream(resp: Any, digest: str, where: str, limit: int | None = None) -> bytes:
     """Read a streamed blob response, refusing it past ``limit`` bytes, and check it against ``digest``."""
+    limit = limit or max_blob_bytes()
     parts, n = [], 0
     try:
         for chunk in resp.iter_bytes(CHUNK):

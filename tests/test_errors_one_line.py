@@ -1,0 +1,115 @@
+"""Every user mistake and every refusal ends in one line naming what to fix, never "internal error";
+a worker the coordinator refuses stops instead of retrying for ever; and no deliberate ``raise`` outside
+the error tree of ``he_compute.errors`` (checked on the source's syntax tree)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.coordinator_support import CoordinatorProc, tls  # noqa: F401
+
+PYTHON = sys.executable
+
+
+def _hec(*args, env=None, timeout=300):
+    return subprocess.run([PYTHON, "-m", "he_compute", *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line(out, *needles, alone=True):
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 or not alone, out.stderr
+    assert out.returncode != 0 and lines, out
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert lines[-1].startswith("Error: ") and all(n in lines[-1] for n in needles), out.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("name, value", [("HEC_JOB_TIMEOUT_S", "1h"), ("HEC_MAX_BLOB_MB", "lots"),
+                                         ("HEC_BURST_PATIENCE_S", "-3"), ("HEC_SANDBOX_MEMORY_MB", "16G")])
+def test_a_bad_setting_is_one_line_naming_it(tmp_path, name, value):
+    """User mistake: a unit or a word where a number belongs.  The old code ended in "internal error:
+    ValueError" at import (or, for the sandbox's limits, silently used the default)."""
+    out = _hec("worker", "--burst", "--concurrency", "1", "--queue", f"sqlite:///{tmp_path}/q.db",
+               env={name: value, "HEC_WORKER_STATE": ""})
+    _one_line(out, name, value)
+
+
+@pytest.fixture(scope="module")
+def ckks_keys(tmp_path_factory):
+    import he_compute
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    root = tmp_path_factory.mktemp("ckks")
+    bundle = he_compute.compile(LogisticRegression(max_iter=500).fit(X, y), X, scheme="ckks")
+    bundle.save(root / "model.hec")
+    client = he_compute.Client.keygen(bundle, root / "keys")
+    client.encrypt(X[:8]).save(root / "x.enc")
+    np.save(root / "known.npy", X[8:18])
+    return root, X
+
+
+def test_canary_outputs_with_the_wrong_row_count_is_one_line_naming_the_flag(ckks_keys, tmp_path):
+    """User mistake: ten known inputs, nine known outputs.  The old code: "internal error: ValueError"."""
+    root, X = ckks_keys
+    np.save(tmp_path / "outputs.npy", np.zeros((9, 2)))
+    out = _hec("run", str(root / "x.enc"), "--bundle", str(root / "model.hec"), "--keys", str(root / "keys"),
+               "-o", str(tmp_path / "y.enc"), "--queue", f"sqlite:///{tmp_path}/q.db", "--canaries", "0.3",
+               "--canary-inputs", str(root / "known.npy"), "--canary-outputs", str(tmp_path / "outputs.npy"))
+    _one_line(out, "--canary-outputs", "9", "10")
+    assert not (tmp_path / "y.enc").exists()
+
+
+def test_a_revoked_worker_stops_with_one_line_instead_of_retrying_for_ever(tmp_path, tls):  # noqa: F811
+    """Attack/operator action: the operator revokes a worker's key.  The old worker took the refusal for an
+    unreachable queue ("retrying") and went on asking for ever; with --concurrency 2 its supervisor also
+    restarted the children for ever.  Now each ends with one line and the sysexits 'no permission' status."""
+    from he_compute.worker.host import EXIT_REFUSED
+    from he_compute.worker.identity import WorkerIdentity
+
+    coord = CoordinatorProc(tmp_path / "data", tls).start()
+    procs = []
+    try:
+        for n, concurrency in enumerate(("1", "2")):
+            state = tmp_path / f"worker{n}"
+            log = open(tmp_path / f"worker{n}.log", "w")
+            procs.append((subprocess.Popen(
+                [PYTHON, "-m", "he_compute", "worker", "--coordinator", coord.url, "--state", str(state),
+                 "--token-file", str(coord.data / "enroll.token"), "--ca-file", str(coord.tls[0]),
+                 "--concurrency", concurrency, "--threads", "1", "--device", "cpu"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log), state, tmp_path / f"worker{n}.log"))
+        for proc, state, log in procs:
+            deadline = time.monotonic() + 120
+            while "admitted by" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.2)
+            time.sleep(2)  # claiming, i.e. children started and polling
+            out = _hec("coordinator", "revoke-worker", WorkerIdentity.load_or_create(state).worker_id,
+                       "--data", str(coord.data))
+            assert out.returncode == 0, out.stderr
+        for proc, state, log in procs:
+            try:
+                code = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"a revoked worker kept running: {log.read_text()[-1500:]}")
+            text = log.read_text()
+            assert code == EXIT_REFUSED, text
+            errors = [line for line in text.splitlines() if line.startswith("Error: ")]
+            assert errors and all("revoked" in line for line in errors), text
+            assert "Traceback" not in text and "restarting" not in text, text
+    finally:
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        coord.stop()
