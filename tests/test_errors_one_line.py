@@ -113,3 +113,98 @@ def test_a_revoked_worker_stops_with_one_line_instead_of_retrying_for_ever(tmp_p
                 proc.kill()
                 proc.wait()
         coord.stop()
+
+
+# Raises of Python's own exception types that are not user-facing errors, each with its reason.  Keyed by
+# (module path, enclosing function, exception name) rather than line, so edits elsewhere do not break it.
+ALLOWED_BUILTIN_RAISES = {
+    ("he_compute/__init__.py", "__getattr__", "AttributeError"): "Python's protocol for a module __getattr__",
+    ("he_compute/cli/jobs.py", "on_term", "KeyboardInterrupt"): "SIGTERM takes the Ctrl-C path on purpose",
+    ("he_compute/client/run/record.py", "_plain", "TypeError"): "json.dumps' default= hook must raise TypeError",
+    ("he_compute/client/run/record.py", "finish", "ValueError"): "programming guard: states come from code",
+    ("he_compute/client/run/record.py", "save", "ValueError"): "programming guard: callers pass the directory",
+    ("he_compute/formats/receipt.py", "verify_receipt", "ValueError"): "programming guard: names of checks are code",
+    ("he_compute/formats/signing.py", "__init__", "TypeError"): "programming guard: the key object comes from code",
+    ("he_compute/worker/child.py", "put", "RuntimeError"): "programming guard: the parent's protocol order",
+    ("he_compute/worker/child.py", "put", "ValueError"): "programming guard: blob kinds come from the parent",
+    ("he_compute/worker/child.py", "evaluate", "RuntimeError"): "programming guard: the parent's protocol order",
+    ("he_compute/worker/executor.py", "evaluate", "RuntimeError"): "programming guard: evaluate follows load",
+    ("he_compute/worker/sandbox.py", "evaluate", "RuntimeError"): "programming guard: evaluate follows load",
+    ("he_compute/worker/loop.py", "_fault", "RuntimeError"): "the test-only fault hook simulates an unexpected crash",
+}
+
+
+def _builtin_raises(path):
+    """``(function, exception name, line)`` of every raise of a built-in exception type in ``path`` that can
+    leave its ``try`` (a raise caught by a handler of the same ``try`` just below is local control flow)."""
+    import ast
+    import builtins
+
+    names = {n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+    found = []
+
+    def caught(name, handlers):
+        for h in handlers:
+            types = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+            if any(isinstance(t, ast.Name) and t.id in (name, "Exception", "BaseException") for t in types):
+                return True
+        return False
+
+    def walk(node, func, tries):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                walk(child, child.name, [])
+            elif isinstance(child, ast.Try):
+                for stmt in child.body:
+                    walk_stmt(stmt, func, tries + [child.handlers])
+                for part in (child.handlers, child.orelse, child.finalbody):
+                    for stmt in part:
+                        walk_stmt(stmt, func, tries)
+            else:
+                walk_stmt(child, func, tries)
+
+    def walk_stmt(node, func, tries):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(target, ast.Name) and target.id in names and not (tries and caught(target.id, tries[-1])):
+                found.append((func, target.id, node.lineno))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Try)):
+            walk(ast.Module(body=[node], type_ignores=[]), func, tries)
+        else:
+            walk(node, func, tries)
+
+    walk(ast.parse(path.read_text()), "<module>", [])
+    return found
+
+
+def test_no_deliberate_raise_outside_the_error_tree():
+    """Every error raised on purpose is an HECError (one line at the CLI), except the allow-listed guards."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bad, used = [], set()
+    for path in sorted((root / "he_compute").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for func, name, line in _builtin_raises(path):
+            if (rel, func, name) in ALLOWED_BUILTIN_RAISES:
+                used.add((rel, func, name))
+            else:
+                bad.append(f"{rel}:{line} {func}() raises {name}")
+    assert not bad, "raise an he_compute.errors class instead:\n" + "\n".join(bad)
+    assert used == set(ALLOWED_BUILTIN_RAISES), f"stale allow-list entries: {set(ALLOWED_BUILTIN_RAISES) - used}"
+
+
+def test_the_raise_walker_finds_what_it_must():
+    """Positive control for the walker: an escaping raise is found, a locally caught one is not."""
+    src = ("def f(x):\n    if x:\n        raise ValueError('user mistake')\n"
+           "def g(x):\n    try:\n        raise TypeError\n    except TypeError:\n        pass\n"
+           "def h(x):\n    try:\n        pass\n    except KeyError:\n        raise RuntimeError('escapes')\n")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+        fh.write(src)
+    try:
+        assert [(f, n) for f, n, _ in _builtin_raises(Path(fh.name))] == [("f", "ValueError"), ("h", "RuntimeError")]
+    finally:
+        os.unlink(fh.name)

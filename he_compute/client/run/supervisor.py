@@ -30,6 +30,7 @@ from ...errors import (
     AuthError,
     BadOutput,
     CanaryFailed,
+    ConfigError,
     FormatError,
     JobFailed,
     NoMajority,
@@ -92,7 +93,7 @@ class Supervisor:
                  check_output: OutputCheck | None = None, on_submitted: Callable[[int, str], None] | None = None,
                  voters: Voters | None = None, meaning: Meaning | None = None, decoys: frozenset[int] = frozenset()):
         if replicas < 1:
-            raise ValueError("replicas must be at least 1")
+            raise ConfigError("replicas (--replicas) must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 
-from ...errors import FormatError
+from ...errors import ConfigError, FormatError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def current() -> Limits:
             raise ValueError(f"expected an object of positive integers with keys among {sorted(names)}")
         return replace(Limits(), **given)
     except ValueError as exc:
-        raise FormatError(f"HEC_CKKS_LIMITS is invalid ({exc}): fix or unset it") from exc
+        raise ConfigError(f"HEC_CKKS_LIMITS is invalid ({exc}): fix or unset it") from exc
 
 
 def check(value: int, limit: int, what: str) -> None:

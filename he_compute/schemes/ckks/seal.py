@@ -121,7 +121,7 @@ def galois_elt(step: int, n: int) -> int:
     """SEAL's Galois element for a left rotation by ``step`` slots (negative: right) in ring degree ``n``."""
     slots = n // 2
     if not 0 < abs(step) < slots:
-        raise ValueError(f"rotation step {step} out of range for {slots} slots")
+        raise FormatError(f"rotation step {step} out of range for {slots} slots")
     return pow(3, step if step > 0 else slots + step, 2 * n)
 
 
@@ -199,7 +199,7 @@ class Engine:
     def to_level(self, ct: Any, level: int) -> Any:
         """``ct`` with primes dropped (no rescale: the scale stays) down to ``level``; a copy if it moves."""
         if self.level(ct) > level:
-            raise ValueError(f"cannot raise a ciphertext from level {self.level(ct)} to {level}")
+            raise FormatError(f"the plan raises a ciphertext from level {self.level(ct)} to {level}: re-compile it")
         if self.level(ct) == level:
             return ct
         out = sealapi().Ciphertext()

@@ -21,7 +21,7 @@ import base64
 import threading
 from typing import Any, Iterable
 
-from ...errors import AuthError, LimitExceeded, StoreError
+from ...errors import AuthError, FormatError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from ...formats.receipt import Signer
 from .._closing import Closing
@@ -67,7 +67,7 @@ class RemoteConsumer(Closing):
             return None
         try:
             job: Job = job_from_wire(out["lease"]["job"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (FormatError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the coordinator sent an unreadable lease ({exc})") from None
         lease = Lease(job=job, token=str(out["lease"]["token"]), worker=self.session.signer.worker_id)  # type: ignore[union-attr]
         with self._lock:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from ...errors import AuditError, QueueError
+from ...errors import AuditError, FormatError, QueueError
 from ...files import PRIVATE, atomic_write
 from ...formats import audit as entries
 from .._closing import Closing
@@ -36,7 +36,7 @@ STATUS_TTL_S = 0.2
 def _job(obj: Any) -> Job:
     try:
         return job_from_wire(obj)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (FormatError, ValueError, KeyError, TypeError) as exc:
         raise QueueError(f"the coordinator sent an unreadable job record ({exc})") from None
 
 
