@@ -124,6 +124,7 @@ class _Children:
         self.done = [False] * len(commands)
         self.signals = 0
         self.worst = 0
+        self.refused = False  # a child was refused by the coordinator: the whole worker ends with EXIT_REFUSED
 
     def _start(self, i: int) -> None:
         self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
@@ -157,7 +158,7 @@ class _Children:
                     continue
                 self._exited(i, code)
             if not alive:
-                return self.worst
+                return EXIT_REFUSED if self.refused else self.worst
             if self.signals and deadline is None:
                 deadline = time.monotonic() + STOP_GRACE_S
             if deadline is not None and time.monotonic() > deadline:
@@ -174,7 +175,7 @@ class _Children:
             self.worst = max(self.worst, code)
         if code == EXIT_REFUSED:  # the coordinator refused this machine's key: every child would be refused
             self.say(f"hec worker: the coordinator refused this worker's key; stopping (status {EXIT_REFUSED})")
-            self.done = [True] * len(self.done)
+            self.done, self.refused = [True] * len(self.done), True
             if not self.signals:
                 self.on_signal(signal.SIGTERM, None)
             return
