@@ -32,18 +32,26 @@ class Setting:
     meaning: str
     minimum: float = 0
     choices: tuple[str, ...] = ()
+    shown: str = ""  # the default as the README shows it, where the code derives it (e.g. from $HEC_HOME)
+
+    def row(self) -> str:
+        """This setting as a row of the README's settings table."""
+        default = self.shown or ("none" if self.default is None else str(self.default))
+        kind = f"{self.kind}: {' / '.join(self.choices)}" if self.choices else self.kind
+        return f"| `{self.name}` | {kind} | `{default}` | {self.meaning} |"
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("HEC_HOME", "path", "~/.hec", "the user's state: key registry, cost measurements, signing key, "
-            "audit checkpoints, config.toml"),
+    Setting("HEC_HOME", "path", None, "the user's state: key registry, cost measurements, signing key, audit "
+            "checkpoints, config.toml", shown="~/.hec"),
     Setting("HEC_QUEUE", "url", "sqlite://.hec/queue.db", "the queue `hec` commands use without --queue"),
     Setting("HEC_COORDINATOR", "url", None, "coordinator URL(s), comma-separated, without --coordinator"),
     Setting("HEC_TOKEN_FILE", "path", None, "the tenant's token file, without --token-file"),
     Setting("HEC_CA_FILE", "path", None, "CA certificates to trust for the coordinator, without --ca-file"),
-    Setting("HEC_CONFIG", "path", "$HEC_HOME/config.toml", "config file with coordinator, token_file, ca_file"),
-    Setting("HEC_CHECKPOINTS", "path", "$HEC_HOME/audit-checkpoints.json",
-            "where a tenant's client keeps its checkpoints of the coordinator's audit log"),
+    Setting("HEC_CONFIG", "path", None, "config file with coordinator, token_file, ca_file",
+            shown="$HEC_HOME/config.toml"),
+    Setting("HEC_CHECKPOINTS", "path", None, "where a tenant's client keeps its checkpoints of the coordinator's "
+            "audit log", shown="$HEC_HOME/audit-checkpoints.json"),
     Setting("HEC_WORKER_STATE", "path", None, "a worker's state directory (its signing key), without --state"),
     Setting("HEC_JOB_TIMEOUT_S", "seconds", 3600.0, "wall-clock limit of one job on a worker", minimum=1e-3),
     Setting("HEC_BURST_PATIENCE_S", "seconds", 30.0, "how long a --burst worker retries an unreachable queue"),
@@ -85,6 +93,12 @@ def get(name: str) -> Any:
     s = BY_NAME[name]
     raw = os.environ.get(name, "")
     return _convert(s, raw) if raw != "" else s.default
+
+
+def markdown_table() -> str:
+    """The README's settings table (a test checks that the README holds exactly this)."""
+    head = "| setting | type | default | meaning |\n|---|---|---|---|\n"
+    return head + "\n".join(s.row() for s in SETTINGS) + "\n"
 
 
 def check_all() -> None:

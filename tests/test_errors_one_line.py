@@ -208,3 +208,19 @@ def test_the_raise_walker_finds_what_it_must():
         assert [(f, n) for f, n, _ in _builtin_raises(Path(fh.name))] == [("f", "ValueError"), ("h", "RuntimeError")]
     finally:
         os.unlink(fh.name)
+
+
+def test_the_readme_lists_every_setting_as_settings_py_does():
+    """Every HEC_* setting the code reads is in settings.SETTINGS, and the README's table is exactly its table."""
+    import re
+    from pathlib import Path
+
+    from he_compute import settings
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    assert settings.markdown_table() in readme
+    read = set()
+    for path in (root / "he_compute").rglob("*.py"):
+        read |= set(re.findall(r"\"(HEC_[A-Z_]+)\"", path.read_text()))
+    assert read - {"HEC_SANDBOX_"} <= set(settings.BY_NAME), read - set(settings.BY_NAME)

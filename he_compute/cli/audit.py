@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import click
 
+from .. import settings
 from ..errors import ConfigError, HECError
 
 _QUEUE_HELP = "Queue URL whose audit log to read (default $HEC_QUEUE, else ./.hec/queue.db)."
@@ -131,13 +132,11 @@ def register(group: click.Group) -> None:
 
         Example: hec audit worker-key --state /var/lib/hec-worker --operator alice >> workers.allow
         """
-        import os
-
         from ..worker.identity import STATE_ENV, WorkerIdentity
 
-        state_dir = state_dir or os.environ.get(STATE_ENV)
+        state_dir = state_dir or settings.get(STATE_ENV)
         if not state_dir:
-            raise HECError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
+            raise ConfigError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
         me = WorkerIdentity.load_or_create(state_dir)
         if operator is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", operator):
             raise HECError(f"{operator[:70]!r} is not an operator name: letters, digits and . _ @ - only")

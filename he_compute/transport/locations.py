@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from .. import settings
+
 DEFAULT_QUEUE = "sqlite://.hec/queue.db"
 """The embedded queue under ``./.hec/`` used when neither a URL nor ``HEC_QUEUE`` is given."""
 QUEUE_ENV = "HEC_QUEUE"
@@ -64,7 +66,7 @@ def is_redis(url: str) -> bool:
 
 def default_queue_url() -> str:
     """``$HEC_QUEUE`` if set, else :data:`DEFAULT_QUEUE`."""
-    return os.environ.get(QUEUE_ENV) or DEFAULT_QUEUE
+    return str(settings.get(QUEUE_ENV) or DEFAULT_QUEUE)
 
 
 def blobs_for_queue(queue_url: str) -> str:
@@ -91,7 +93,7 @@ def audit_location(queue_url: str) -> str:
 
 def hec_home() -> Path:
     """The user's he_compute state directory: ``$HEC_HOME``, else ``~/.hec``."""
-    configured = os.environ.get(HOME_ENV)
+    configured = settings.get(HOME_ENV)
     if configured:
         return Path(configured)
     return Path(os.environ.get("HOME") or tempfile.gettempdir()) / ".hec"

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Callable, Iterable
 
+from .. import settings
 from ..commands import worker_argv
 from ..errors import ConfigError, DeviceError
 from ..transport import blobs as blob_stores
@@ -211,7 +212,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), concurrency, threads)
     say(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
         f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
-    state_dir = state_dir or os.environ.get(STATE_ENV) or None
+    state_dir = state_dir or settings.get(STATE_ENV) or None
     identity = WorkerIdentity.load_or_create(state_dir) if state_dir else None
     if identity:
         os.environ[STATE_ENV] = state_dir or ""  # children load the same identity

@@ -107,7 +107,7 @@ class StopNow(BaseException):
 
 def _fault(where: str) -> None:
     """Apply the test-only fault hook (see the module docstring)."""
-    fault = os.environ.get(FAULT_ENV, "")
+    fault = settings.get(FAULT_ENV) or ""
     if not fault:
         return
     if fault.startswith("sleep="):

@@ -10,9 +10,9 @@ Workers may raise a limit with ``HEC_CKKS_LIMITS='{"max_features": 131072}'``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields, replace
 
+from ... import settings
 from ...errors import ConfigError, FormatError
 
 
@@ -34,7 +34,7 @@ class Limits:
 
 def current() -> Limits:
     """The limits in force: the defaults, overridden by the JSON object in ``$HEC_CKKS_LIMITS``."""
-    raw = os.environ.get("HEC_CKKS_LIMITS")
+    raw = settings.get("HEC_CKKS_LIMITS")
     if not raw:
         return Limits()
     try:

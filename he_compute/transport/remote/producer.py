@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from ... import settings
 from ...errors import AuditError, FormatError, QueueError
 from ...files import PRIVATE, atomic_write
 from ...formats import audit as entries
@@ -118,7 +119,7 @@ class RemoteProducer(Closing):
 
 def default_checkpoints() -> Path:
     """Where clients keep audit checkpoints: ``$HEC_CHECKPOINTS`` or ``$HEC_HOME/audit-checkpoints.json``."""
-    return Path(os.environ.get("HEC_CHECKPOINTS") or hec_home() / "audit-checkpoints.json")
+    return Path(settings.get("HEC_CHECKPOINTS") or hec_home() / "audit-checkpoints.json")
 
 
 class RemoteAuditStore(Closing):
