@@ -10,6 +10,7 @@ only one type.  Each class is one kind of failure::
     │   └── LimitExceeded      a size or count from a stranger is above the configured bound
     ├── UnsafeArtifactError    an artefact would run code if loaded (pickle, jsonpickle, .so, foreign MLIR)
     ├── InputError             user data is unusable: shape, NaN/inf, unreadable CSV
+    ├── ConfigError            a flag or HEC_* setting is missing or has an unusable value (names it)
     ├── KeyMismatchError       keys, bundle and ciphertexts do not belong together
     ├── UnsupportedModelError  the model cannot be compiled for the scheme asked for
     ├── SecurityError          parameters below the security floor, or files others can read
@@ -18,9 +19,9 @@ only one type.  Each class is one kind of failure::
     ├── TransportError         the plumbing failed: retrying later may help
     │   ├── QueueError         the job queue failed or refused an operation
     │   │   └── JobFailed      a job ended in failure (carries the job's last error)
-    │   ├── StoreError         the blob store failed or refused an operation
-    │   │   └── BlobNotFound   no blob with this digest is in the store
-    │   └── AuthError          a coordinator refused the caller's credentials or scope
+    │   └── StoreError         the blob store failed or refused an operation
+    │       └── BlobNotFound   no blob with this digest is in the store
+    ├── AuthError              a coordinator refused the caller's credentials or scope: retrying cannot help
     └── VerificationError      a worker's result cannot be trusted
         ├── IdentityError      a worker key file is missing, unreadable or too widely readable
         ├── ReceiptError       a receipt is malformed, badly signed or does not match the job
@@ -28,6 +29,7 @@ only one type.  Each class is one kind of failure::
         ├── BadOutput          a valid receipt names output blobs that are missing or malformed
         ├── NoMajority         replicas disagree and no result reaches a majority
         ├── CanaryFailed       a worker got a canary (a job whose answer the client knows) wrong
+        ├── Unverified         results were rejected (outvoted, invalid) and no other worker can re-run them
         └── AuditError         the audit log was rewritten, truncated or reordered
 
 Messages say what is wrong and what to do about it, in one line.  A check
@@ -59,6 +61,10 @@ class UnsafeArtifactError(HECError):
 
 class InputError(HECError):
     """User-supplied data cannot be used as model input."""
+
+
+class ConfigError(HECError):
+    """A command-line flag or ``HEC_*`` setting is missing or has an unusable value; the message names it."""
 
 
 class KeyMismatchError(HECError):
@@ -101,8 +107,12 @@ class BlobNotFound(StoreError):
     """No blob with this digest is in the store."""
 
 
-class AuthError(TransportError):
-    """A coordinator refused the caller: unknown, unsigned, replayed or out-of-scope request."""
+class AuthError(HECError):
+    """A coordinator refused the caller: unknown, unsigned, replayed or out-of-scope request.
+
+    Not a :class:`TransportError`: retrying the same credentials cannot help, so a worker refused this way
+    stops (a revoked key must not look like an unreachable queue), and a client reports it at once.
+    """
 
 
 class VerificationError(HECError):
@@ -142,6 +152,15 @@ class NoMajority(VerificationError):
 
 class CanaryFailed(VerificationError):
     """Workers (``workers``, short ids) returned a wrong answer for a canary."""
+
+    def __init__(self, message: str, workers: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.workers = workers
+
+
+class Unverified(VerificationError):
+    """Results of workers (``workers``, short ids) were rejected (outvoted by a majority, or invalid) and no
+    other worker is available to re-run them; :class:`CanaryFailed` when a canary caught one of them."""
 
     def __init__(self, message: str, workers: tuple[str, ...] = ()):
         super().__init__(message)

@@ -90,3 +90,87 @@ def test_key_id_is_the_digest_of_nonce_and_keys_and_unique_per_keygen(compiled, 
     # A quantized linear model needs no server keys at all, yet two keygens get distinct key ids.
     other = he_compute.Client.keygen(c.bundle, tmp_path / "again")
     assert other.key_id != c.client.key_id
+
+
+# A child that loads the CKKS secret key over and over (as every hec encrypt, decrypt and run --canaries does)
+# and then encrypts and decrypts with it, printing one line per round.
+_CKKS_LOADER = """
+import sys
+import numpy as np
+import he_compute
+keys, rounds = sys.argv[1], int(sys.argv[2])
+X = np.load(sys.argv[3])
+for i in range(rounds):
+    he_compute.Client(keys).encrypt(X)
+    print(i, flush=True)
+"""
+
+
+def _files_holding(needle: bytes, roots: list[str]) -> list[str]:
+    """Every regular file under ``roots`` (other processes' included) whose bytes contain ``needle``."""
+    found = []
+    for root in roots:
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) < 1 << 26:
+                        with open(path, "rb") as f:
+                            if needle in f.read():
+                                found.append(path)
+                except OSError:
+                    continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def test_a_local_snooper_never_finds_the_ckks_secret_key_outside_the_key_dir(tmp_path):
+    """Attack: another local process scans /dev/shm and the temp directory while a client loads its CKKS
+    secret key (every hec encrypt / decrypt / run --canaries does), and after the client is killed.
+
+    The old code wrote the key to ``/dev/shm/hec-seal-*/PID-TID.bin`` (umask mode) on every load and only
+    unlinked it afterwards, so the snooper caught it and a SIGKILL left it there for good.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    bundle = he_compute.compile(LogisticRegression(max_iter=500).fit(X, y), X, scheme="ckks")
+    he_compute.Client.keygen(bundle, tmp_path / "keys")
+    np.save(tmp_path / "X.npy", X[:4])
+    # The secret as SEAL serialized it: the bytes every load hands to SEAL.
+    needle = container.read(tmp_path / "keys" / "secret.keys").sections["secret"]
+    assert len(needle) > 10_000
+    needle = needle[len(needle) // 2 : len(needle) // 2 + 4096]  # compressed key bytes: random-looking
+    # Positive control: the scan finds the key where it does live.
+    assert _files_holding(needle, [str(tmp_path / "keys")])
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    roots = ["/dev/shm", str(tmp)] if os.path.isdir("/dev/shm") else [str(tmp)]
+    child = subprocess.Popen([sys.executable, "-c", _CKKS_LOADER, str(tmp_path / "keys"), "60",
+                              str(tmp_path / "X.npy")],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    leaked: list[str] = []
+    try:
+        assert child.stdout.readline()  # the first load is done: the child is in its loop
+        deadline = time.monotonic() + 20
+        # Freeze the child at many points of its loop and look, as a snooper with all the time in the world would.
+        while child.poll() is None and time.monotonic() < deadline and not leaked:
+            os.kill(child.pid, signal.SIGSTOP)
+            leaked = _files_holding(needle, roots)
+            os.kill(child.pid, signal.SIGCONT)
+            time.sleep(0.003)
+    finally:
+        child.kill()
+        child.wait()
+    after_kill = _files_holding(needle, roots)
+    assert not leaked, f"the secret key was readable at {leaked} while the client loaded it"
+    assert not after_kill, f"a killed client left its secret key at {after_kill}"
+    assert not list(tmp.iterdir())

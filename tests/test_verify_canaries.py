@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import he_compute
 from he_compute.client.run import KnownAnswers, canary_count, shuffle_in
-from he_compute.errors import CanaryFailed
+from he_compute.errors import CanaryFailed, ConfigError, InputError
 from he_compute.worker.identity import WorkerIdentity
 from he_compute.client.run.canaries import check_all
 
@@ -20,7 +20,7 @@ def test_canary_count():
     assert canary_count(100, 0.05) == 5 and canary_count(10, 0.05) == 1 and canary_count(10, 0) == 0
     assert canary_count(0, 0.5) == 0
     for bad in (-0.1, 1.0, 2):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError, match="--canaries"):
             canary_count(10, bad)
 
 
@@ -96,9 +96,9 @@ def test_known_outputs_can_come_from_a_local_evaluation(setup, compiled):
     source.check(k, evaluator.evaluate_payload(k.payload, keys), worker="f" * 64)
 
 
-def test_misuse_is_a_value_error(setup):
+def test_misuse_is_one_line_of_the_error_tree(setup):
     c, _, _, X_test = setup
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="2 rows but the known inputs 3"):
         KnownAnswers(c.client, X_test[:3], np.zeros((2, 2)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="server_part and evalkeys"):
         KnownAnswers(c.client, X_test[:3])

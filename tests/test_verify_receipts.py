@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from he_compute.client.run import AllowList
-from he_compute.errors import ReceiptError, UntrustedWorker, VerificationError
+from he_compute.errors import FormatError, ReceiptError, UntrustedWorker, VerificationError
 from he_compute.formats.canonical import canonical
 from he_compute.formats.receipt import sign_receipt, verify_receipt
 from he_compute.worker.identity import WorkerIdentity
@@ -96,7 +96,7 @@ def test_verify_never_returns_a_bool_and_misuse_is_a_value_error():
 
 def test_canonical_json_refuses_floats_and_sorts_keys():
     assert canonical({"b": 1, "a": [True, None, "é"]}) == b'{"a":[true,null,"\\u00e9"],"b":1}'
-    with pytest.raises(ValueError, match="no floats"):
+    with pytest.raises(FormatError, match="no floats"):
         canonical({"t": 0.1})
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from he_compute.client.run import result_digest, tally
-from he_compute.errors import NoMajority
+from he_compute.errors import ConfigError, NoMajority
 
 A, B, C = ("sha256:" + ch * 64 for ch in "abc")
 
@@ -59,9 +59,9 @@ def test_k3_with_one_liar_is_decided_without_tie_breaker():
 
 
 def test_misuse():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="--replicas"):
         tally({}, replicas=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         tally({}, replicas=3, max_results=2)
 
 

@@ -74,6 +74,9 @@ def main(ctx: click.Context, debug: bool) -> None:
       hec decrypt y.enc -o y.csv
     """
     ctx.meta["hec.debug"] = debug
+    from ..settings import check_all
+
+    check_all()  # every HEC_* setting checked once, before any command: a bad one is one line naming it
 
 
 def _load(module: str) -> None:

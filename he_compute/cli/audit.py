@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import HECError
+from .. import settings
+from ..errors import ConfigError, HECError
 from ..formats.text import printable
 
 _QUEUE_HELP = "Queue URL whose audit log to read (default $HEC_QUEUE, else ./.hec/queue.db)."
@@ -73,13 +74,15 @@ def register(group: click.Group) -> None:
         Example: hec audit verify --queue sqlite:///srv/hec/queue.db --size 120 --root 3fa1...
         """
         from ..client import checkpoints
-        from ..transport.locations import Locations
+        from ..transport.locations import Locations, state_dir
 
         if (size is None) != (root is None):
             raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
         log = _open(queue_url, log_path, remote)
-        kept = (size, root) if size is not None else checkpoints.latest(Locations.resolve(queue_url).state,
-                                                                         log.location)
+        where = Locations.resolve(queue_url)
+        # A coordinator's log is checked against the checkpoints its runs kept in $HEC_HOME (state_dir of its URL).
+        state = where.state if log.location in (where.audit, log_path) else state_dir(log.location)
+        kept = (size, root) if size is not None else checkpoints.latest(state, log.checkpoint_key)
         head = log.verify(checkpoint=kept)
         if kept is not None and size is None:
             click.echo(f"{log.location}: matches the checkpoint of its first {kept[0]} entries this client signed "
@@ -130,13 +133,11 @@ def register(group: click.Group) -> None:
 
         Example: hec audit worker-key --state /var/lib/hec-worker --operator alice >> workers.allow
         """
-        import os
-
         from ..worker.identity import STATE_ENV, WorkerIdentity
 
-        state_dir = state_dir or os.environ.get(STATE_ENV)
+        state_dir = state_dir or settings.get(STATE_ENV)
         if not state_dir:
-            raise HECError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
+            raise ConfigError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
         me = WorkerIdentity.load_or_create(state_dir)
         if operator is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", operator):
             raise HECError(f"{operator[:70]!r} is not an operator name: letters, digits and . _ @ - only")
@@ -183,9 +184,12 @@ def verify_policy(opts: dict[str, Any], *, keys_dir: Any, server_part: Any, eval
         from ..client.data import read_input
         from ..formats.bundle import from_container
 
-        Y = read_input(opts["canary_outputs"]) if opts["canary_outputs"] else None
+        X, Y = read_input(opts["canary_inputs"]), read_input(opts["canary_outputs"]) if opts["canary_outputs"] else None
+        if Y is not None and len(Y) != len(X):
+            raise ConfigError(f"--canary-outputs has {len(Y)} rows but --canary-inputs has {len(X)}: give one known "
+                              "output row per input")
         part = from_container(server_part).server_part() if server_part.kind == "bundle" else server_part
-        known = KnownAnswers(Client(keys_dir), read_input(opts["canary_inputs"]), Y, server_part=part,
+        known = KnownAnswers(Client(keys_dir), X, Y, server_part=part,
                              evalkeys=evalkeys)
     decryptor = None
     if opts["replicas"] > 1 and keys_dir is not None:

@@ -55,8 +55,15 @@ def register(group: click.Group) -> None:
             cores = [int(c) for c in cpus.split(",")] if cpus else None
         except ValueError:
             raise click.BadParameter(f"{cpus!r} is not a comma-separated list of core numbers", param_hint="--cpus") from None
-        status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
-                       burst=burst, lease_s=lease, cpus=cores, state_dir=state_dir, coordinator=coordinator,
-                       token_file=token_file)
+        from ..errors import AuthError
+        from ..worker.host import EXIT_REFUSED
+
+        try:
+            status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
+                           burst=burst, lease_s=lease, cpus=cores, state_dir=state_dir, coordinator=coordinator,
+                           token_file=token_file)
+        except AuthError as exc:  # final: a distinct status, so that a supervising `hec worker` stops too
+            click.echo(f"Error: {exc}", err=True)
+            raise click.exceptions.Exit(EXIT_REFUSED) from None
         if status:
             raise click.exceptions.Exit(status)

@@ -3,7 +3,8 @@
 Whoever stores an audit log (the queue's host, a worker with its credentials) can rewrite it whole and
 recompute every hash.  So after each run the client appends a *checkpoint* entry (the log's size and
 Merkle root, signed with the client's own Ed25519 key, ``STATE/client.key``) and keeps the same size and
-root in ``STATE/audit-checkpoints.jsonl`` (0600).  Verifying later checks the log against the newest kept
+root in ``STATE/audit-checkpoints.jsonl`` (0600), filed under the log's location and, at a coordinator, the
+tenant (one user may hold several tenants there).  Verifying later checks the log against the newest kept
 checkpoint: a log rewritten or cut below it fails, and a forged checkpoint entry fails its signature.
 """
 
@@ -29,8 +30,9 @@ def client_key(state: Path) -> SigningKey:
     return key
 
 
-def latest(state: Path, location: str) -> tuple[int, str] | None:
-    """The newest checkpoint this client kept of the log at ``location``, as ``(size, root)``."""
+def latest(state: Path, key: str) -> tuple[int, str] | None:
+    """The newest checkpoint this client kept of the log filed under ``key`` (:attr:`AuditLog.checkpoint_key`),
+    as ``(size, root)``."""
     try:
         lines = (Path(state) / CHECKPOINTS).read_text().splitlines()
     except OSError:
@@ -38,7 +40,7 @@ def latest(state: Path, location: str) -> tuple[int, str] | None:
     for line in reversed(lines):
         try:
             c = json.loads(line)
-            if c.get("log") == location:
+            if c.get("log") == key:
                 return int(c["size"]), str(c["root"])
         except (ValueError, KeyError, TypeError):
             continue
@@ -47,7 +49,7 @@ def latest(state: Path, location: str) -> tuple[int, str] | None:
 
 def verify(log: AuditLog, state: Path) -> tuple[LogHead, tuple[int, str] | None]:
     """Verify ``log`` and check it against the newest checkpoint kept in ``state``; return the head and it."""
-    kept = latest(state, log.location)
+    kept = latest(state, log.checkpoint_key)
     return log.verify(checkpoint=kept), kept
 
 
@@ -59,7 +61,7 @@ def checkpoint(log: AuditLog, state: Path) -> dict[str, Any]:
     private_dir(state)
     fd = os.open(Path(state) / CHECKPOINTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE)
     with os.fdopen(fd, "a") as fh:
-        fh.write(json.dumps({"log": log.location, "size": body["size"], "root": body["root"]}) + "\n")
+        fh.write(json.dumps({"log": log.checkpoint_key, "size": body["size"], "root": body["root"]}) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     return entry

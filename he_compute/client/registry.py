@@ -28,18 +28,16 @@ from typing import Any, Iterator
 
 from ..errors import FormatError, HECError, KeyMismatchError
 from ..files import PRIVATE, atomic_write, private_dir
+from ..transport.locations import HOME_ENV, hec_home  # noqa: F401 (HOME_ENV: its name, re-exported)
 from . import keys as keydir
 
-HOME_ENV = "HEC_HOME"
-"""Directory of the user's he_compute state (registry, per-machine cost measurements); default ``~/.hec``."""
 REGISTRY = "keydirs.json"
 _VERSION = 1
 
 
 def home() -> Path:
     """The user's he_compute state directory (``$HEC_HOME``, else ``~/.hec``)."""
-    configured = os.environ.get(HOME_ENV)
-    return Path(configured) if configured else Path.home() / ".hec"
+    return hec_home()
 
 
 def registry_path() -> Path:

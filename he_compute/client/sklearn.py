@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
+from ..errors import ConfigError
 from .api import EncryptedModel, labels_from_outputs
 
 
@@ -66,7 +67,7 @@ class EncryptedPredictor(ClassifierMixin, BaseEstimator):
             bundle = self.bundle if isinstance(self.bundle, Bundle) else load_bundle(self.bundle)
         else:
             if self.estimator is None:
-                raise ValueError("EncryptedPredictor needs an estimator to fit or a precompiled bundle")
+                raise ConfigError("EncryptedPredictor needs an estimator to fit or a precompiled bundle")
             fitted = clone(self.estimator).fit(X, y)
             bundle = schemes.client(self.scheme).compile(fitted, X, **(self.compile_options or {}))
         keys = self.keys

@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import AuthError, LimitExceeded, ReceiptError
+from ..errors import AuthError, FormatError, LimitExceeded, ReceiptError
 from ..formats.digests import sha256_hex
 from ..formats.signing import fingerprint, verify_signature
 from ..transport.remote.wire import MAX_JSON_BYTES, MAX_SKEW_S, parse_signature_headers, signed_message
@@ -112,7 +112,7 @@ def _verify(coord: Any, request: Request, public_raw: bytes | None) -> tuple[Wor
     """Check the signature headers; return ``(record or None, worker id, signed body digest)``."""
     try:
         worker_id, ts, nonce, digest, sig = parse_signature_headers(request.headers)
-    except ValueError as exc:
+    except FormatError as exc:
         raise Unauthenticated(str(exc)) from None
     if abs(time.time() - ts) > MAX_SKEW_S:
         raise Unauthenticated(f"stale request (timestamp {ts} is more than {MAX_SKEW_S}s off): check the clock")

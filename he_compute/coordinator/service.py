@@ -215,7 +215,7 @@ class Coordinator:
         def build(last: str | None) -> tuple[str, str]:
             try:
                 expected, expected_head = next_entry(last, kind, job, body, t, "the tenant's audit log")
-            except ValueError as exc:
+            except (ValueError, FormatError) as exc:
                 raise FormatError(f"bad audit entry: {exc}") from None
             if canonical(expected).decode() != line or expected_head != head:
                 raise AuditConflict("the audit log moved on (or the entry does not chain to its end): read it again")

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AuditError
+from ..errors import AuditError, FormatError
 from .canonical import canonical
 
 AUDIT_VERSION = 1
@@ -119,11 +119,16 @@ class LogHead:
         return out
 
 
+def empty_head() -> str:
+    """The head record of a log with no entries (written before the first entry: see ``JsonlStore``)."""
+    return canonical({"size": 0, "chain": _ZERO.hex()}).decode()
+
+
 def next_entry(last: str | None, kind: str, job_id: str, body: dict[str, Any], t: int,
                where: str = "the audit log") -> tuple[dict[str, Any], str]:
     """The entry that follows the line ``last`` (``None`` for the first), and the new head record."""
     if kind not in KINDS:
-        raise ValueError(f"audit entry kind must be one of {KINDS}")
+        raise FormatError(f"audit entry kind must be one of {KINDS}")
     if last is None:
         i, prev = 0, _ZERO
     else:
@@ -172,7 +177,7 @@ def verify_lines(lines: list[str], head: str | None, *,
             raise AuditError(f"audit entry {n} has an unknown version or kind (rewritten)", n)
         try:
             leaf = leaf_hash(e)
-        except ValueError:
+        except (ValueError, FormatError):
             raise AuditError(f"audit entry {n} holds values no honest entry holds (rewritten)", n) from None
         if e.get("leaf") != leaf:
             raise AuditError(f"audit entry {n} was rewritten: its content no longer matches its leaf hash", n)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..errors import FormatError
+
 
 def _check(obj: Any, path: str) -> None:
     if obj is None or isinstance(obj, (bool, str)):
@@ -23,7 +25,7 @@ def _check(obj: Any, path: str) -> None:
     if isinstance(obj, int):
         return
     if isinstance(obj, float):
-        raise ValueError(f"canonical JSON has no floats ({path} = {obj!r}): use integers, e.g. milliseconds")
+        raise FormatError(f"canonical JSON has no floats ({path} = {obj!r}): use integers, e.g. milliseconds")
     if isinstance(obj, (list, tuple)):
         for i, item in enumerate(obj):
             _check(item, f"{path}[{i}]")
@@ -31,10 +33,10 @@ def _check(obj: Any, path: str) -> None:
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(key, str):
-                raise ValueError(f"canonical JSON keys are strings ({path} has key {key!r})")
+                raise FormatError(f"canonical JSON keys are strings ({path} has key {key!r})")
             _check(value, f"{path}.{key}")
         return
-    raise ValueError(f"{path} is a {type(obj).__name__}, which canonical JSON cannot hold")
+    raise FormatError(f"{path} is a {type(obj).__name__}, which canonical JSON cannot hold")
 
 
 def canonical(obj: Any) -> bytes:

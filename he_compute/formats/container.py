@@ -66,7 +66,7 @@ class Container:
 
     def _parts(self) -> list[bytes]:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown container kind {self.kind!r}")
+            raise FormatError(f"unknown container kind {self.kind!r}")
         digests = self.section_digests()
         header = {
             "kind": self.kind,

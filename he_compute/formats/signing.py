@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import IdentityError, ReceiptError
+from ..errors import FormatError, IdentityError, ReceiptError
 from ..files import PRIVATE, atomic_write, private_dir
 
 KEY_TYPE = "ed25519"
@@ -30,7 +30,7 @@ KEY_TYPE = "ed25519"
 def fingerprint(public_raw: bytes) -> str:
     """The worker id of a raw Ed25519 public key: sha256 hex of its 32 bytes."""
     if not isinstance(public_raw, bytes) or len(public_raw) != 32:
-        raise ValueError("an Ed25519 public key is 32 raw bytes")
+        raise FormatError("an Ed25519 public key is 32 raw bytes")
     return hashlib.sha256(public_raw).hexdigest()
 
 

@@ -45,6 +45,8 @@ class AuditStore(Protocol):
     """
 
     location: str
+    checkpoint_key: str
+    """This log among the logs one client keeps checkpoints of (the location, plus the tenant at a coordinator)."""
 
     def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
         """Under the store's lock: ``line, head = build(last line)``; store both; return the line."""
@@ -66,6 +68,8 @@ class AuditStore(Protocol):
 class JsonlStore(Closing):
     """One JSON line per entry in ``PATH`` and the head in ``PATH.head``; appends hold an ``fcntl`` lock.
 
+    Entries are made durable before the head, and the first append writes the empty log's head first, so a
+    crash between the two leaves a head that lags behind the entries (still verifiable) and never no head.
     A crash in the middle of an append leaves a *torn* last line (no newline).  It is never taken for an
     entry: :meth:`lines` returns complete lines only and reports the torn bytes in :attr:`torn_bytes`,
     and the next append moves them to ``PATH.torn`` (for inspection) before it writes, so the chain goes
@@ -74,7 +78,7 @@ class JsonlStore(Closing):
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.location = str(self.path)
+        self.location = self.checkpoint_key = str(self.path)
         self._head = self.path.with_name(self.path.name + ".head")
         self.torn_bytes = 0
 
@@ -90,6 +94,11 @@ class JsonlStore(Closing):
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 self._set_aside_torn_tail(fh)
+                if fh.seek(0, os.SEEK_END) == 0 and not self._head.exists():
+                    # The head of the empty log goes first, so that a crash after the first entries are
+                    # durable and before their head is written leaves a head that lags (which verifies)
+                    # rather than none (which reads as a deleted head, i.e. tampering).
+                    atomic_write(self._head, entries.empty_head().encode())
                 last, lines, head = self._last_line(fh), [], ""
                 for build in builds:
                     last, head = build(last)
@@ -167,7 +176,7 @@ class RedisStore(Closing):
     def __init__(self, url: str):
         import redis
 
-        self.location = url
+        self.location = self.checkpoint_key = url
         self._r = redis.Redis.from_url(url.split("?", 1)[0])
 
     def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
@@ -230,6 +239,11 @@ class AuditLog:
     def location(self) -> str:
         """Where the entries are stored."""
         return self.store.location
+
+    @property
+    def checkpoint_key(self) -> str:
+        """What a client's kept checkpoints of this log are filed under (see :class:`AuditStore`)."""
+        return self.store.checkpoint_key
 
     def append(self, kind: str, job_id: str, body: dict[str, Any], *, now_ms: int | None = None) -> dict[str, Any]:
         """Append one entry (``kind`` is ``submit`` or ``receipt``) and return it (inside :meth:`batch`:

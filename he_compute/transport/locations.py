@@ -32,9 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from .. import settings
+
 DEFAULT_QUEUE = "sqlite://.hec/queue.db"
 """The embedded queue under ``./.hec/`` used when neither a URL nor ``HEC_QUEUE`` is given."""
 QUEUE_ENV = "HEC_QUEUE"
+HOME_ENV = "HEC_HOME"
+"""Directory of the user's own he_compute state (key registry, signing key, audit checkpoints, config)."""
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -62,7 +66,7 @@ def is_redis(url: str) -> bool:
 
 def default_queue_url() -> str:
     """``$HEC_QUEUE`` if set, else :data:`DEFAULT_QUEUE`."""
-    return os.environ.get(QUEUE_ENV) or DEFAULT_QUEUE
+    return str(settings.get(QUEUE_ENV) or DEFAULT_QUEUE)
 
 
 def blobs_for_queue(queue_url: str) -> str:
@@ -87,12 +91,20 @@ def audit_location(queue_url: str) -> str:
     return os.path.join(".hec", "audit.jsonl")
 
 
+def hec_home() -> Path:
+    """The user's he_compute state directory: ``$HEC_HOME``, else ``~/.hec``."""
+    configured = settings.get(HOME_ENV)
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("HOME") or tempfile.gettempdir()) / ".hec"
+
+
 def state_dir(queue_url: str) -> Path:
-    """Where a client keeps per-queue state (run records, worker logs): next to an embedded queue, else ``~/.hec``."""
+    """Where a client keeps per-queue state (run records, worker logs): next to an embedded queue, else
+    :func:`hec_home` (a Redis queue or a coordinator)."""
     if scheme_of(queue_url) == "sqlite":
         return path_of(queue_url).parent
-    home = Path(os.environ.get("HOME") or tempfile.gettempdir())
-    return home / ".hec"
+    return hec_home()
 
 
 def redis_key(kind: str, name: str = "", index: int | None = None) -> str:

@@ -13,21 +13,18 @@ too, and refuses a job whose ids differ.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from .. import settings
 from ..errors import KeyMismatchError
 from ..formats import container
 from ..formats.task import Task
 
-KEY_CACHE_BYTES = int(os.environ.get("HEC_KEY_CACHE_MB", "2048")) * 1024 * 1024
-"""Bytes of serialized evaluation keys a worker keeps deserialized (``HEC_KEY_CACHE_MB``)."""
-SERVER_CACHE_BYTES = int(os.environ.get("HEC_SERVER_CACHE_MB", "256")) * 1024 * 1024
-"""Bytes of server parts whose compiled evaluators a worker keeps (``HEC_SERVER_CACHE_MB``)."""
-MAX_CACHED = int(os.environ.get("HEC_MAX_CACHED", "8"))
-"""Entries each cache keeps at most: deserialized keys can be many times their serialized size."""
+# Cache bounds are settings (he_compute.settings): HEC_KEY_CACHE_MB (serialized evaluation keys kept
+# deserialized), HEC_SERVER_CACHE_MB (server parts whose compiled evaluators are kept) and HEC_MAX_CACHED
+# (entries per cache: deserialized keys can be many times their serialized size).
 
 if TYPE_CHECKING:  # evaluating happens in a sandbox child or InProcess; the worker's host process never loads it
     from ..evaluator import Evaluator, LoadedKeys
@@ -43,8 +40,8 @@ class ByteLRU:
         cache = ByteLRU(1 << 20); cache.put("k", obj, 1000); cache.get("k")
     """
 
-    def __init__(self, max_bytes: int, max_items: int = MAX_CACHED):
-        self.max_bytes, self.max_items = max_bytes, max_items
+    def __init__(self, max_bytes: int, max_items: int | None = None):
+        self.max_bytes, self.max_items = max_bytes, max_items or int(settings.get("HEC_MAX_CACHED"))
         self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self.bytes = 0
 
@@ -121,8 +118,8 @@ class InProcess:
     No isolation and no time limit: for trusted jobs, tests and ``hec eval``; workers use the sandbox."""
 
     def __init__(self) -> None:
-        self.evaluators = ByteLRU(SERVER_CACHE_BYTES)
-        self.keys = ByteLRU(KEY_CACHE_BYTES)
+        self.evaluators = ByteLRU(int(settings.get("HEC_SERVER_CACHE_MB")) << 20)
+        self.keys = ByteLRU(int(settings.get("HEC_KEY_CACHE_MB")) << 20)
         self._current: tuple[Evaluator, LoadedKeys] | None = None
 
     def load(self, task: Task, fetch: Fetch, deadline: float | None = None) -> Loaded:

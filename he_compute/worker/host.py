@@ -18,8 +18,9 @@ import sys
 import time
 from typing import Callable, Iterable
 
+from .. import settings
 from ..commands import worker_argv
-from ..errors import DeviceError, IdentityError
+from ..errors import ConfigError, DeviceError
 from ..transport import blobs as blob_stores
 from ..transport import queue as job_queue
 from ..transport.blobs import BlobStore
@@ -33,6 +34,8 @@ DEVICES = ("auto", "cpu", "cuda")
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits before restarting a child that keeps dying (reset after it has run for a minute)."""
 STOP_GRACE_S = 60.0
+EXIT_REFUSED = 77
+"""Exit status of a worker the coordinator refuses (sysexits' EX_NOPERM): its supervisor does not restart it."""
 """How long children get after the first stop signal to finish the sample in hand."""
 _PR_SET_PDEATHSIG = 1
 
@@ -122,6 +125,7 @@ class _Children:
         self.done = [False] * len(commands)
         self.signals = 0
         self.worst = 0
+        self.refused = False  # a child was refused by the coordinator: the whole worker ends with EXIT_REFUSED
 
     def _start(self, i: int) -> None:
         self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
@@ -155,7 +159,7 @@ class _Children:
                     continue
                 self._exited(i, code)
             if not alive:
-                return self.worst
+                return EXIT_REFUSED if self.refused else self.worst
             if self.signals and deadline is None:
                 deadline = time.monotonic() + STOP_GRACE_S
             if deadline is not None and time.monotonic() > deadline:
@@ -170,6 +174,12 @@ class _Children:
         elif code:
             self.say(f"hec worker: worker process {i} exited with status {code}")
             self.worst = max(self.worst, code)
+        if code == EXIT_REFUSED:  # the coordinator refused this machine's key: every child would be refused
+            self.say(f"hec worker: the coordinator refused this worker's key; stopping (status {EXIT_REFUSED})")
+            self.done, self.refused = [True] * len(self.done), True
+            if not self.signals:
+                self.on_signal(signal.SIGTERM, None)
+            return
         if self.signals or (self.burst and code == 0):
             self.done[i] = True
             return
@@ -202,7 +212,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), concurrency, threads)
     say(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
         f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
-    state_dir = state_dir or os.environ.get(STATE_ENV) or None
+    state_dir = state_dir or settings.get(STATE_ENV) or None
     identity = WorkerIdentity.load_or_create(state_dir) if state_dir else None
     if identity:
         os.environ[STATE_ENV] = state_dir or ""  # children load the same identity
@@ -211,7 +221,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
         from ..transport.remote import open_worker
 
         if identity is None:
-            raise IdentityError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
+            raise ConfigError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
         consumer, lease_blobs = open_worker(coordinator, identity, token_file=token_file)  # enrols once
         say(f"hec worker: admitted by {consumer.url} under operator {consumer.operator}")
         if jobs_at_once == 1:

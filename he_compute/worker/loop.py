@@ -31,7 +31,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .. import settings
 from ..errors import (
+    AuthError,
     FormatError,
     QueueError,
     InputError,
@@ -50,10 +52,9 @@ from .executor import Executor
 from .identity import WorkerIdentity
 
 FAULT_ENV = "HEC_TEST_FAULT"
-JOB_TIMEOUT_S = float(os.environ.get("HEC_JOB_TIMEOUT_S", "3600"))
-"""Wall-clock seconds one job may take (load and every chunk) before its evaluation is killed."""
-BURST_PATIENCE_S = float(os.environ.get("HEC_BURST_PATIENCE_S", "30"))
-"""How long a ``--burst`` worker keeps trying an unreachable queue before it gives up."""
+# HEC_JOB_TIMEOUT_S (wall-clock seconds one job may take, load and every chunk, before its evaluation is
+# killed) and HEC_BURST_PATIENCE_S (how long a --burst worker keeps trying an unreachable queue) are
+# settings (he_compute.settings), read when a worker starts.
 PERMANENT = (FormatError, UnsafeArtifactError, KeyMismatchError, InputError, UnsupportedModelError, SecurityError)
 """Failures no other attempt can fix: the job goes straight to the dead letter."""
 
@@ -85,6 +86,8 @@ class _Heartbeat:
                 self.lost.set()
         except TransportError:
             pass  # the queue is unreachable: keep trying; if the lease runs out, another worker retries the job
+        except AuthError:
+            self.lost.set()  # refused (revoked): drop the job; the next claim is refused too and ends the worker
 
     def _loop(self) -> None:
         while not self._done.wait(self.interval):
@@ -105,7 +108,7 @@ class StopNow(BaseException):
 
 def _fault(where: str) -> None:
     """Apply the test-only fault hook (see the module docstring)."""
-    fault = os.environ.get(FAULT_ENV, "")
+    fault = settings.get(FAULT_ENV) or ""
     if not fault:
         return
     if fault.startswith("sleep="):
@@ -128,7 +131,7 @@ class Worker:
     def __init__(self, queue: Consumer, blobs: BlobStore, *, devices: Iterable[str] = ("cpu",),
                  name: str | None = None, log: Callable[[str], None] | None = None,
                  identity: WorkerIdentity | None = None, executor: Executor | None = None,
-                 operator: str | None = None, job_timeout_s: float = JOB_TIMEOUT_S):
+                 operator: str | None = None, job_timeout_s: float | None = None):
         self.queue, self.blobs = queue, blobs
         self.devices = list(devices)
         # Signs a receipt for every completed job; also routes jobs tagged for this worker (tie-breakers, re-runs).
@@ -142,7 +145,7 @@ class Worker:
 
             executor = Sandbox(log=None)
         self.executor: Executor = executor
-        self.job_timeout_s = job_timeout_s
+        self.job_timeout_s = job_timeout_s or float(settings.get("HEC_JOB_TIMEOUT_S"))
         self.stopping = threading.Event()
         self._signals = 0
         self.stats = {"jobs": 0, "failed": 0, "server_loads": 0, "server_hits": 0, "keys_loads": 0, "keys_hits": 0}
@@ -167,7 +170,7 @@ class Worker:
     def run(self, *, burst: bool = False, poll_s: float = 1.0) -> int:
         """Process jobs until stopped (or, with ``burst``, until none is left); return how many ran.
 
-        A ``burst`` worker that cannot reach its queue for :data:`BURST_PATIENCE_S` gives up with
+        A ``burst`` worker that cannot reach its queue for ``HEC_BURST_PATIENCE_S`` gives up with
         :class:`~he_compute.errors.QueueError`; a long-running worker keeps trying.
         """
         self._log(f"serving devices {','.join(self.devices)} from {self.queue.url} (blobs {self.blobs.url})")
@@ -177,7 +180,7 @@ class Worker:
             self.executor.close()  # the loop's end is the worker's end: no evaluation process outlives it
 
     def _loop(self, burst: bool, poll_s: float) -> int:
-        ran = 0
+        ran, patience_s = 0, float(settings.get("HEC_BURST_PATIENCE_S"))
         unreachable_since: float | None = None
         while not self.stopping.is_set():
             try:
@@ -185,11 +188,13 @@ class Worker:
                 lease = self.queue.claim(self.name, devices=self.devices + self.routes,
                                          block_s=0 if burst else min(poll_s, 0.25), operator=self.operator)
                 unreachable_since = None
+            except AuthError:
+                raise  # refused credentials stay refused: retrying would only hide a revoked key
             except TransportError as exc:
                 unreachable_since = unreachable_since or time.monotonic()
-                if burst and time.monotonic() - unreachable_since > BURST_PATIENCE_S:
+                if burst and time.monotonic() - unreachable_since > patience_s:
                     raise QueueError(f"the queue {self.queue.url} has been unreachable for "
-                                     f"{BURST_PATIENCE_S:.0f}s ({exc}): check the URL and that it is running") from exc
+                                     f"{patience_s:.0f}s ({exc}): check the URL and that it is running") from exc
                 self._log(f"queue unavailable ({exc}); retrying")
                 self.stopping.wait(min(5.0, poll_s * 2))
                 continue

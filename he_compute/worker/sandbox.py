@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import errors
+from .. import settings
 from ..errors import EvaluationError
 from ..formats import container
 from ..formats import evalkeys as evalkeys_format
@@ -41,10 +42,7 @@ _ERRORS = {name: getattr(errors, name) for name in ("FormatError", "IntegrityErr
 
 
 def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+    return int(settings.get(name))  # a bad value is one line naming it (was: silently the default)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...errors import CanaryFailed
+from ...errors import CanaryFailed, ConfigError, InputError
 from ...formats.signing import short_id
 from .votes import voter_name, who
 
@@ -44,7 +44,7 @@ _RNG = secrets.SystemRandom()
 def canary_count(n_real: int, fraction: float) -> int:
     """How many canary chunks go with ``n_real`` real ones: ``ceil(F * n)``, at least one when ``F > 0``."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"the canary fraction must be in [0, 1), not {fraction}")
+        raise ConfigError(f"the canary fraction (--canaries) must be in [0, 1), not {fraction}")
     return 0 if fraction == 0 or n_real == 0 else max(1, math.ceil(n_real * fraction))
 
 
@@ -84,11 +84,12 @@ class KnownAnswers:
         self.client, self.X = client, np.asarray(X)
         self.Y = None if Y is None else np.asarray(Y, dtype=np.float64)
         if self.Y is not None and len(self.Y) != len(self.X):
-            raise ValueError("the known inputs and outputs have different numbers of rows")
+            raise InputError(f"the known outputs have {len(self.Y)} rows but the known inputs {len(self.X)}: "
+                             "give one output row per input")
         if self.Y is None and (server_part is None or evalkeys is None):
-            raise ValueError("without known outputs Y, pass server_part and evalkeys to compute them locally")
+            raise ConfigError("without known outputs Y, pass server_part and evalkeys to compute them locally")
         if len(self.X) == 0:
-            raise ValueError("canaries need at least one known sample")
+            raise InputError("canaries need at least one known sample (--canary-inputs is empty)")
         self.atol, self._rng = atol, rng or _RNG
         self._server_part, self._evalkeys, self._local = server_part, evalkeys, None
 
@@ -102,7 +103,7 @@ class KnownAnswers:
             rows = [self._rng.randrange(len(self.X)) for _ in range(count)]
             enc = self.client.encrypt(self.X[rows])
             if len(enc.sections) != 1:
-                raise ValueError(f"{count} samples do not fit one chunk of this scheme")
+                raise InputError(f"{count} samples do not fit one chunk of this scheme")
             payload = next(iter(enc.sections.values()))
             expected = self.Y[rows] if self.Y is not None else self._evaluate_locally(payload, count)
             out.append(Canary(payload, count, expected))
@@ -169,7 +170,7 @@ def canary_check(source: KnownAnswers, canaries: list[Canary], slot_of: dict[int
             except CanaryFailed:
                 bad = True
                 for w in g.agreeing:
-                    sup.flag(w, f"returned a wrong result for a canary (job group {g.index})")
+                    sup.flag(w, f"returned a wrong result for a canary (job group {g.index})", canary=True)
         return not bad
 
     return check

@@ -50,6 +50,6 @@ def loggable(receipt: Any) -> bool:
         return False
     try:
         canonical(receipt)
-    except ValueError:
+    except FormatError:
         return False
     return True

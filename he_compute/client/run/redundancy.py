@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ...errors import NoMajority
+from ...errors import ConfigError, NoMajority
 from ...formats.canonical import canonical
 from ...formats.signing import short_id
 
@@ -65,10 +65,10 @@ def tally(results: Mapping[str, str | None], *, replicas: int, max_results: int 
     Raises :class:`NoMajority` when no result can reach a majority within it.
     """
     if replicas < 1:
-        raise ValueError("replicas must be at least 1")
+        raise ConfigError("replicas (--replicas) must be at least 1")
     limit = replicas + 2 if max_results is None else max_results
     if limit < replicas:
-        raise ValueError("max_results must be at least replicas")
+        raise ConfigError("max_results must be at least replicas")
     valid = [d for d in results.values() if d is not None]
     n, total = len(valid), len(results)
     quorum = replicas // 2 + 1

@@ -27,13 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...errors import (
+    AuthError,
     BadOutput,
     CanaryFailed,
+    ConfigError,
     FormatError,
     JobFailed,
     NoMajority,
     QueueError,
     TransportError,
+    Unverified,
     VerificationError,
 )
 from ...formats.text import printable
@@ -95,7 +98,7 @@ class Supervisor:
                  check_output: OutputCheck | None = None, on_submitted: Callable[[int, str], None] | None = None,
                  voters: Voters | None = None, meaning: Meaning | None = None, decoys: frozenset[int] = frozenset()):
         if replicas < 1:
-            raise ValueError("replicas must be at least 1")
+            raise ConfigError("replicas (--replicas) must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
         self.q, self.store, self.device, self.replicas = q, store, device, replicas
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
@@ -105,6 +108,7 @@ class Supervisor:
         self.groups: list[Group] = []
         self.jobs: dict[str, Group] = {}
         self.flagged: dict[str, str] = {}       # voter (or unverified:name) -> why
+        self.caught_by_canary: set[str] = set()  # flagged voters a canary caught (CanaryFailed, not Unverified)
         self.known: list[str] = list(allowed.worker_ids) if allowed else []
         self.seen: list[str] = []               # workers with a valid receipt this run, in order
         self.voter_of: dict[str, str] = {}      # worker id -> voter
@@ -308,8 +312,10 @@ class Supervisor:
         g.results[voter] = digest
         g.outputs[digest] = list(result.outputs)
 
-    def flag(self, voter: str, why: str) -> None:
-        """Flag a voter for the rest of the run (canary checks call this)."""
+    def flag(self, voter: str, why: str, *, canary: bool = False) -> None:
+        """Flag a voter for the rest of the run (canary checks call this, with ``canary=True``)."""
+        if canary:
+            self.caught_by_canary.add(voter)
         self._flag(voter, why)
 
     def _flag(self, voter: str, why: str) -> None:
@@ -335,7 +341,7 @@ class Supervisor:
         for worker in workers:
             try:
                 report(next(iter(self.jobs)), worker)
-            except TransportError:
+            except (TransportError, AuthError):
                 pass  # the verdict stands on the client whether or not the operator hears of it
 
     def _decide(self, g: Group) -> int:
@@ -376,7 +382,9 @@ class Supervisor:
         if any(j not in self.decoy_jobs for h in self.groups for j in h.pending):
             return  # results still to come may bring an honest worker into view
         reasons = "; ".join(f"{who(w)} {why}" for w, why in self.flagged.items())
-        raise CanaryFailed(f"cannot verify the run: {reasons}; its results were rejected and no other worker is "
+        # CanaryFailed only when a canary caught someone; dissent or invalid results alone are Unverified.
+        kind = CanaryFailed if self.caught_by_canary & set(self.flagged) else Unverified
+        raise kind(f"cannot verify the run: {reasons}; its results were rejected and no other worker is "
                            "available to re-run them", tuple(worker_name(w) for w in self.flagged))
 
     def _flag_list(self) -> str:
@@ -388,7 +396,7 @@ class Supervisor:
             for job_id in list(g.pending):
                 try:
                     self.q.cancel(job_id)
-                except TransportError:
+                except (TransportError, AuthError):
                     pass
                 g.pending.discard(job_id)
 

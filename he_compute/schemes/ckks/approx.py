@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import UnsupportedModelError
+
 X = ("x",)
 DEFAULT_MARGIN = 0.2
 # Degrees 2**m - 1 are the largest a depth of m levels evaluates (see kernels.poly); nothing else is worth it.
@@ -51,7 +53,7 @@ def evaluate(expr: Any, x: np.ndarray) -> np.ndarray:
         from scipy.special import erf
 
         return erf(v) if tag == "erf" else 0.5 * v * (1.0 + erf(v / math.sqrt(2.0)))
-    raise ValueError(f"unknown expression {tag!r}")
+    raise UnsupportedModelError(f"unknown activation expression {tag!r}")
 
 
 def is_square(expr: Any) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import settings
 from ...errors import FormatError, KeyMismatchError, UnsupportedModelError
 from ...formats.bundle import Bundle
 from . import params
@@ -172,7 +173,7 @@ def _may_fork() -> bool:
 
     return (threading.current_thread() is threading.main_thread() and (os.cpu_count() or 1) > 1
             and hasattr(os, "fork") and hasattr(os, "memfd_create")
-            and os.environ.get("HEC_ENCRYPT_PROCESSES", "") != "1")
+            and settings.get("HEC_ENCRYPT_PROCESSES") != "1")
 
 
 def _in_processes(client: CKKSClient, parts: list[np.ndarray]) -> list[tuple[int, bytes]]:

@@ -10,10 +10,10 @@ Workers may raise a limit with ``HEC_CKKS_LIMITS='{"max_features": 131072}'``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields, replace
 
-from ...errors import FormatError
+from ... import settings
+from ...errors import ConfigError, FormatError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Limits:
 
 def current() -> Limits:
     """The limits in force: the defaults, overridden by the JSON object in ``$HEC_CKKS_LIMITS``."""
-    raw = os.environ.get("HEC_CKKS_LIMITS")
+    raw = settings.get("HEC_CKKS_LIMITS")
     if not raw:
         return Limits()
     try:
@@ -44,7 +44,7 @@ def current() -> Limits:
             raise ValueError(f"expected an object of positive integers with keys among {sorted(names)}")
         return replace(Limits(), **given)
     except ValueError as exc:
-        raise FormatError(f"HEC_CKKS_LIMITS is invalid ({exc}): fix or unset it") from exc
+        raise ConfigError(f"HEC_CKKS_LIMITS is invalid ({exc}): fix or unset it") from exc
 
 
 def check(value: int, limit: int, what: str) -> None:

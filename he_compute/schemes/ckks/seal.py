@@ -16,17 +16,15 @@ meet mismatched scales and no scale is ever overwritten.
 from __future__ import annotations
 
 import os
-import tempfile
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from ...errors import FormatError, SecurityError
 
-_TMP_LOCK = threading.Lock()
 PLAIN_CACHE = 1024  # encoded diagonals kept per engine (N=8192, 4 primes: 256 KiB each)
-_TMP: dict[str, str] = {}
 
 
 def sealapi() -> Any:
@@ -45,44 +43,43 @@ def sealapi() -> Any:
     return s
 
 
-def _tmpdir() -> str:
-    # SEAL's Python bindings only save to and load from paths; a private directory in RAM keeps that cheap.
-    with _TMP_LOCK:
-        if "dir" not in _TMP:
-            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-            _TMP["dir"] = tempfile.mkdtemp(prefix="hec-seal-", dir=base)
-        return _TMP["dir"]
+@contextmanager
+def _scratch() -> Iterator[tuple[int, str]]:
+    """A file descriptor and a path for SEAL to save to or load from, backed by memory only.
 
-
-def _path() -> str:
-    return os.path.join(_tmpdir(), f"{os.getpid()}-{threading.get_ident()}.bin")
+    SEAL's Python bindings only save to and load from paths (no bytes, no streams).  An anonymous
+    in-memory file (``memfd``) gives them one without any name in a filesystem: nothing lands on disk or
+    in ``/dev/shm``, no other user can open it (``/proc/self/fd`` follows ptrace rules, and whoever may
+    ptrace this process can read its memory anyway), and it vanishes with the process, even on SIGKILL.
+    This matters for the secret key, which passes through here on every load.  A fresh one per call
+    keeps threads and forked children apart.
+    """
+    fd = os.memfd_create("hec-seal", os.MFD_CLOEXEC)
+    try:
+        yield fd, f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def dump(obj: Any) -> bytes:
     """SEAL's own serialization of ``obj`` (anything with ``save(path)``) as bytes."""
-    path = _path()
-    try:
+    with _scratch() as (fd, path):
         obj.save(path)
-        with open(path, "rb") as f:
+        with os.fdopen(os.dup(fd), "rb") as f:
             return f.read()
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
 
 
 def load(cls_name: str, context: Any, data: bytes, what: str) -> Any:
     """Load a SEAL object of class ``cls_name`` from bytes; SEAL validates it against ``context``."""
     obj = getattr(sealapi(), cls_name)()
-    path = _path()
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-        obj.load(context, path)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise FormatError(f"{what} is not a valid SEAL {cls_name} for these parameters: {exc}") from exc
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
+    with _scratch() as (fd, path):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        try:
+            obj.load(context, path)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise FormatError(f"{what} is not a valid SEAL {cls_name} for these parameters: {exc}") from exc
     return obj
 
 
@@ -124,7 +121,7 @@ def galois_elt(step: int, n: int) -> int:
     """SEAL's Galois element for a left rotation by ``step`` slots (negative: right) in ring degree ``n``."""
     slots = n // 2
     if not 0 < abs(step) < slots:
-        raise ValueError(f"rotation step {step} out of range for {slots} slots")
+        raise FormatError(f"rotation step {step} out of range for {slots} slots")
     return pow(3, step if step > 0 else slots + step, 2 * n)
 
 
@@ -202,7 +199,7 @@ class Engine:
     def to_level(self, ct: Any, level: int) -> Any:
         """``ct`` with primes dropped (no rescale: the scale stays) down to ``level``; a copy if it moves."""
         if self.level(ct) > level:
-            raise ValueError(f"cannot raise a ciphertext from level {self.level(ct)} to {level}")
+            raise FormatError(f"the plan raises a ciphertext from level {self.level(ct)} to {level}: re-compile it")
         if self.level(ct) == level:
             return ct
         out = sealapi().Ciphertext()

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from ...errors import StoreError
 from ..locations import is_redis, scheme_of
-from .base import DEFAULT_MAX_BLOB_BYTES, BlobStore, verified
+from .base import BlobStore, max_blob_bytes, verified
 
-__all__ = ["DEFAULT_MAX_BLOB_BYTES", "BlobStore", "connect", "verified"]
+__all__ = ["BlobStore", "connect", "max_blob_bytes", "verified"]
 
 
 def connect(url: str) -> BlobStore:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from typing import Protocol, runtime_checkable
 
+from ... import settings
 from ...errors import IntegrityError
 from ...formats.digests import digest_of
 
-DEFAULT_MAX_BLOB_BYTES = int(os.environ.get("HEC_MAX_BLOB_MB", "1024")) * 1024 * 1024
-"""The largest blob a store reads (``HEC_MAX_BLOB_MB``): evaluation keys of a big TFHE circuit are a few
-hundred MB; anything larger is refused before it is read into memory."""
+def max_blob_bytes() -> int:
+    """The largest blob a store reads (``HEC_MAX_BLOB_MB``): evaluation keys of a big TFHE circuit are a few
+    hundred MB; anything larger is refused before it is read into memory."""
+    return int(settings.get("HEC_MAX_BLOB_MB")) << 20
 
 
 def verified(digest: str, data: bytes, where: str) -> bytes:

@@ -18,7 +18,7 @@ from ...files import atomic_write
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
 from ..locations import path_of
-from .base import DEFAULT_MAX_BLOB_BYTES, verified
+from .base import max_blob_bytes, verified
 
 _NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -31,10 +31,10 @@ class FileBlobStore(Closing):
         store = FileBlobStore(Path(".hec/blobs")); store.put(b"x")
     """
 
-    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES):
+    def __init__(self, root: Path, *, max_bytes: int | None = None):
         self.root = Path(root)
         self.url = f"file://{self.root}"
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes or max_blob_bytes()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

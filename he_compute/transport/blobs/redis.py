@@ -16,7 +16,7 @@ from ...errors import BlobNotFound, IntegrityError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
 from ..locations import redis_key
-from .base import DEFAULT_MAX_BLOB_BYTES, verified
+from .base import max_blob_bytes, verified
 
 CHUNK = 4 * 1024 * 1024
 """Bytes per Redis string; evaluation keys (tens of MB) span several chunks."""
@@ -34,10 +34,10 @@ class RedisBlobStore(Closing):
         store = RedisBlobStore.from_url("redis://127.0.0.1:6379/0"); store.put(b"x")
     """
 
-    def __init__(self, client: Any, url: str, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES):
+    def __init__(self, client: Any, url: str, *, max_bytes: int | None = None):
         self._r = client
         self.url = url
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes or max_blob_bytes()
 
     @classmethod
     def from_url(cls, url: str) -> RedisBlobStore:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from ...errors import BlobNotFound, IntegrityError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
-from .base import DEFAULT_MAX_BLOB_BYTES, verified
+from .base import max_blob_bytes, verified
 
 
 class S3BlobStore(Closing):
@@ -25,9 +25,9 @@ class S3BlobStore(Closing):
         store = S3BlobStore.from_url("s3://my-bucket/hec?endpoint_url=http://127.0.0.1:9000")
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str, url: str, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES):
+    def __init__(self, client: Any, bucket: str, prefix: str, url: str, *, max_bytes: int | None = None):
         self._s3, self.bucket, self.prefix, self.url = client, bucket, prefix.strip("/"), url
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes or max_blob_bytes()
 
     @classmethod
     def from_url(cls, url: str) -> S3BlobStore:

@@ -14,7 +14,7 @@ URL and its own credential:
 The protocol is :mod:`.wire`; the HTTPS session, failover and error mapping
 :mod:`.session`.  URL, token file and CA come from arguments, else from
 ``HEC_COORDINATOR``, ``HEC_TOKEN_FILE``, ``HEC_CA_FILE``, else from the config
-file ``$HEC_CONFIG`` (default ``~/.hec/config.toml``: ``coordinator``,
+file ``$HEC_CONFIG`` (default ``$HEC_HOME/config.toml``: ``coordinator``,
 ``token_file``, ``ca_file`` keys).
 
 Example::
@@ -25,13 +25,14 @@ Example::
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from ... import settings
 from ...errors import TransportError
 from ...formats.receipt import Signer
+from ..locations import hec_home
 from .blobs import RemoteBlobs
 from .consumer import LeaseBlobs, RemoteConsumer, enroll
 from .producer import RemoteAuditStore, RemoteProducer
@@ -47,14 +48,14 @@ def client_settings(coordinator: str | None = None, token_file: str | None = Non
                     ca_file: str | None = None) -> dict[str, str | None]:
     """Fill in the coordinator URL, token file and CA file from the environment, then the config file."""
     given = {"coordinator": coordinator, "token_file": token_file, "ca_file": ca_file}
-    config_path = Path(os.environ.get("HEC_CONFIG") or Path(os.environ.get("HOME", ".")) / ".hec" / "config.toml")
+    config_path = Path(settings.get("HEC_CONFIG") or hec_home() / "config.toml")
     config: dict[str, Any] = {}
     if config_path.exists():
         try:
             config = tomllib.loads(config_path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise TransportError(f"cannot read {config_path}: {exc}") from None
-    return {k: v or os.environ.get(ENV[k]) or (str(config[k]) if config.get(k) else None) for k, v in given.items()}
+    return {k: v or settings.get(ENV[k]) or (str(config[k]) if config.get(k) else None) for k, v in given.items()}
 
 
 def open_tenant(coordinator: str | None = None, *, token: str | None = None, token_file: str | None = None,

@@ -21,11 +21,11 @@ import base64
 import threading
 from typing import Any, Iterable
 
-from ...errors import AuthError, LimitExceeded, StoreError
+from ...errors import AuthError, FormatError, LimitExceeded, StoreError
 from ...formats.digests import check_digest, digest_of
 from ...formats.receipt import Signer
 from .._closing import Closing
-from ..blobs.base import DEFAULT_MAX_BLOB_BYTES, verified
+from ..blobs.base import max_blob_bytes, verified
 from ..queue.base import Job, JobState, Lease
 from .session import Session
 from .wire import API, job_from_wire
@@ -67,7 +67,7 @@ class RemoteConsumer(Closing):
             return None
         try:
             job: Job = job_from_wire(out["lease"]["job"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (FormatError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the coordinator sent an unreadable lease ({exc})") from None
         lease = Lease(job=job, token=str(out["lease"]["token"]), worker=self.session.signer.worker_id)  # type: ignore[union-attr]
         with self._lock:
@@ -144,8 +144,9 @@ class RemoteConsumer(Closing):
         self.session.close()
 
 
-def read_stream(resp: Any, digest: str, where: str, limit: int = DEFAULT_MAX_BLOB_BYTES) -> bytes:
+def read_stream(resp: Any, digest: str, where: str, limit: int | None = None) -> bytes:
     """Read a streamed blob response, refusing it past ``limit`` bytes, and check it against ``digest``."""
+    limit = limit or max_blob_bytes()
     parts, n = [], 0
     try:
         for chunk in resp.iter_bytes(CHUNK):

@@ -20,10 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from ...errors import AuditError, QueueError
+from ... import settings
+from ...errors import AuditError, FormatError, QueueError
 from ...files import PRIVATE, atomic_write
 from ...formats import audit as entries
 from .._closing import Closing
+from ..locations import hec_home
 from ..queue.base import DEFAULT_MAX_ATTEMPTS, Job, JobState, sleep_wait
 from .session import Session
 from .wire import API, H_IDEMPOTENCY, job_from_wire
@@ -35,7 +37,7 @@ STATUS_TTL_S = 0.2
 def _job(obj: Any) -> Job:
     try:
         return job_from_wire(obj)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (FormatError, ValueError, KeyError, TypeError) as exc:
         raise QueueError(f"the coordinator sent an unreadable job record ({exc})") from None
 
 
@@ -116,9 +118,8 @@ class RemoteProducer(Closing):
 
 
 def default_checkpoints() -> Path:
-    """Where clients keep audit checkpoints: ``$HEC_CHECKPOINTS`` or ``~/.hec/audit-checkpoints.json``."""
-    return Path(os.environ.get("HEC_CHECKPOINTS") or Path(os.environ.get("HOME", ".")) / ".hec" /
-                "audit-checkpoints.json")
+    """Where clients keep audit checkpoints: ``$HEC_CHECKPOINTS`` or ``$HEC_HOME/audit-checkpoints.json``."""
+    return Path(settings.get("HEC_CHECKPOINTS") or hec_home() / "audit-checkpoints.json")
 
 
 class RemoteAuditStore(Closing):
@@ -130,6 +131,11 @@ class RemoteAuditStore(Closing):
         self.checkpoints = Path(checkpoints) if checkpoints else default_checkpoints()
         self._head: str | None = None
         self._key: str | None = None
+
+    @property
+    def checkpoint_key(self) -> str:
+        """This log among those one client checks: the coordinator's URL and the tenant (one user may hold two)."""
+        return self._checkpoint_key()
 
     def _checkpoint_key(self) -> str:
         if self._key is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
+from ... import settings
 from ...errors import (
     AuthError,
     BlobNotFound,
@@ -85,7 +86,7 @@ def raise_for(status: int, body: bytes, where: str) -> None:
 
 
 def _ssl_context(ca: str | None) -> ssl.SSLContext | bool:
-    cafile = ca or os.environ.get(CA_ENV) or None
+    cafile = ca or settings.get(CA_ENV) or None
     return ssl.create_default_context(cafile=cafile) if cafile else True
 
 

@@ -30,6 +30,7 @@ import time
 import uuid
 from typing import Any
 
+from ...errors import FormatError
 from ...formats.canonical import canonical
 from ...formats.digests import sha256_hex
 from ...formats.receipt import Signer
@@ -80,13 +81,13 @@ def parse_signature_headers(headers: Any) -> tuple[str, int, str, str, bytes]:
     worker, ts, nonce = headers.get(H_WORKER, ""), headers.get(H_TS, ""), headers.get(H_NONCE, "")
     digest, sig = headers.get(H_SHA256, ""), headers.get(H_SIG, "")
     if not (worker and ts and nonce and digest and sig):
-        raise ValueError("the request is not signed: workers sign every request with their key (hec worker does)")
+        raise FormatError("the request is not signed: workers sign every request with their key (hec worker does)")
     if not _HEX64.fullmatch(worker) or not _HEX64.fullmatch(digest) or not _NONCE.fullmatch(nonce):
-        raise ValueError("malformed signature headers (worker id, body digest or nonce)")
+        raise FormatError("malformed signature headers (worker id, body digest or nonce)")
     try:
         return worker, int(ts), nonce, digest, base64.b64decode(sig, validate=True)
     except (ValueError, binascii.Error):
-        raise ValueError("malformed signature headers (timestamp or signature)") from None
+        raise FormatError("malformed signature headers (timestamp or signature)") from None
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:
@@ -95,9 +96,9 @@ def job_to_wire(job: Job) -> dict[str, Any]:
 
 
 def job_from_wire(obj: Any) -> Job:
-    """Rebuild a :class:`Job` from :func:`job_to_wire` output; ``ValueError`` when it does not parse."""
+    """Rebuild a :class:`Job` from :func:`job_to_wire` output; :class:`FormatError` when it does not parse."""
     if not isinstance(obj, dict):
-        raise ValueError("a job record must be a JSON object")
+        raise FormatError("a job record must be a JSON object")
     fields = dict(obj)
     fields["state"] = JobState(fields["state"])
     known = set(Job.__dataclass_fields__)
