@@ -39,7 +39,7 @@ def coord(tmp_path_factory, tls):  # noqa: F811
 def test_one_worker_key_cannot_hold_more_long_polls_than_its_cap(coord, tmp_path):
     me, _ = _worker(coord, tmp_path, "poller")
     took: list[float] = []
-    body = json.dumps({"devices": ["nothing-here"], "block_s": 4}).encode()
+    body = json.dumps({"devices": ["nothing_here"], "block_s": 4}).encode()
 
     def poll():
         t0 = time.monotonic()
