@@ -119,7 +119,7 @@ def first_start(settings: Settings) -> list[Path]:
             if path.exists():
                 continue
             if kind == "tenant":
-                token = coord_state.state.add_tenant("default")
+                token = coord_state.state.another_tenant_token("default")
             elif kind == "enroll":
                 token = coord_state.state.add_enroll_token("default", uses=FIRST_ENROLL_USES,
                                                            valid_s=FIRST_ENROLL_VALID_S)

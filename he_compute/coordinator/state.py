@@ -3,7 +3,7 @@
 Records (keys of the KV; under ``hec:coord:`` in Redis)::
 
     tokens            sha256(token) -> "tenant:<name>" | "enroll:<operator>" | "operator:"   (tokens never stored)
-    tenants           name -> {"max_jobs", "max_bytes", "token": sha256 of its one valid token}
+    tenants           name -> {"max_jobs", "max_bytes", "tokens": sha256 of its valid tokens}
     enroll_uses / enroll_until   sha256(enrolment token) -> admissions left / unix time it stops working
     workers           worker id -> {"public_key", "operator", "how", "enrolled", "revoked", "token"}
     wstats:<worker>   seen, claimed, done, failed, flagged (counters)
@@ -101,9 +101,21 @@ class State:
         old = self.kv.hget("tenants", name)
         token = self._new_token("hect", f"tenant:{name}")
         self.kv.hset("tenants", {name: json.dumps({"max_jobs": int(max_jobs), "max_bytes": int(max_bytes),
-                                                   "token": _hash(token)})})
-        if old and (previous := json.loads(old).get("token")):
+                                                   "tokens": [_hash(token)]})})
+        for previous in json.loads(old).get("tokens", []) if old else []:
             self.kv.hdel("tokens", previous)
+        return token
+
+    def another_tenant_token(self, name: str) -> str:
+        """One more token for an existing tenant, the old ones kept (a second coordinator's first start over
+        shared records writes its own ``client.token``); ``add_tenant`` revokes them all."""
+        raw = self.kv.hget("tenants", name)
+        if raw is None:
+            return self.add_tenant(name)
+        token = self._new_token("hect", f"tenant:{name}")
+        record = json.loads(raw)
+        record["tokens"] = [*record.get("tokens", []), _hash(token)]
+        self.kv.hset("tenants", {name: json.dumps(record)})
         return token
 
     def tenant_of_token(self, token: str) -> str | None:
@@ -113,8 +125,8 @@ class State:
             return None
         name = meaning.split(":", 1)[1]
         raw = self.kv.hget("tenants", name)
-        current = json.loads(raw).get("token") if raw else None
-        return name if current in (None, _hash(token)) else None
+        valid = json.loads(raw).get("tokens") if raw else None
+        return name if valid is None or _hash(token) in valid else None
 
     def tenant(self, name: str) -> Tenant | None:
         """The tenant called ``name``."""
