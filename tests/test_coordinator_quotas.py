@@ -180,7 +180,7 @@ def test_the_coordinator_works_end_to_end_with_each_blob_store(blob_url, tmp_pat
         c.stop()
 
 
-def test_result_rows_name_their_job(coord, tmp_path):
+def test_a_tenant_lists_its_blobs_in_bounded_pages(coord):
     """The listing is paginated and bounded: ``limit`` rows at most, from ``after``."""
     q, store = _new_tenant(coord, "lister", "0.01")
     digests = sorted(store.put(f"blob {i}".encode()) for i in range(5))

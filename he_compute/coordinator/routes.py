@@ -140,12 +140,9 @@ async def cancel(request: Request, job_id: str, tenant: Tenant = Depends(auth.te
 async def operators(request: Request, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
     """Which admitted workers answer to one operator, so a tenant's replicas can count one vote per operator.
 
-    Operators appear under labels of this tenant's own (a keyed hash): enough to group workers, nothing about
-    who the operators are, how they are named, or how the labels of another tenant line up."""
-    coord = _coord(request)
-    found = await _call(coord.state.workers)
-    return {"operators": {rec.worker_id: coord.operator_label(tenant, rec.operator) for rec, _ in found
-                          if not rec.revoked}}
+    An operator that never ran one of this tenant's jobs appears under a label of this tenant's own: enough to
+    group workers, nothing about who it is or how another tenant's labels line up."""
+    return {"operators": await _call(_coord(request).operator_labels, tenant)}
 
 
 @clients.post("/jobs/{job_id}/flag")

@@ -65,7 +65,9 @@ POLL_S = 0.5
 
 
 class LongPolls:
-    """Waiting claims per worker key and per operator in this process, each capped: a key cannot hold many."""
+    """Waiting claims per worker key and per operator in this process, each capped: a key cannot hold many.
+
+    Only the event loop touches it (from :meth:`Coordinator.long_poll`), so it needs no lock."""
 
     def __init__(self, per_worker: int, per_operator: int):
         self.caps = {"w": per_worker, "o": per_operator}
@@ -265,6 +267,7 @@ class Coordinator(Storage):
             raise FormatError(f"result names {len(missing)} output blob(s) never uploaded for this job: upload first")
         accepted = self.q.complete(lease, result)
         if accepted:
+            self.kv.hsetnx(f"ran:{tenant}", worker.operator, "1")  # the tenant may now see this operator's name
             self.state.ended(tenant, job_id)
             self.state.count(worker.worker_id, "done")
             self.state.count_done()
@@ -289,9 +292,18 @@ class Coordinator(Storage):
         if not self.state.owns_blob(self.state.job_owner(job_id) or "", digest):
             raise BlobNotFound(f"blob {digest[:19]} is no longer in the job's tenant's namespace")
 
-    def operator_label(self, tenant: Tenant, operator: str) -> str:
-        """The name ``tenant`` sees for ``operator``: equal for one operator, unrelated across tenants."""
-        return "op-" + hmac.new(self._label_key, f"{tenant.name}\0{operator}".encode(), "sha256").hexdigest()[:16]
+    def operator_labels(self, tenant: Tenant) -> dict[str, str]:
+        """Admitted workers and the operator each answers to, as ``tenant`` may see them: the operator's name
+        if it ran one of the tenant's jobs, else a label of this tenant's own (a keyed hash: equal for one
+        operator, so replicas still count one vote per operator, unrelated across tenants)."""
+        ran = self.kv.hgetall(f"ran:{tenant.name}")
+
+        def label(operator: str) -> str:
+            if operator in ran:
+                return operator
+            return "op-" + hmac.new(self._label_key, f"{tenant.name}\0{operator}".encode(), "sha256").hexdigest()[:16]
+
+        return {rec.worker_id: label(rec.operator) for rec, _ in self.state.workers() if not rec.revoked}
 
     # -- the operator ------------------------------------------------------------------------------------------
 
