@@ -108,14 +108,19 @@ def register(group: click.Group) -> None:
     @click.option("--data", default=".hec-coordinator", show_default=True, metavar="DIR", help=_DATA_HELP)
     @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Write the token to FILE (0600) instead of printing it.")
-    def enroll_token(operator: str, data: str, output: Path | None) -> None:
-        """Issue an enrolment token: workers presenting it are admitted under OPERATOR.
+    @click.option("--uses", type=click.IntRange(1), default=1, show_default=True,
+                  help="How many new worker keys it admits.")
+    @click.option("--valid-hours", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True,
+                  help="How long it works.")
+    def enroll_token(operator: str, data: str, output: Path | None, uses: int, valid_hours: float) -> None:
+        """Issue an enrolment token: up to USES new worker keys presenting it within VALID_HOURS are admitted
+        under OPERATOR (revoking one of them burns the token).
 
-        Example: hec coordinator enroll-token --operator lab-b --data /srv/hec -o lab-b.token
+        Example: hec coordinator enroll-token --operator lab-b --uses 4 --data /srv/hec -o lab-b.token
         """
         coord = _open(data)
         try:
-            token = coord.state.add_enroll_token(operator)
+            token = coord.state.add_enroll_token(operator, uses=uses, valid_s=valid_hours * 3600)
         finally:
             coord.close()
         _emit(token, output, f"an enrolment token for operator {operator}")

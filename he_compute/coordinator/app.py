@@ -32,9 +32,15 @@ from .auth import RateLimited, RateLimits, Unauthenticated
 from .config import TOKEN_FILES, Settings, write_token
 from .routes import clients, workers
 from .service import AuditConflict, Coordinator, NoSuchJob, NotYourLease, QuotaExceeded
+from .guard import guarded_protocol
 from .status import login_page, router as status_router
 
 log = logging.getLogger("he_compute.coordinator")
+
+FIRST_ENROLL_USES = 100
+"""New worker keys the first start's ``enroll.token`` admits (later tokens: ``hec coordinator enroll-token``)."""
+FIRST_ENROLL_VALID_S = 7 * 24 * 3600.0
+"""How long the first start's ``enroll.token`` works."""
 
 # Most specific first: the first class an error is an instance of decides its status and code.
 _STATUS: list[tuple[type[BaseException], int, str]] = [
@@ -113,9 +119,10 @@ def first_start(settings: Settings) -> list[Path]:
             if path.exists():
                 continue
             if kind == "tenant":
-                token = coord_state.state.add_tenant("default")
+                token = coord_state.state.another_tenant_token("default")
             elif kind == "enroll":
-                token = coord_state.state.add_enroll_token("default")
+                token = coord_state.state.add_enroll_token("default", uses=FIRST_ENROLL_USES,
+                                                           valid_s=FIRST_ENROLL_VALID_S)
             else:
                 token = coord_state.state.add_operator_token()
             write_token(path, token)
@@ -141,6 +148,7 @@ def serve(settings: Settings, host: str, port: int, *, certfile: str | None = No
         anyio.to_thread.current_default_thread_limiter().total_tokens = 200
 
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
+                            http=guarded_protocol(settings.header_timeout_s),
                             log_level=log_level, access_log=False, server_header=False, date_header=False,
                             timeout_keep_alive=30, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()

@@ -96,10 +96,10 @@ async def tenant(request: Request) -> Tenant:
     coord, token = _coord(request), _bearer(request)
 
     def check() -> Tenant:
-        meaning = coord.state.token_meaning(token) if token else None
-        if not meaning or not meaning.startswith("tenant:"):
+        name = coord.state.tenant_of_token(token) if token else None
+        if name is None:
             raise Unauthenticated("no valid tenant token: pass --token-file FILE (the coordinator's client.token)")
-        found = coord.state.tenant(meaning.split(":", 1)[1])
+        found = coord.state.tenant(name)
         if found is None:
             raise Unauthenticated("this token's tenant was removed")
         coord.limits.hit("tenant", found.name)
@@ -159,12 +159,13 @@ async def worker_upload(request: Request) -> WorkerRecord:
     return record
 
 
-async def enrolling(request: Request) -> tuple[str, bytes]:
-    """``(operator, public key)`` for a new worker presenting an enrolment token and signing with the new key."""
+async def enrolling(request: Request) -> tuple[str, bytes, str]:
+    """``(operator, public key, token)`` for a new worker presenting an enrolment token and signing with the new
+    key; admitting a new key spends one of the token's uses (an expired, used-up or burnt token admits none)."""
     coord, token = _coord(request), _bearer(request)
     body = await body_of(request)
 
-    def check() -> tuple[str, bytes]:
+    def check() -> tuple[str, bytes, str]:
         meaning = coord.state.token_meaning(token) if token else None
         if not meaning or not meaning.startswith("enroll:"):
             raise Unauthenticated("no valid enrolment token: pass --token-file FILE (the coordinator's enroll.token)")
@@ -174,10 +175,13 @@ async def enrolling(request: Request) -> tuple[str, bytes]:
             raise Unauthenticated("enrolment needs {\"public_key\": <base64 Ed25519 key>}") from None
         if len(public_raw) != 32:
             raise Unauthenticated("enrolment needs a 32-byte Ed25519 public key")
-        _, _, digest = _verify(coord, request, public_raw)
+        _, worker_id, digest = _verify(coord, request, public_raw)
         if sha256_hex(body) != digest:
             raise Unauthenticated("the body does not match the signed digest: refused")
-        return meaning.split(":", 1)[1], public_raw
+        if coord.state.worker(worker_id) is None and not coord.state.spend_enroll_token(token):
+            raise Unauthenticated("no valid enrolment token (used up, expired or revoked): ask the operator for "
+                                  "a new one (hec coordinator enroll-token)")
+        return meaning.split(":", 1)[1], public_raw, token
 
     return await run_in_threadpool(check)
 

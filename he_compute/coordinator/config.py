@@ -45,6 +45,9 @@ class Settings:
     worker_rate: str = "200/second"  # per worker key (limits' notation)
     tenant_rate: str = "500/second"  # per tenant token
     max_block_s: float = 10.0        # the longest a claim may wait for work
+    long_polls_per_worker: int = 4   # claims one worker key may hold waiting at once (more answer at once, empty)
+    long_polls_per_operator: int = 64  # the same for all keys of one operator, per coordinator process
+    header_timeout_s: float = 10.0   # a connection must send a request's headers within this (slowloris)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,9 +59,9 @@ class Settings:
 
     @property
     def rate_storage(self) -> str:
-        """Where rate-limit counters live: this process's memory (with N coordinator processes a caller gets up
-        to N times the rate; counters in a Redis that can restart could outlive their window)."""
-        return "memory://"
+        """Where rate-limit counters live: the shared Redis when the coordinator runs on Redis (so N coordinator
+        processes hold a caller to one rate, not N), this process's memory when embedded (one process)."""
+        return self.state if is_redis(self.state) else "memory://"
 
     def save(self) -> None:
         """Write ``coordinator.json`` (0600: Redis and S3 URLs may carry credentials)."""

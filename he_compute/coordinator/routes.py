@@ -138,9 +138,11 @@ async def cancel(request: Request, job_id: str, tenant: Tenant = Depends(auth.te
 
 @clients.get("/operators")
 async def operators(request: Request, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
-    """Who answers for each admitted worker, so a tenant's replicas can count one vote per operator."""
-    found = await _call(_coord(request).state.workers)
-    return {"operators": {rec.worker_id: rec.operator for rec, _ in found if not rec.revoked}}
+    """Which admitted workers answer to one operator, so a tenant's replicas can count one vote per operator.
+
+    An operator that never ran one of this tenant's jobs appears under a label of this tenant's own: enough to
+    group workers, nothing about who it is or how another tenant's labels line up."""
+    return {"operators": await _call(_coord(request).operator_labels, tenant)}
 
 
 @clients.post("/jobs/{job_id}/flag")
@@ -184,10 +186,13 @@ async def begin_upload(request: Request, digest: str, tenant: Tenant = Depends(a
 async def upload(request: Request, digest: str, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
     coord = _coord(request)
     check_digest(digest)
-    declared = request.headers.get("content-length", "")
-    limit = await _call(coord.check_room, tenant, int(declared) if declared.isdigit() else 0)
-    size = await _receive(coord, request, digest, limit)
-    await _call(coord.state.add_blob, tenant.name, digest, size)
+    reserved = await _call(coord.reserve_upload, tenant, request.headers.get("content-length"))
+    try:
+        size = await _receive(coord, request, digest, reserved)
+    except BaseException:
+        await _call(coord.state.release, tenant.name, reserved)
+        raise
+    await _call(coord.state.add_blob, tenant.name, digest, size, reserved=reserved)
     return {"size": size}
 
 
@@ -196,22 +201,28 @@ async def commit(request: Request, digest: str, tenant: Tenant = Depends(auth.te
     coord = _coord(request)
     name = Commit.model_validate_json(await auth.body_of(request)).staging
     size = await _call(coord.blobs.commit, f"tenant:{tenant.name}", name, digest)
-    await _call(coord.state.add_blob, tenant.name, digest, size)
+    await _call(coord.charge_committed, tenant, digest, size)
     return {"size": size}
+
+
+@clients.get("/blobs")
+async def list_blobs(request: Request, after: str = "", limit: int = 1000,
+                     tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
+    """The tenant's blobs, by digest, ``limit`` (at most 1000) after ``after``; a worker's result names its job."""
+    rows = await _call(_coord(request).state.list_blobs, tenant.name, after[:80], max(1, min(limit, 1000)))
+    return {"blobs": rows}
 
 
 @clients.delete("/blobs/{digest}")
 async def delete(request: Request, digest: str, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
     check_digest(digest)
-    return {"deleted": await _call(_coord(request).state.drop_blob, tenant.name, digest)}
+    return {"deleted": await _call(_coord(request).drop_blob, tenant, digest)}
 
 
 @clients.get("/audit")
-async def audit_lines(request: Request, start: int = 0, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
-    store = (await _call(_coord(request).audit, tenant)).store
-    head = await _call(store.head)  # before the lines: an append in between then only adds lines past the head
-    lines = await _call(store.lines)
-    return {"lines": lines[start:], "size": len(lines), "head": head}
+async def audit_lines(request: Request, start: int = 0, limit: int = 1000,
+                      tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
+    return await _call(_coord(request).audit_page, tenant, start, limit)
 
 
 @clients.post("/audit")
@@ -229,8 +240,8 @@ async def audit_checkpoint(request: Request, tenant: Tenant = Depends(auth.tenan
 # -- workers -----------------------------------------------------------------------------------------------------
 
 @workers.post("/enroll")
-async def enroll(request: Request, who: tuple[str, bytes] = Depends(auth.enrolling)) -> dict[str, Any]:
-    record = await _call(_coord(request).state.admit_worker, who[1], who[0], "token")
+async def enroll(request: Request, who: tuple[str, bytes, str] = Depends(auth.enrolling)) -> dict[str, Any]:
+    record = await _call(_coord(request).state.admit_worker, who[1], who[0], "token", who[2])
     return {"worker": record.worker_id, "operator": record.operator}
 
 
@@ -244,7 +255,7 @@ async def hello(request: Request, me: SignedWorker = Depends(auth.worker)) -> di
 @workers.post("/worker/claim")
 async def claim(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
     body = Claim.model_validate_json(me.body)
-    lease = await _call(_coord(request).claim, me.record, body.devices, body.block_s)
+    lease = await _coord(request).long_poll(me.record, body.devices, body.block_s)
     return {"lease": None if lease is None else {"job": job_to_wire(lease.job), "token": lease.token}}
 
 
@@ -288,11 +299,11 @@ async def worker_begin_upload(request: Request, job_id: str, digest: str,
     coord = _coord(request)
     check_digest(digest)
     size = Size.model_validate_json(me.body).size
-    _, cap = await _call(coord.writable, me.record, job_id)
+    _, cap = await _call(coord.result_cap, me.record, job_id)
     if size > cap:
         from ..errors import LimitExceeded
 
-        raise LimitExceeded(f"a result blob of {size} bytes is over the {cap}-byte cap: refused")
+        raise LimitExceeded(f"a result blob of {size} bytes is over what job {job_id} may still produce ({cap})")
     if coord.blobs.presigned:
         return await _call(coord.blobs.stage, f"lease:{job_id}:{me.record.worker_id}", digest, size)
     return {"put": f"{API}/worker/jobs/{job_id}/outputs/{digest}"}
@@ -302,9 +313,19 @@ async def worker_begin_upload(request: Request, job_id: str, digest: str,
 async def worker_upload(request: Request, job_id: str, digest: str,
                         me: WorkerRecord = Depends(auth.worker_upload)) -> dict[str, Any]:
     coord = _coord(request)
-    tenant, cap = await _call(coord.writable, me, job_id)
-    size = await _receive(coord, request, digest, cap)
-    await _call(coord.state.add_blob, tenant, digest, size)
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        from ..errors import LimitExceeded
+
+        raise LimitExceeded("a result upload must declare its Content-Length (it is charged up front)")
+    reserved = int(declared)
+    tenant = await _call(coord.charge_result, me, job_id, reserved)
+    try:
+        size = await _receive(coord, request, digest, reserved)
+    except BaseException:
+        await _call(coord.refund_result, me, job_id, tenant, reserved)
+        raise
+    await _call(coord.state.add_blob, tenant, digest, size, reserved=reserved, job=job_id)
     return {"size": size}
 
 
@@ -313,8 +334,12 @@ async def worker_commit(request: Request, job_id: str, digest: str,
                         me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
     coord = _coord(request)
     name = Commit.model_validate_json(me.body).staging
-    tenant = (await _call(coord.state.job_owner, job_id)) or ""
     await _call(coord.held, me.record, job_id)
     size = await _call(coord.blobs.commit, f"lease:{job_id}:{me.record.worker_id}", name, digest)
-    await _call(coord.state.add_blob, tenant, digest, size)
+    try:
+        tenant = await _call(coord.charge_result, me.record, job_id, size)
+    except BaseException:
+        await _call(coord._forget, digest)
+        raise
+    await _call(coord.state.add_blob, tenant, digest, size, reserved=size, job=job_id)
     return {"size": size}

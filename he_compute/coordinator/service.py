@@ -16,32 +16,33 @@ already authenticated caller (a :class:`~.state.Tenant` or a
 
 from __future__ import annotations
 
-import json
+import asyncio
+import hmac
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import AuthError, FormatError, LimitExceeded, QueueError
-from ..formats.audit import next_entry
-from ..formats.canonical import canonical
+from ..errors import AuthError, BlobNotFound, FormatError, QueueError
 from ..formats.task import Result
 from ..transport import blobs as blob_stores
 from ..transport import queue as queues
-from ..transport.audit import AuditLog, JsonlStore, RedisStore
-from ..transport.locations import coordinator_key, is_redis, path_of, redis_key, scheme_of
+from ..transport.audit import AuditLog
+from ..transport.locations import is_redis, path_of, redis_key, scheme_of
 from ..transport.queue import TERMINAL, Job, JobState, Lease, routed_device
 from .blobs import Blobs
 from .config import Settings
 from .kv import RedisKV, SqliteKV
 from .state import State, Tenant, WorkerRecord
+from anyio import to_thread
+
+from .storage import MAX_AUDIT_LINE, AuditConflict, QuotaExceeded, Storage, spec_blobs
+
+__all__ = ["MAX_AUDIT_LINE", "AuditConflict", "Coordinator", "NoSuchJob", "NotYourLease", "QuotaExceeded"]
 
 _DEVICE = re.compile(r"[a-z0-9_]{1,16}")
 _ROUTED = re.compile(r"[a-z0-9_]{1,16}(@[0-9a-f]{16})?")
-
-
-class QuotaExceeded(LimitExceeded):
-    """A tenant is at one of its quotas (jobs in flight, bytes stored)."""
 
 
 class NoSuchJob(QueueError):
@@ -55,29 +56,41 @@ def _job_id(job_id: str) -> str:
         raise NoSuchJob(f"no job {str(job_id)[:64]!r}") from None
 
 
-class AuditConflict(QueueError):
-    """Another append reached the tenant's audit log first: read its end again and retry (HTTP 409)."""
-
-
-MAX_AUDIT_LINE = 1024 * 1024
-"""The longest audit entry a tenant may append."""
-
-
 class NotYourLease(AuthError):
     """A worker touched a job that does not run under its key (never was, or was handed to another)."""
 
 
-def _spec_blobs(spec: Any) -> set[str]:
-    """The blob digests a job spec names (what its worker may read)."""
-    if not isinstance(spec, dict):
-        return set()
-    names = [spec.get("server"), spec.get("keys")]
-    inputs = spec.get("inputs")
-    names += inputs if isinstance(inputs, list) else []
-    return {n for n in names if isinstance(n, str)}
+POLL_S = 0.5
+"""How often a waiting claim looks at the queue again (a long poll's added latency at most)."""
 
 
-class Coordinator:
+class LongPolls:
+    """Waiting claims per worker key and per operator in this process, each capped: a key cannot hold many.
+
+    Only the event loop touches it (from :meth:`Coordinator.long_poll`), so it needs no lock."""
+
+    def __init__(self, per_worker: int, per_operator: int):
+        self.caps = {"w": per_worker, "o": per_operator}
+        self.held: dict[tuple[str, str], int] = {}
+
+    def enter(self, worker: WorkerRecord) -> bool:
+        """Take one waiting slot for ``worker`` (and its operator); ``False`` when either is full."""
+        keys = [("w", worker.worker_id), ("o", worker.operator)]
+        if any(self.held.get(k, 0) >= self.caps[k[0]] for k in keys):
+            return False
+        for k in keys:
+            self.held[k] = self.held.get(k, 0) + 1
+        return True
+
+    def leave(self, worker: WorkerRecord) -> None:
+        """Give the slot back."""
+        for k in [("w", worker.worker_id), ("o", worker.operator)]:
+            self.held[k] -= 1
+            if not self.held[k]:
+                del self.held[k]
+
+
+class Coordinator(Storage):
     """The coordinator's engines and rules; every method is safe to call from many threads and processes."""
 
     def __init__(self, settings: Settings):
@@ -90,6 +103,9 @@ class Coordinator:
         incoming = (Path(store.root) / ".incoming") if hasattr(store, "root") else Path(settings.data) / "incoming"
         self.blobs = Blobs(store, incoming, self.kv)
         self._audit: dict[str, AuditLog] = {}
+        self._polls = LongPolls(settings.long_polls_per_worker, settings.long_polls_per_operator)
+        self.kv.hsetnx("secret", "labels", secrets.token_hex(32))  # keys the operator labels tenants see
+        self._label_key = bytes.fromhex(self.kv.hget("secret", "labels") or "")
         self.limits: Any = None  # request rates (set by the app: see auth.RateLimits)
 
     # -- tenants: jobs -----------------------------------------------------------------------------------------
@@ -112,6 +128,11 @@ class Coordinator:
         if not isinstance(device, str) or not _ROUTED.fullmatch(device):
             raise FormatError(f"{device[:40]!r} is not a device: use cpu, cuda or DEVICE@<worker short id>")
         self._check_quota(tenant)
+        for digest in sorted(spec_blobs(spec)):
+            # Absent and another tenant's read alike: the spec is refused before any worker could fetch it.
+            if not self.state.owns_blob(tenant.name, digest):
+                raise BlobNotFound(f"the job names blob {digest[:19]}, which is not in your namespace: upload it "
+                                   "first (hec run does)")
         job_id = self.q.submit(spec, device=device, max_attempts=max_attempts, group=self._tag(tenant, group),
                                run=self._tag(tenant, run))
         self.state.own_job(job_id, tenant.name, time.time())
@@ -168,62 +189,10 @@ class Coordinator:
     def flag(self, tenant: Tenant, job_id: str, worker_id: str) -> None:
         """A tenant's verifier rejected the result ``worker_id`` gave for its job (shown to the operator)."""
         job = self.status(tenant, job_id)
-        if job.worker == worker_id or self.state.worker(worker_id) is not None:
-            self.state.count(worker_id, "flagged")
-
-    # -- tenants: blobs and audit ------------------------------------------------------------------------------
-
-    def check_room(self, tenant: Tenant, size: int) -> int:
-        """The most bytes the tenant may upload now (per-blob cap and bytes-stored quota)."""
-        cap = self.settings.max_upload_mb * 1024 * 1024
-        room = tenant.max_bytes - self.state.usage(tenant.name)
-        if size > cap:
-            raise LimitExceeded(f"a blob of {size} bytes is over the coordinator's {cap}-byte cap")
-        if size > room:
-            raise QuotaExceeded(f"tenant {tenant.name} would pass its {tenant.max_bytes}-byte storage quota: "
-                                "delete blobs or ask the operator for more")
-        return min(cap, room)
-
-    def audit(self, tenant: Tenant) -> AuditLog:
-        """The tenant's own audit log (a JSONL file under the data directory, or Redis keys of its own)."""
-        if tenant.name not in self._audit:
-            if is_redis(self.settings.state):
-                store = RedisStore(self.settings.state)
-                store.KEY = coordinator_key(f"audit:{tenant.name}")  # one chain per tenant
-                store.HEAD = coordinator_key(f"audit:{tenant.name}:head")
-                self._audit[tenant.name] = AuditLog(store)
-            else:
-                path = Path(self.settings.data) / "audit" / f"{tenant.name}.jsonl"
-                self._audit[tenant.name] = AuditLog(JsonlStore(path))
-        return self._audit[tenant.name]
-
-    def append_audit(self, tenant: Tenant, line: str, head: str) -> int:
-        """Append a line the tenant built on the log's last entry; :class:`AuditConflict` if that is no longer last.
-
-        The line must be exactly the entry :func:`he_compute.formats.audit.next_entry` makes after the stored
-        last line, so a tenant can extend its own chain but never fork or rewrite it.
-        """
-        if len(line) > MAX_AUDIT_LINE or len(head) > 4096:
-            raise LimitExceeded(f"audit entries are limited to {MAX_AUDIT_LINE} bytes")
-        try:
-            entry = json.loads(line)
-            kind, job, body, t = entry["kind"], entry["job"], entry["body"], int(entry["t"])
-        except (ValueError, KeyError, TypeError):
-            raise FormatError("an audit entry must be one JSON object with kind, job, body and t") from None
-        index: list[int] = []
-
-        def build(last: str | None) -> tuple[str, str]:
-            try:
-                expected, expected_head = next_entry(last, kind, job, body, t, "the tenant's audit log")
-            except (ValueError, FormatError) as exc:
-                raise FormatError(f"bad audit entry: {exc}") from None
-            if canonical(expected).decode() != line or expected_head != head:
-                raise AuditConflict("the audit log moved on (or the entry does not chain to its end): read it again")
-            index.append(int(expected["i"]))
-            return line, head
-
-        self.audit(tenant).store.append(build)
-        return index[0]
+        # Only the worker whose result the tenant's job holds, and once per job: a tenant cannot run up any
+        # worker's count with reports about jobs that worker never touched, or with the same report again.
+        if job.worker == worker_id and job.state is JobState.DONE:
+            self.state.flag_once(job_id, worker_id)
 
     # -- workers -----------------------------------------------------------------------------------------------
 
@@ -239,11 +208,29 @@ class Coordinator:
             raise FormatError("claim between 1 and 16 devices")
         return out
 
-    def claim(self, worker: WorkerRecord, devices: Iterable[str], block_s: float) -> Lease | None:
+    async def long_poll(self, worker: WorkerRecord, devices: list[str], block_s: float) -> Lease | None:
+        """Claim, waiting up to ``block_s`` for work without holding a thread while it waits (the event loop
+        sleeps between tries); a key or operator already holding its share of waiting claims
+        (``long_polls_per_worker`` / ``_per_operator``) gets an immediate answer, empty if nothing is queued."""
+        lease = await to_thread.run_sync(self.claim, worker, devices, 0.0)
+        wait = max(0.0, min(float(block_s), self.settings.max_block_s))
+        if lease is not None or wait <= 0 or not self._polls.enter(worker):
+            return lease
+        try:
+            deadline = time.monotonic() + wait
+            while lease is None and (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(POLL_S, left))
+                lease = await to_thread.run_sync(self.claim, worker, devices, 0.0, False)
+        finally:
+            self._polls.leave(worker)
+        return lease
+
+    def claim(self, worker: WorkerRecord, devices: Iterable[str], block_s: float, seen: bool = True) -> Lease | None:
         """A lease on the oldest job for ``devices``, under this worker's key and operator."""
         devs = self._devices(worker, devices)
         wait = max(0.0, min(float(block_s), self.settings.max_block_s))
-        self.state.seen(worker.worker_id)
+        if seen:
+            self.state.seen(worker.worker_id)
         lease = self.q.claim(worker.worker_id, devices=devs, block_s=wait, operator=worker.operator)
         if lease is not None:
             self.state.count(worker.worker_id, "claimed")
@@ -280,6 +267,7 @@ class Coordinator:
             raise FormatError(f"result names {len(missing)} output blob(s) never uploaded for this job: upload first")
         accepted = self.q.complete(lease, result)
         if accepted:
+            self.kv.hsetnx(f"ran:{tenant}", worker.operator, "1")  # the tenant may now see this operator's name
             self.state.ended(tenant, job_id)
             self.state.count(worker.worker_id, "done")
             self.state.count_done()
@@ -300,16 +288,23 @@ class Coordinator:
 
     def readable(self, worker: WorkerRecord, job_id: str, digest: str) -> None:
         """Allow the read only if this worker's lease names ``digest``."""
-        if digest not in _spec_blobs(self.held(worker, job_id).spec):
+        if digest not in spec_blobs(self.held(worker, job_id).spec):
             raise AuthError(f"blob {digest[:19]} is not named by job {job_id}: a worker reads only its lease's blobs")
+        if not self.state.owns_blob(self.state.job_owner(job_id) or "", digest):
+            raise BlobNotFound(f"blob {digest[:19]} is no longer in the job's tenant's namespace")
 
-    def writable(self, worker: WorkerRecord, job_id: str) -> tuple[str, int]:
-        """``(tenant, byte cap)`` for a result blob of this worker's lease; at most one per input and attempt."""
-        job = self.held(worker, job_id)
-        n = self.kv.hincrby("uploads", job_id, 1)
-        if n > max(1, len(_spec_blobs(job.spec))) * queues.MAX_ATTEMPTS_CAP:
-            raise LimitExceeded(f"job {job_id} already received {n - 1} result uploads: refused")
-        return self.state.job_owner(job_id) or "", self.settings.max_result_mb * 1024 * 1024
+    def operator_labels(self, tenant: Tenant) -> dict[str, str]:
+        """Admitted workers and the operator each answers to, as ``tenant`` may see them: the operator's name
+        if it ran one of the tenant's jobs, else a label of this tenant's own (a keyed hash: equal for one
+        operator, so replicas still count one vote per operator, unrelated across tenants)."""
+        ran = self.kv.hgetall(f"ran:{tenant.name}")
+
+        def label(operator: str) -> str:
+            if operator in ran:
+                return operator
+            return "op-" + hmac.new(self._label_key, f"{tenant.name}\0{operator}".encode(), "sha256").hexdigest()[:16]
+
+        return {rec.worker_id: label(rec.operator) for rec, _ in self.state.workers() if not rec.revoked}
 
     # -- the operator ------------------------------------------------------------------------------------------
 

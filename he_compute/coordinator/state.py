@@ -3,13 +3,16 @@
 Records (keys of the KV; under ``hec:coord:`` in Redis)::
 
     tokens            sha256(token) -> "tenant:<name>" | "enroll:<operator>" | "operator:"   (tokens never stored)
-    tenants           name -> {"max_jobs", "max_bytes"}
-    workers           worker id -> {"public_key", "operator", "how", "enrolled", "revoked"}
+    tenants           name -> {"max_jobs", "max_bytes", "tokens": sha256 of its valid tokens}
+    enroll_uses / enroll_until   sha256(enrolment token) -> admissions left / unix time it stops working
+    workers           worker id -> {"public_key", "operator", "how", "enrolled", "revoked", "token"}
     wstats:<worker>   seen, claimed, done, failed, flagged (counters)
     nonce:<w>:<n>     a request nonce already used (expires after twice the clock skew allowed)
     owner             job id -> tenant;   jobs:<tenant> / live:<tenant>: its jobs / jobs in flight by time
     idem:<tenant>     idempotency key -> job id (a retried submit returns the first job)
-    blobs:<tenant>    digest -> size (the tenant's namespace);   usage: tenant -> bytes stored
+    blobs:<tenant>    digest -> size (the tenant's namespace);   usage: tenant -> bytes stored or reserved
+    blobjob:<tenant>  digest -> job id (a worker's result, charged to the tenant and listed with its job)
+    flags             job id -> the worker a tenant flagged for it (one flag per job)
     done              unix minute -> jobs completed (throughput on the status page)
 
 Tokens are random (256 bits) and only their sha256 is kept, so a copy of the
@@ -37,6 +40,10 @@ DEFAULT_MAX_JOBS = 10_000
 """Jobs a tenant may have queued or running at once (``hec coordinator add-tenant --max-jobs``)."""
 DEFAULT_MAX_BYTES = 20 * 1024**3
 """Bytes of blobs a tenant may keep (``--max-gb``)."""
+ENROLL_USES = 1
+"""Worker keys one enrolment token admits (``hec coordinator enroll-token --uses``)."""
+ENROLL_VALID_S = 24 * 3600.0
+"""How long an enrolment token works (``--valid-hours``)."""
 
 
 def check_name(name: str, what: str) -> str:
@@ -89,10 +96,37 @@ class State:
         return self.kv.hget("tokens", _hash(token)) if token else None
 
     def add_tenant(self, name: str, *, max_jobs: int = DEFAULT_MAX_JOBS, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
-        """Create (or update the quotas of) tenant ``name`` and return a new token for it."""
+        """Create (or update the quotas of) tenant ``name`` and return a new token for it; its old token stops working."""
         check_name(name, "tenant")
-        self.kv.hset("tenants", {name: json.dumps({"max_jobs": int(max_jobs), "max_bytes": int(max_bytes)})})
-        return self._new_token("hect", f"tenant:{name}")
+        old = self.kv.hget("tenants", name)
+        token = self._new_token("hect", f"tenant:{name}")
+        self.kv.hset("tenants", {name: json.dumps({"max_jobs": int(max_jobs), "max_bytes": int(max_bytes),
+                                                   "tokens": [_hash(token)]})})
+        for previous in json.loads(old).get("tokens", []) if old else []:
+            self.kv.hdel("tokens", previous)
+        return token
+
+    def another_tenant_token(self, name: str) -> str:
+        """One more token for an existing tenant, the old ones kept (a second coordinator's first start over
+        shared records writes its own ``client.token``); ``add_tenant`` revokes them all."""
+        raw = self.kv.hget("tenants", name)
+        if raw is None:
+            return self.add_tenant(name)
+        token = self._new_token("hect", f"tenant:{name}")
+        record = json.loads(raw)
+        record["tokens"] = [*record.get("tokens", []), _hash(token)]
+        self.kv.hset("tenants", {name: json.dumps(record)})
+        return token
+
+    def tenant_of_token(self, token: str) -> str | None:
+        """The tenant whose current token ``token`` is (a replaced token names no one)."""
+        meaning = self.token_meaning(token)
+        if not meaning or not meaning.startswith("tenant:"):
+            return None
+        name = meaning.split(":", 1)[1]
+        raw = self.kv.hget("tenants", name)
+        valid = json.loads(raw).get("tokens") if raw else None
+        return name if valid is None or _hash(token) in valid else None
 
     def tenant(self, name: str) -> Tenant | None:
         """The tenant called ``name``."""
@@ -106,9 +140,24 @@ class State:
         """Every tenant."""
         return [t for n in sorted(self.kv.hgetall("tenants")) if (t := self.tenant(n)) is not None]
 
-    def add_enroll_token(self, operator: str) -> str:
-        """A new enrolment token: workers that present it are admitted under ``operator``."""
-        return self._new_token("hece", f"enroll:{check_name(operator, 'operator')}")
+    def add_enroll_token(self, operator: str, *, uses: int = ENROLL_USES, valid_s: float = ENROLL_VALID_S) -> str:
+        """A new enrolment token: up to ``uses`` new worker keys that present it within ``valid_s`` seconds are
+        admitted under ``operator``."""
+        token = self._new_token("hece", f"enroll:{check_name(operator, 'operator')}")
+        self.kv.hset("enroll_uses", {_hash(token): str(int(uses))})
+        self.kv.hset("enroll_until", {_hash(token): str(time.time() + float(valid_s))})
+        return token
+
+    def spend_enroll_token(self, token: str) -> bool:
+        """Count one admission against an enrolment token; ``False`` if it is used up, expired or revoked."""
+        h = _hash(token)
+        until = self.kv.hget("enroll_until", h)
+        if until is None or float(until) < time.time() or self.kv.hget("tokens", h) is None:
+            return False
+        if self.kv.hincrby("enroll_uses", h, -1) < 0:  # atomic: parallel enrolments cannot overspend it
+            self.kv.hincrby("enroll_uses", h, 1)
+            return False
+        return True
 
     def add_operator_token(self) -> str:
         """A new token for the read-only status page."""
@@ -120,12 +169,13 @@ class State:
 
     # -- workers -----------------------------------------------------------------------------------------------
 
-    def admit_worker(self, public_raw: bytes, operator: str, how: str) -> WorkerRecord:
-        """Admit a worker key under ``operator``; an already admitted key keeps its first operator."""
+    def admit_worker(self, public_raw: bytes, operator: str, how: str, token: str = "") -> WorkerRecord:
+        """Admit a worker key under ``operator`` (``token``: the enrolment token that admitted it); an already
+        admitted key keeps its first operator."""
         check_name(operator, "operator")
         worker_id = fingerprint(public_raw)
         record = {"public_key": base64.b64encode(public_raw).decode(), "operator": operator, "how": how,
-                  "enrolled": time.time(), "revoked": False}
+                  "enrolled": time.time(), "revoked": False, "token": _hash(token) if token else ""}
         self.kv.hsetnx("workers", worker_id, json.dumps(record))
         out = self.worker(worker_id)
         assert out is not None  # written just above (or before)
@@ -141,11 +191,22 @@ class State:
                             float(r["enrolled"]), bool(r.get("revoked")))
 
     def revoke_worker(self, worker_id: str) -> bool:
-        """Refuse every later request of ``worker_id``; ``False`` if it was never admitted."""
+        """Refuse every later request of ``worker_id``, and burn the enrolment token that admitted it (a key that
+        leaked with its token must not come back as a new key); ``False`` if it was never admitted."""
         raw = self.kv.hget("workers", worker_id)
         if raw is None:
             return False
-        self.kv.hset("workers", {worker_id: json.dumps({**json.loads(raw), "revoked": True})})
+        record = json.loads(raw)
+        self.kv.hset("workers", {worker_id: json.dumps({**record, "revoked": True})})
+        if record.get("token"):
+            self.kv.hdel("tokens", record["token"])
+        return True
+
+    def flag_once(self, job_id: str, worker_id: str) -> bool:
+        """Count one flag against ``worker_id`` for ``job_id``; ``False`` if that job was flagged already."""
+        if not self.kv.hsetnx("flags", job_id, worker_id):
+            return False
+        self.count(worker_id, "flagged")
         return True
 
     def workers(self) -> list[tuple[WorkerRecord, dict[str, float]]]:
@@ -221,11 +282,28 @@ class State:
         """Whether ``digest`` is in the tenant's namespace."""
         return self.kv.hget(f"blobs:{tenant}", digest) is not None
 
-    def add_blob(self, tenant: str, digest: str, size: int) -> bool:
-        """Put ``digest`` in the tenant's namespace and count its bytes; ``False`` if it was there already."""
+    def reserve(self, tenant: str, size: int, max_bytes: int) -> bool:
+        """Charge ``size`` bytes to the tenant if that keeps it within ``max_bytes``: add first, then check and roll
+        back, so parallel requests (in any coordinator process) can never pass the quota together."""
+        if self.kv.hincrby("usage", tenant, int(size)) <= max_bytes:
+            return True
+        self.kv.hincrby("usage", tenant, -int(size))
+        return False
+
+    def release(self, tenant: str, size: int) -> None:
+        """Give back a reservation that was not used."""
+        if size:
+            self.kv.hincrby("usage", tenant, -int(size))
+
+    def add_blob(self, tenant: str, digest: str, size: int, *, reserved: int = 0, job: str | None = None) -> bool:
+        """Put ``digest`` in the tenant's namespace and count its bytes (``reserved`` of them were charged already);
+        ``False`` if it was there already (the reservation is then given back).  ``job``: a worker's result."""
         if not self.kv.hsetnx(f"blobs:{tenant}", digest, str(int(size))):
+            self.release(tenant, reserved)
             return False
-        self.kv.hincrby("usage", tenant, int(size))
+        if job:
+            self.kv.hset(f"blobjob:{tenant}", {digest: job})
+        self.kv.hincrby("usage", tenant, int(size) - int(reserved))
         return True
 
     def drop_blob(self, tenant: str, digest: str) -> bool:
@@ -233,8 +311,20 @@ class State:
         size = self.kv.hget(f"blobs:{tenant}", digest)
         if size is None or not self.kv.hdel(f"blobs:{tenant}", digest):
             return False
+        self.kv.hdel(f"blobjob:{tenant}", digest)
         self.kv.hincrby("usage", tenant, -int(size))
         return True
+
+    def held_by_anyone(self, digest: str) -> bool:
+        """Whether any tenant's namespace still holds ``digest`` (one lookup per tenant)."""
+        return any(self.owns_blob(name, digest) for name in self.kv.hgetall("tenants"))
+
+    def list_blobs(self, tenant: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """The tenant's blobs by digest after ``after``: ``{"digest", "size", "job"}`` (job: a worker's result)."""
+        sizes = self.kv.hgetall(f"blobs:{tenant}")
+        jobs = self.kv.hgetall(f"blobjob:{tenant}")
+        return [{"digest": d, "size": int(sizes[d]), "job": jobs.get(d)}
+                for d in sorted(d for d in sizes if d > after)[:limit]]
 
     def usage(self, tenant: str) -> int:
         """Bytes of blobs in the tenant's namespace."""

@@ -84,7 +84,7 @@ class RedisBlobStore(Closing):
                 n += 1
                 if not chunk:
                     break
-        self._call("put", self._r.set, _key(hexd), n, nx=True)
+        self._call("put", lambda: self._r.set(_key(hexd), n, nx=True))  # _call passes no keywords
 
     def chunks(self, digest: str) -> Any:
         """The blob's bytes chunk by chunk, unverified (the receiver checks the digest); ``BlobNotFound`` if absent."""

@@ -171,8 +171,14 @@ class RemoteAuditStore(Closing):
 
     def lines(self) -> list[str]:
         """Every line, after checking them against this client's checkpoint; the checkpoint then moves forward."""
-        got = self.session.json("GET", f"{API}/audit")
-        lines, self._head = list(got["lines"]), got["head"]
+        got = self.session.json("GET", f"{API}/audit")  # the first page carries the size and head all pages share
+        lines, self._head, size = list(got["lines"]), got["head"], int(got["size"])
+        while len(lines) < size:  # the coordinator answers in bounded pages
+            page = self.session.json("GET", f"{API}/audit", params={"start": len(lines)})["lines"]
+            if not page:
+                break
+            lines += page
+        lines = lines[:size]
         head = entries.verify_lines(lines, self._head, checkpoint=self.checkpoint())
         self._save(head.size, head.root)
         return lines
