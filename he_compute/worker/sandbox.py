@@ -246,7 +246,8 @@ class Sandbox:
         self._key_ids: OrderedDict[str, tuple[str, str]] = OrderedDict()   # keys digest -> (key id, model id)
         self._model_ids: dict[str, tuple[str, str]] = {}                   # server digest -> (model id, scheme)
         self._current: _Child | None = None
-        self.protections: list[str] = []
+        self.protections: list[str] = []   # what the newest child's lock-down achieved, as it reported
+        self.missing: list[str] = []       # what it could not apply (never claimed above)
 
     def prestart(self) -> None:
         """Start a spare child now, so the next new model does not wait for one to boot.
@@ -281,7 +282,7 @@ class Sandbox:
         while len(self._children) >= self.max_children:
             self._children.popitem(last=False)[1].close()
         child = self._take_spare() or _Child(self.limits, self._log).ready()
-        self.protections = child.protections
+        self.protections, self.missing = child.protections, child.missing
         self._children[server] = child
         return child, False
 
