@@ -118,7 +118,7 @@ def test_the_child_holds_no_credential_has_limits_and_no_network(env, compiled, 
     if os.geteuid() == 0:
         assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
         assert "no network (own network namespace)" in child.protections
-    assert "Seccomp:\t2" in status and "no sockets but Unix ones (seccomp)" in child.protections
+    assert "Seccomp:\t2" in status and "no ptrace, namespaces or sockets (seccomp)" in child.protections
     sandbox.close()
     assert child.proc.poll() is not None
 

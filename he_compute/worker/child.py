@@ -17,13 +17,11 @@ back as ``{"error": {"type", "message"}}``; a crash, an abort or a limit kills o
 from __future__ import annotations
 
 import ctypes
-import errno
 import importlib
 import json
 import os
 import resource
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -32,9 +30,11 @@ _CLONE_NEWNET = 0x40000000
 MAX_BLOB = 1 << 31
 
 
-def lock_down(limits: dict[str, Any]) -> list[str]:
-    """Apply the sandbox to this process; return the protections that took effect."""
-    applied = []
+def lock_down(limits: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Apply the sandbox to this process; return the protections that took effect and those that did not."""
+    from . import confine
+
+    applied, missing = [], []
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
         applied.append("dies with its parent")
@@ -46,18 +46,32 @@ def lock_down(limits: dict[str, Any]) -> list[str]:
         resource.setrlimit(getattr(resource, name), (value, value))
     applied.append(f"{limits['memory'] >> 20} MiB address space, {limits['files']} files, "
                    f"{limits['fsize'] >> 20} MiB per file")
-    if libc.unshare(_CLONE_NEWNET) == 0:
+    if libc.unshare(_CLONE_NEWNET) == 0:  # before the capabilities go: it needs CAP_SYS_ADMIN
         applied.append("no network (own network namespace)")
-    try:
-        import pyseccomp as seccomp
+    else:
+        missing.append("own network namespace: " + os.strerror(ctypes.get_errno()))
+    shm = confine.private_shm()  # before the capabilities go, too
+    (applied if shm else missing).append("own /dev/shm (mount namespace)")
+    problem = confine.drop_capabilities()
+    (missing if problem else applied).append(problem or f"no capabilities (uid {os.getuid()})")
+    if confine.no_new_privileges():
+        applied.append("no new privileges")
+    else:
+        missing.append("no new privileges: refused")
+    for done, failed in (confine.landlock(os.getcwd()), confine.seccomp_filter()):
+        if done:
+            applied.append(done)
+        if failed:
+            missing.append(failed)
+    return applied, missing
 
-        f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-        f.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
-        f.load()
-        applied.append("no sockets but Unix ones (seccomp)")
-    except (ImportError, OSError, RuntimeError):  # no libseccomp here: the namespace (if any) must do
-        pass
-    return applied
+
+def after_model_opened() -> list[str]:
+    """Once the one model is compiled (its linker has run), refuse exec and fork; say so only if it took."""
+    from . import confine
+
+    done, _ = confine.no_exec()
+    return [done] if done else []
 
 
 class _Model:
@@ -86,8 +100,14 @@ class _Model:
         from ..evaluator import Evaluator
 
         if what == "server":
+            from ..schemes.tfhe.mlir_check import checked_by_parent
+
             part = container.parse(data, expect="server", source=f"server part {digest[:19]}")
-            self.evaluator, self.server, self.keys, self.current = Evaluator(part), digest, {}, None
+            # The worker ran the scheme's checks on these bytes before sending them (this process may not
+            # start the circuit checker: exec is refused here); the rest of the checks run again below.
+            with checked_by_parent():
+                evaluator = Evaluator(part)
+            self.evaluator, self.server, self.keys, self.current = evaluator, digest, {}, None
         elif what == "keys":
             if self.evaluator is None:
                 raise RuntimeError("keys sent before the server part")
@@ -108,6 +128,14 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"error": {"type": type(exc).__name__, "message": str(exc)[:1000]}}
 
 
+def _cpu_budget(seconds: int) -> None:
+    """Allow this process ``seconds`` more CPU time from now (RLIMIT_CPU is a total since it started)."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(used.ru_utime + used.ru_stime) + seconds
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
+
+
 def serve(fd_in: int, fd_out: int, limits: dict[str, Any]) -> None:
     """Answer frames until ``quit`` or end of input."""
     from .frames import ChildGone, read_frame, write_frame
@@ -126,14 +154,14 @@ def serve(fd_in: int, fd_out: int, limits: dict[str, Any]) -> None:
             if op == "load":
                 write_frame(fd_out, {"need": model.need(str(header["server"]), str(header["keys"]))})
             elif op == "put":
+                # Opening a server part compiles its circuit: bounded like an evaluation (SIGXCPU past it).
+                _cpu_budget(int(limits.get("compile_cpu_s", cpu_budget)) if header.get("what") == "server"
+                            else cpu_budget)
                 model.put(str(header["what"]), str(header["digest"]), payload)
-                write_frame(fd_out, {"ok": True})
+                write_frame(fd_out, {"ok": True, "applied": after_model_opened() if header["what"] == "server"
+                                     else []})
             elif op == "eval":
-                used = resource.getrusage(resource.RUSAGE_SELF)
-                spent = int(used.ru_utime + used.ru_stime)
-                hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-                soft = spent + cpu_budget
-                resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
+                _cpu_budget(cpu_budget)
                 write_frame(fd_out, {"ok": True}, model.evaluate(payload))
             else:
                 write_frame(fd_out, {"error": {"type": "FormatError", "message": f"unknown op {str(op)[:20]!r}"}})
@@ -146,7 +174,7 @@ def serve(fd_in: int, fd_out: int, limits: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     """``python -m he_compute.worker.child FD_IN FD_OUT LIMITS_JSON``."""
     fd_in, fd_out, limits = int(argv[0]), int(argv[1]), json.loads(argv[2])
-    applied = lock_down(limits)
+    applied, missing = lock_down(limits)
     from .frames import write_frame
 
     for module in limits.get("warm", []):  # a spare child loads these while it waits for its first job
@@ -155,7 +183,7 @@ def main(argv: list[str]) -> int:
         except Exception:  # noqa: BLE001 - warming up is an optimisation; the job will say what is missing
             pass
 
-    write_frame(fd_out, {"hello": applied, "pid": os.getpid()})
+    write_frame(fd_out, {"hello": applied, "missing": missing, "pid": os.getpid()})
     serve(fd_in, fd_out, limits)
     return 0
 

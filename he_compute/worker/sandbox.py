@@ -21,13 +21,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import errors
-from .. import settings
+from .. import errors, schemes, settings
 from ..errors import EvaluationError
 from ..formats import container
 from ..formats import evalkeys as evalkeys_format
@@ -58,12 +58,16 @@ class Limits:
     # Loaded by a spare child ahead of its first job (SEAL's bindings directly: see schemes/ckks/seal.sealapi).
     warm: tuple[str, ...] = ("he_compute.evaluator", "numpy", "he_compute.schemes.ckks.seal", "_sealapi_cpp")
     env: dict[str, str] = field(default_factory=dict)                  # extra variables (tests' fault hooks)
+    log_bytes: int = _env_int("HEC_SANDBOX_LOG_KB", 64) << 10           # of the child's stderr per job
+    compile_cpu_s: int = _env_int("HEC_SANDBOX_COMPILE_CPU_S", 600)     # CPU seconds to open one server part
 
 
 class _Child:
-    """One child process and its pipes."""
+    """One child process, its pipes and the reader that bounds what it writes to the worker's log."""
 
-    def __init__(self, limits: Limits, log: Any):
+    module = "he_compute.worker.child"
+
+    def __init__(self, limits: Limits, log: Any, *, extra: dict[str, Any] | None = None):
         self.tmp = tempfile.mkdtemp(prefix="hec-sandbox-")
         self.memory = limits.memory
         to_child_r, self._to_child = os.pipe()
@@ -74,19 +78,23 @@ class _Child:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(limits).items() if k != "env"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "he_compute.worker.child", str(to_child_r), str(from_child_w), json.dumps(settings)],
+            [sys.executable, "-m", self.module, str(to_child_r), str(from_child_w),
+             json.dumps({**settings, **(extra or {})})],
             env=env, cwd=self.tmp, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         os.close(to_child_r)
         os.close(from_child_w)
+        self.log = BoundedLog(self.proc.stderr, log, limits.log_bytes)
         self.protections: list[str] = []
+        self.missing: list[str] = []
         self._ready = False
 
     def ready(self) -> _Child:
         """Wait for the child's hello (it has locked itself down and loaded its warm modules)."""
         if not self._ready:
             hello, _ = self.call(None, deadline=time.monotonic() + 120)
-            self.protections = [str(p) for p in hello.get("hello", [])][:8]
+            self.protections = [str(p)[:200] for p in hello.get("hello", [])][:16]
+            self.missing = [str(p)[:200] for p in hello.get("missing", [])][:16]
             self._ready = True
         return self
 
@@ -116,6 +124,9 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.kill()
             return "stopped answering"
+        if code == -signal.SIGXCPU:
+            return ("killed by SIGXCPU: it used up its CPU time, HEC_SANDBOX_COMPILE_CPU_S to open a model, "
+                    "HEC_SANDBOX_CPU_S per evaluation")
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit status {code}"
@@ -143,6 +154,61 @@ class _Child:
             except OSError:
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# Control bytes other than newline and tab become '?': a child's text must not steer the operator's terminal.
+_PRINTABLE = bytes(b if b in (9, 10) or 32 <= b < 127 or b >= 128 else ord("?") for b in range(256))
+
+
+class BoundedLog:
+    """Copies a child's stderr to the worker's log, at most ``budget`` bytes per job, then a marker line.
+
+    A reader thread drains the pipe to its end, so a child that writes without end neither blocks nor fills
+    the log: what passes the budget is read and dropped (a crafted ciphertext made Concrete print
+    "Premature EOF" in a loop: 23.7 MB in 106 s).
+    """
+
+    def __init__(self, pipe: Any, log: Any, budget: int):
+        self._pipe, self._log, self.budget = pipe, log, budget
+        self.written = self.dropped = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, name="sandbox-stderr", daemon=True)
+        self._thread.start()
+
+    def new_job(self) -> None:
+        """Start a new budget (each job gets its own)."""
+        with self._lock:
+            self.written = self.dropped = 0
+
+    def _drain(self) -> None:
+        with self._pipe:
+            while chunk := self._pipe.read1(1 << 16):
+                with self._lock:
+                    room = max(self.budget - self.written, 0)
+                    keep, self.written = chunk[:room], self.written + min(len(chunk), room)
+                    marker = not self.dropped and len(chunk) > room
+                    self.dropped += len(chunk) - len(keep)
+                if keep:
+                    self._write(keep.translate(_PRINTABLE))
+                if marker:
+                    self._write(f"\n[hec sandbox: the evaluation process wrote more than {self.budget} bytes to "
+                                "its log for this job; the rest is dropped]\n".encode())
+
+    def _write(self, data: bytes) -> None:
+        target = self._log if self._log is not None else sys.stderr
+        try:
+            target = getattr(target, "buffer", target)
+            try:
+                target.write(data)
+            except TypeError:  # a text stream
+                target.write(data.decode("utf-8", "replace"))
+            target.flush()
+        except (OSError, ValueError):  # the log is closed or gone: the child's text is dropped, not fatal
+            pass
+
+    def join(self, timeout: float) -> None:
+        """Wait for the reader to reach the end of the pipe (the child has exited)."""
+        self._thread.join(timeout)
 
 
 _RESOURCE_KINDS = ("MemoryError", "ImportError", "OSError")
@@ -177,7 +243,8 @@ class Sandbox:
         self._key_ids: OrderedDict[str, tuple[str, str]] = OrderedDict()   # keys digest -> (key id, model id)
         self._model_ids: dict[str, tuple[str, str]] = {}                   # server digest -> (model id, scheme)
         self._current: _Child | None = None
-        self.protections: list[str] = []
+        self.protections: list[str] = []   # what the newest child's lock-down achieved, as it reported
+        self.missing: list[str] = []       # what it could not apply (never claimed above)
 
     def prestart(self) -> None:
         """Start a spare child now, so the next new model does not wait for one to boot.
@@ -212,20 +279,22 @@ class Sandbox:
         while len(self._children) >= self.max_children:
             self._children.popitem(last=False)[1].close()
         child = self._take_spare() or _Child(self.limits, self._log).ready()
-        self.protections = child.protections
+        self.protections, self.missing = child.protections, child.missing
         self._children[server] = child
         return child, False
 
     def load(self, task: Task, fetch: Fetch, deadline: float | None = None) -> Loaded:
         """Make ``task``'s model and keys current in its child; the ids come from the worker's own parsing."""
         child, _ = self._child(task.server, deadline)
+        child.log.new_job()
         need, _ = child.call({"op": "load", "server": task.server, "keys": task.keys}, deadline=deadline)
         wanted = [w for w in need.get("need", []) if w in ("server", "keys")]
         for what in wanted:
             digest = task.server if what == "server" else task.keys
             data = fetch(digest)
             self._remember_ids(what, digest, data)
-            child.call({"op": "put", "what": what, "digest": digest}, data, deadline=deadline)
+            reply, _ = child.call({"op": "put", "what": what, "digest": digest}, data, deadline=deadline)
+            child.protections += [str(p)[:200] for p in reply.get("applied", [])][:4]
         if wanted:
             child.call({"op": "load", "server": task.server, "keys": task.keys}, deadline=deadline)
         model_id, scheme = self._ids_for_server(task, fetch)
@@ -239,7 +308,10 @@ class Sandbox:
     def _remember_ids(self, what: str, digest: str, data: bytes) -> None:
         if what == "server":
             part = container.parse(data, expect="server", source=f"server part {digest[:19]}")
-            check_server_part(part)  # digests and model id, recomputed here
+            sections = check_server_part(part)  # digests and model id, recomputed here
+            # The scheme's own checks (TFHE: the circuit walked against its allow-list in a process of its
+            # own) run here, before the child sees the bytes: the child may not start that process.
+            schemes.server(part.scheme).check_server_part(part.meta, sections)
             self._model_ids[digest] = (str(part.meta["model_id"]), part.scheme)
         else:
             c = container.parse(data, expect="evalkeys", source=f"evaluation keys {digest[:19]}")

@@ -68,6 +68,9 @@ MAX_CLEAR_ELEMENTS = 1 << 24  # integers in one clear tensor
 MAX_CONSTANT_ELEMENTS = 1 << 26  # integers in all constants together
 MAX_INT_WIDTH = 64  # bits of a clear integer (Concrete ML uses up to i64)
 MAX_ENCRYPTED_WIDTH = 64  # bits of an encrypted integer
+# Operations in the one function.  Concrete's compile time grows faster than linearly with the op count
+# (a chain of 1,000 add_eint_int took 53 s); Concrete ML's circuits have tens to a few hundred.
+MAX_OPERATIONS = 2000
 
 # The child's own limits, set once the bindings are loaded and before reading the input.
 _LIMITS = {
@@ -105,6 +108,7 @@ class _Walker:
         self.ir = ir
         self.entry = entry
         self.constant_elements = 0
+        self.operations = 0
         widths = range(1, MAX_ENCRYPTED_WIDTH + 1)
         # Types are uniqued per context, so equality with library-built types is exact.
         self.encrypted = {fhe.EncryptedIntegerType.get(context, w) for w in widths}
@@ -123,6 +127,9 @@ class _Walker:
             elif op is not root and parent != "func.func":
                 raise _unsafe(f"nests operation '{op.name}' inside '{parent}'")
             elif op is not root:
+                self.operations += 1
+                if self.operations > MAX_OPERATIONS:
+                    raise _unsafe(f"has more than {MAX_OPERATIONS} operations (compiling it could take hours)")
                 self.body_op(op)
         if len(functions) != 1:
             raise _unsafe(f"defines {len(functions)} functions where Concrete ML emits one")
