@@ -154,3 +154,16 @@ class AuditError(VerificationError):
     def __init__(self, message: str, index: int | None = None):
         super().__init__(message)
         self.index = index
+
+
+class HECWarning(UserWarning):
+    """Something the user should know that does not stop the work: inputs clipped or saturated, say.
+
+    The CLI prints it as one ``Warning: ...`` line; in Python it is an ordinary warning of this category."""
+
+
+def clipped_message(head: str, rows: "list[int]", features: "list[int]", values: "list[float]", limit: int = 5) -> str:
+    """``head`` and the first ``limit`` (row, feature, value) cells, counted from 0, that fell outside a range."""
+    shown = ", ".join(f"row {r} feature {f} = {v:.4g}" for r, f, v in list(zip(rows, features, values))[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"{head}: {shown}{more} (rows and features counted from 0)"

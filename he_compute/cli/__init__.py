@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import Any
 
 import click
 
-from ..errors import HECError
+from ..errors import HECError, HECWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -73,6 +74,19 @@ def main(ctx: click.Context, debug: bool) -> None:
       hec decrypt y.enc -o y.csv
     """
     ctx.meta["hec.debug"] = debug
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("default", category=HECWarning)  # whatever filters the environment set
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """he_compute's own warnings (inputs clipped, saturated) as one ``Warning: ...`` line on stderr."""
+    if issubclass(category, HECWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _SHOW_WARNING(message, category, *args, **kwargs)
 
 
 def _load(module: str) -> None:

@@ -14,13 +14,14 @@ import json
 import mmap
 import os
 import struct
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, KeyMismatchError, UnsupportedModelError
+from ...errors import FormatError, HECWarning, KeyMismatchError, UnsupportedModelError, clipped_message
 from ...formats.bundle import Bundle
 from . import params
 from .payload import Payload, check_output, pack
@@ -98,9 +99,17 @@ class CKKSClient:
         enc = sealapi().Encryptor(self.engine.context, self._key())
         flat = np.asarray(X, dtype=np.float64).reshape(X.shape[0], -1)
         if self.clip is not None and self.clip[0].shape == flat.shape[1:]:
-            # Polynomial activations are only accurate (and bounded) on the calibration ranges: an outlier
-            # feature would blow up through a high-degree polynomial, so it is clipped to the calibration
-            # range widened by the compile margin (encoding.json in the client part).
+            # Polynomial activations are only accurate (and bounded) on the calibration ranges, and a slot
+            # past what the modulus holds wraps and corrupts every other sample of its ciphertext when
+            # decoded: so each feature is clipped to the calibration range widened by the compile margin
+            # (encoding.json in the client part), and the user is told which cells were.
+            outside = (flat < self.clip[0]) | (flat > self.clip[1])
+            if outside.any():
+                rows, cols = np.nonzero(outside)
+                warnings.warn(clipped_message(
+                    f"{rows.size} input value(s) clipped to the calibration range widened by half its span (only "
+                    f"{np.unique(rows).size} row(s) affected)", rows.tolist(), cols.tolist(),
+                    flat[rows, cols].tolist()), HECWarning, stacklevel=3)
             flat = np.clip(flat, self.clip[0], self.clip[1])
         chunks = []
         if self.packing == "single":
