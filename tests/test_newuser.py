@@ -80,3 +80,25 @@ def test_hec_encrypt_says_which_cells_it_clipped(tmp_path):
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if line.startswith("Warning: ")]
     assert len(warned) == 1 and "row 11 feature 4" in warned[0], result.output
+
+
+# ---- item 2: TFHE says which inputs it saturates -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "tree"])
+def test_tfhe_encrypt_names_the_rows_it_saturates(compiled, cancer, kind):
+    X_train, _, _, _ = cancer  # rows the models were quantized on: in range but for the cells set below
+    client = compiled(kind).client
+    X_new = X_train[:6].copy()
+    X_new[2, 3] = 1e6
+    X_new[4, 0] = -1e3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")  # what importing concrete.ml.sklearn does to every warning
+        client.encrypt(X_new)
+    said = [str(w.message) for w in caught if issubclass(w.category, HECWarning)]
+    assert len(said) == 1 and "row 2 feature 3" in said[0] and "row 4 feature 0" in said[0], said
+    assert said[0].startswith("2 input value(s)") and "row 1 " not in said[0]
+    with warnings.catch_warnings(record=True) as caught:  # in-range data: nothing to say
+        warnings.simplefilter("always")
+        client.encrypt(X_train[:6])
+    assert not [w for w in caught if issubclass(w.category, HECWarning)]

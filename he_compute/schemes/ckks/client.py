@@ -14,14 +14,13 @@ import json
 import mmap
 import os
 import struct
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, HECWarning, KeyMismatchError, UnsupportedModelError, clipped_message
+from ...errors import FormatError, KeyMismatchError, UnsupportedModelError, clipped_message, warn
 from ...formats.bundle import Bundle
 from . import params
 from .payload import Payload, check_output, pack
@@ -106,10 +105,10 @@ class CKKSClient:
             outside = (flat < self.clip[0]) | (flat > self.clip[1])
             if outside.any():
                 rows, cols = np.nonzero(outside)
-                warnings.warn(clipped_message(
+                warn(clipped_message(
                     f"{rows.size} input value(s) clipped to the calibration range widened by half its span (only "
                     f"{np.unique(rows).size} row(s) affected)", rows.tolist(), cols.tolist(),
-                    flat[rows, cols].tolist()), HECWarning, stacklevel=3)
+                    flat[rows, cols].tolist()), stacklevel=3)
             flat = np.clip(flat, self.clip[0], self.clip[1])
         chunks = []
         if self.packing == "single":
