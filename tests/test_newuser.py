@@ -102,3 +102,106 @@ def test_tfhe_encrypt_names_the_rows_it_saturates(compiled, cancer, kind):
         warnings.simplefilter("always")
         client.encrypt(X_train[:6])
     assert not [w for w in caught if issubclass(w.category, HECWarning)]
+
+
+# ---- item 3: accuracy known before encrypting; a keyless simulated run ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def skl2onnx_pipeline(cancer, tmp_path_factory):
+    """A StandardScaler + LogisticRegression pipeline exported by skl2onnx with its defaults, and its data."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, X_test, y_train, _ = cancer
+    root = tmp_path_factory.mktemp("pipe")
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X_train, y_train)
+    graph = convert_sklearn(pipe, initial_types=[("X", FloatTensorType([None, 30]))])
+    (root / "pipe.onnx").write_bytes(graph.SerializeToString())
+    np.save(root / "X_train.npy", X_train)
+    np.save(root / "X_test.npy", X_test)
+    return root
+
+
+@pytest.mark.parametrize("scheme", ["tfhe", "ckks"])
+def test_hec_compile_reports_agreement_and_max_error(skl2onnx_pipeline, scheme):
+    root = skl2onnx_pipeline
+    result = hec("compile", root / "pipe.onnx", "--scheme", scheme, "--calibration", root / "X_train.npy",
+                 "--validation", root / "X_test.npy", "-o", root / f"{scheme}.hec", "--no-estimate")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("accuracy on "))
+    assert "114 validation rows" in line and "agreement" in line and "max output error" in line, line
+    agreement = float(line.split("agreement ")[1].split("%")[0])
+    assert agreement >= 95.0, line
+
+
+def test_simulated_tfhe_run_equals_the_decrypted_encrypted_run(compiled, cancer, tmp_path):
+    _, X_test, _, _ = cancer
+    c = compiled("tree")
+    X = X_test[:4]
+    worker = he_compute.Evaluator(c.bundle.server_part())
+    keys = worker.load_keys(he_compute.read_evaluation_keys(c.client.evaluation_keys_path))
+    decrypted = c.client.decrypt(worker.evaluate(c.client.encrypt(X), keys))
+    simulated = he_compute.simulate(he_compute.load_bundle(c.bundle_path), X)  # no keys
+    np.testing.assert_array_equal(simulated, decrypted)
+    np.testing.assert_allclose(simulated, c.model.predict_proba(X, fhe="disable"), atol=1e-9)
+
+
+def test_simulated_ckks_run_matches_the_decrypted_encrypted_run(tiny_mlp, tmp_path):
+    net, Xtr, Xte = tiny_mlp
+    bundle = he_compute.compile(net, Xtr, scheme="ckks")
+    decrypted, _ = encrypted_outputs(bundle, tmp_path / "keys", Xte)
+    simulated = he_compute.simulate(bundle, Xte)
+    # Only CKKS noise separates them: far below the approximation error the compiler predicts.
+    assert np.abs(simulated - decrypted).max() < 1e-3
+    assert (simulated.argmax(axis=1) == decrypted.argmax(axis=1)).all()
+
+
+def test_hec_simulate_writes_what_decrypt_would(skl2onnx_pipeline, tmp_path):
+    root = skl2onnx_pipeline
+    assert hec("compile", root / "pipe.onnx", "--scheme", "ckks", "--calibration", root / "X_train.npy",
+               "-o", tmp_path / "m.hec", "--no-estimate", "--no-accuracy").exit_code == 0
+    result = hec("simulate", tmp_path / "m.hec", root / "X_test.npy", "-o", tmp_path / "y.csv")
+    assert result.exit_code == 0, result.output
+    simulated = np.loadtxt(tmp_path / "y.csv", delimiter=",", ndmin=2)
+    assert hec("keygen", tmp_path / "m.hec", "--keys", tmp_path / "keys").exit_code == 0
+    assert hec("encrypt", tmp_path / "m.hec", root / "X_test.npy", "--keys", tmp_path / "keys",
+               "-o", tmp_path / "x.enc").exit_code == 0
+    assert hec("eval", tmp_path / "x.enc", "--bundle", tmp_path / "m.hec", "--eval-keys",
+               tmp_path / "keys" / "evaluation.keys", "-o", tmp_path / "y.enc").exit_code == 0
+    assert hec("decrypt", tmp_path / "y.enc", "--keys", tmp_path / "keys", "-o", tmp_path / "d.csv").exit_code == 0
+    decrypted = np.loadtxt(tmp_path / "d.csv", delimiter=",", ndmin=2)
+    assert simulated.shape == decrypted.shape == (114, 2)
+    assert np.abs(simulated - decrypted).max() < 1e-3
+
+
+# ---- item 6: onnxruntime's errors say what is wrong; skl2onnx's default opset is accepted ----------------
+
+
+def test_calibration_with_the_wrong_feature_count_is_one_line(skl2onnx_pipeline, tmp_path):
+    root = skl2onnx_pipeline
+    np.save(tmp_path / "narrow.npy", np.load(root / "X_train.npy")[:, :5])
+    result = hec("compile", root / "pipe.onnx", "--scheme", "ckks", "--calibration", tmp_path / "narrow.npy",
+                 "-o", tmp_path / "m.hec")
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "(5,)" in lines[0] and "(30,)" in lines[0], result.output
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "tfhe"])
+def test_skl2onnx_default_export_at_the_newest_opset_compiles(tmp_path, scheme):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import Ridge
+
+    X, y = load_diabetes(return_X_y=True)
+    graph = convert_sklearn(Ridge().fit(X, y), initial_types=[("X", FloatTensorType([None, 10]))])
+    (tmp_path / "ridge.onnx").write_bytes(graph.SerializeToString())
+    np.save(tmp_path / "X.npy", X)
+    result = hec("compile", tmp_path / "ridge.onnx", "--scheme", scheme, "--calibration", tmp_path / "X.npy",
+                 "-o", tmp_path / "r.hec", "--no-estimate")
+    assert result.exit_code == 0, result.output
+    assert "max output error" in result.output

@@ -21,7 +21,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Which module defines each command: a command's module is imported only when that command runs (or help
 # lists them all), so ``hec worker`` does not load the client's run machinery, nor ``hec decrypt`` the
 # coordinator's.  test_cli checks that this table matches what the modules register.
-LAZY = {"compile": "compile", "import-concrete": "models", "keygen": "models", "encrypt": "models",
+LAZY = {"compile": "compile", "simulate": "compile", "import-concrete": "models", "keygen": "models", "encrypt": "models",
         "eval": "models", "decrypt": "models", "info": "inspect", "plan": "inspect", "run": "jobs",
         "status": "jobs", "jobs": "jobs", "cancel": "jobs", "gc": "maint", "worker": "worker",
         "audit": "audit", "coordinator": "coordinator"}

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedModelError
+from ._onnx import run_onnx
 
 DOMAIN = "ai.onnx.ml"
 _PASS = {"Cast", "Identity", "Normalizer", "ZipMap"}
@@ -222,15 +223,10 @@ def _n_features(proto: Any) -> int:
 
 def _check(proto: Any, est: Any, X: np.ndarray, Xp: np.ndarray) -> None:
     """The rebuilt model on the preprocessed data ``Xp`` must give what the graph gives on ``X`` (onnxruntime)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: X.astype(np.float32)}
-    outputs = session.run(None, feed)
+    outputs = run_onnx(proto, X)  # one-line errors for a newer opset or data of the wrong width
     if hasattr(est, "predict_proba"):
         got = est.predict_proba(Xp)
-        want = outputs[-1]
-        want = np.array([[row[c] for c in est.classes_] for row in want]) if isinstance(want, list) else want
+        want = outputs[-1]  # ZipMap's dicts come back in sorted class order, which is est.classes_'
     else:
         got, want = est.predict(Xp), outputs[0]
     err = float(np.max(np.abs(np.asarray(got, float).reshape(len(X), -1) - np.asarray(want, float).reshape(len(X), -1))))

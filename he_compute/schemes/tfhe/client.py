@@ -171,6 +171,26 @@ class TFHEClientScheme:
         """Quantizers, post-processing and (if given) the secret keyset."""
         return TFHEClient(sections, secret)
 
+    def simulate(self, manifest: dict[str, Any], client: dict[str, bytes], server: dict[str, bytes],
+                 X: np.ndarray) -> np.ndarray:
+        """What the encrypted run decrypts to, without keys: Concrete's simulation of the bundle's own
+        circuit (table lookups drawn with its bootstrap error rate, as ``fhe="simulate"``) between the
+        same quantization and post-processing the client applies."""
+        from concrete import fhe
+
+        from .server import TFHEServer
+
+        model = build_model(client["processing.json"])
+        _warn_saturated(model, X)
+        runner = TFHEServer(server, simulated=True)
+        sim = fhe.Client(fhe.ClientSpecs.deserialize(client["client.specs.json"]), is_simulated=True)
+        rows = []
+        for row in X:
+            value = runner.run_simulated(sim.simulate_encrypt(model.quantize_input(row[np.newaxis, ...])))
+            out = model.post_processing(model.dequantize_output(sim.simulate_decrypt(value)))
+            rows.append(np.asarray(out, dtype=np.float64).reshape(1, -1))
+        return np.concatenate(rows, axis=0)
+
     def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
         """Not possible: Concrete's TFHE has no public-key encryption, and only the secret key re-encrypts."""
         raise UnsupportedModelError("TFHE ciphertexts cannot be re-randomized without the secret key")
