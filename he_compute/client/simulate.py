@@ -21,7 +21,7 @@ def simulate(bundle: Bundle, X: Any) -> np.ndarray:
     """``(n_samples, n_outputs)``: what encrypting ``X``, evaluating and decrypting would give, without keys.
 
     It matches the encrypted run exactly for TFHE (up to its bootstrap error rate, 2^-40 by default) and
-    within CKKS noise for CKKS; inputs are clipped or saturated exactly as encryption does, with the same
+    within CKKS noise for CKKS (a few percent of the approximation error it shows); inputs are clipped or saturated exactly as encryption does, with the same
     warning.
     """
     arr = preprocess(validate_input(X, bundle.manifest["input_shape"]), bundle.manifest)

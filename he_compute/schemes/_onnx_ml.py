@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from ._onnx import run_onnx
 
 DOMAIN = "ai.onnx.ml"
@@ -252,6 +252,10 @@ def to_sklearn(proto: Any, X_calib: np.ndarray, *, scheme: str) -> tuple[Any, di
     checked against onnxruntime on ``X_calib``."""
     model, scalers = _walk(proto)
     n_features = _n_features(proto)
+    width = int(np.prod(np.shape(X_calib)[1:]))
+    if width != n_features:
+        raise InputError(f"the calibration data has {width} features per row but the ONNX model takes "
+                         f"{n_features}: pass the columns the model was trained on")
     if model.op_type in _TREES:
         if scheme != "tfhe":
             raise UnsupportedModelError(f"{model.op_type}: CKKS cannot evaluate trees (comparisons are not "
