@@ -209,3 +209,68 @@ def test_skl2onnx_default_export_at_the_newest_opset_compiles(tmp_path, scheme):
                  "-o", tmp_path / "r.hec", "--no-estimate")
     assert result.exit_code == 0, result.output
     assert "max output error" in result.output
+
+
+# ---- item 7: hec keygen --force keeps the old secret key unless told otherwise --------------------------
+
+
+def test_keygen_force_keeps_the_old_keys_so_old_results_still_decrypt(tmp_path):
+    from sklearn.linear_model import Ridge
+
+    X, y = load_diabetes(return_X_y=True)
+    he_compute.compile(Ridge().fit(X, y), X, scheme="ckks").save(tmp_path / "m.hec")
+    np.save(tmp_path / "x.npy", X[:8])
+    keys = tmp_path / "keys"
+    assert hec("keygen", tmp_path / "m.hec", "--keys", keys).exit_code == 0
+    assert hec("encrypt", tmp_path / "m.hec", tmp_path / "x.npy", "--keys", keys, "-o", tmp_path / "x.enc").exit_code == 0
+    again = hec("keygen", tmp_path / "m.hec", "--keys", keys)
+    assert again.exit_code == 1 and "--rotate" in again.output and "--discard-old" in again.output, again.output
+    forced = hec("keygen", tmp_path / "m.hec", "--keys", keys, "--force")
+    assert forced.exit_code == 0 and "retired the old keys to" in forced.output, forced.output
+    # The run made with the old keys still decrypts, found by its key id (no --keys).
+    assert hec("eval", tmp_path / "x.enc", "--bundle", tmp_path / "m.hec", "--eval-keys",
+               next((keys / "retired").iterdir()) / "evaluation.keys", "-o", tmp_path / "y.enc").exit_code == 0
+    result = hec("decrypt", tmp_path / "y.enc", "-o", tmp_path / "y.csv")
+    assert result.exit_code == 0, result.output
+    discarded = hec("keygen", tmp_path / "m.hec", "--keys", keys, "--force", "--discard-old")
+    assert discarded.exit_code == 0 and len(list((keys / "retired").iterdir())) == 1, discarded.output
+
+
+# ---- item 8: EncryptedPredictor takes regressors; boosted trees are refused plainly ---------------------
+
+
+def test_encrypted_predictor_with_a_ridge_regressor_predicts_values():
+    from sklearn.linear_model import Ridge
+
+    from he_compute.client.sklearn import EncryptedPredictor
+
+    X, y = load_diabetes(return_X_y=True)
+    model = EncryptedPredictor(Ridge(), scheme="ckks", in_process=True).fit(X[:300], y[:300])
+    try:
+        got = model.predict(X[300:340])
+        want = Ridge().fit(X[:300], y[:300]).predict(X[300:340])
+        assert got.shape == want.shape and np.abs(got - want).max() < 0.05
+        assert model.score(X[300:340], y[300:340]) == pytest.approx(
+            Ridge().fit(X[:300], y[:300]).score(X[300:340], y[300:340]), abs=1e-3)
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_gradient_boosting_through_onnx_is_refused_plainly(tmp_path, kind):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    X, y = load_diabetes(return_X_y=True)
+    est = (GradientBoostingClassifier(n_estimators=3).fit(X, y > 140) if kind == "classifier"
+           else GradientBoostingRegressor(n_estimators=3).fit(X, y))
+    graph = convert_sklearn(est, initial_types=[("X", FloatTensorType([None, 10]))],
+                            options={id(est): {"zipmap": False}} if kind == "classifier" else None)
+    (tmp_path / "gb.onnx").write_bytes(graph.SerializeToString())
+    np.save(tmp_path / "X.npy", X)
+    result = hec("compile", tmp_path / "gb.onnx", "--calibration", tmp_path / "X.npy", "-o", tmp_path / "gb.hec")
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert "not supported" in line and "GradientBoosting" in line
+    assert ("XGBRegressor" in line) == (kind == "regressor") and ("XGBClassifier" in line) == (kind == "classifier")

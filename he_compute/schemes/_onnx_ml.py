@@ -175,8 +175,10 @@ def _trees(node: Any, n_features: int) -> Any:
                                       (f"a {a.get('post_transform')} transform", a.get("post_transform", "NONE") != "NONE"))
                if found]
     if boosted:
-        raise UnsupportedModelError(f"{node.op_type} with {' and '.join(boosted)} (boosted trees: xgboost, LightGBM, "
-                                    f"GradientBoosting) is not supported; {INSTEAD} (Concrete ML has XGBClassifier)")
+        xgb = "XGBClassifier" if classifier else "XGBRegressor"
+        raise UnsupportedModelError(f"{node.op_type} with {' and '.join(boosted)}: boosted trees (GradientBoosting, "
+                                    f"xgboost, LightGBM) are not supported through ONNX; use a decision tree or random "
+                                    f"forest, or train Concrete ML's {xgb} in Python and pass it to he_compute.compile()")
     tree_ids = sorted(set(a["nodes_treeids"]))
     if classifier:
         labels = a.get("classlabels_int64s") or a.get("classlabels_strings")
