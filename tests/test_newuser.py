@@ -274,3 +274,27 @@ def test_gradient_boosting_through_onnx_is_refused_plainly(tmp_path, kind):
     line = result.output.strip()
     assert "not supported" in line and "GradientBoosting" in line
     assert ("XGBRegressor" in line) == (kind == "regressor") and ("XGBClassifier" in line) == (kind == "classifier")
+
+
+# ---- item 4: hec run with no worker anywhere says so, once, and keeps waiting ---------------------------
+
+
+def test_hec_run_with_no_worker_says_how_to_start_one(tmp_path, monkeypatch):
+    import time
+
+    from sklearn.linear_model import Ridge
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HEC_QUEUE", raising=False)
+    monkeypatch.setenv("HEC_IDLE_NOTICE_S", "1")
+    X, y = load_diabetes(return_X_y=True)
+    he_compute.compile(Ridge().fit(X, y), X, scheme="ckks").save(tmp_path / "m.hec")
+    np.save(tmp_path / "x.npy", X[:8])
+    assert hec("keygen", "m.hec", "--keys", "keys").exit_code == 0
+    assert hec("encrypt", "m.hec", "x.npy", "-o", "x.enc").exit_code == 0
+    start = time.monotonic()
+    result = hec("run", "x.enc", "-o", "y.enc", "--timeout", "4")
+    assert time.monotonic() - start > 3.5  # it went on waiting after saying so
+    notices = [line for line in result.output.splitlines() if "no worker has claimed" in line]
+    assert len(notices) == 1 and "hec worker --queue sqlite://" in notices[0], result.output
+    assert notices[0].startswith("Warning: ") and "resumes" in notices[0]
