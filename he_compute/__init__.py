@@ -50,6 +50,7 @@ _LAZY = {
     "read_evaluation_keys": ("formats.evalkeys", "read"),
     "run": ("client.run", "run"),
     "Policy": ("client.run", "Policy"),
+    "simulate": ("client.simulate", "simulate"),
 }
 
 
@@ -92,6 +93,7 @@ __all__ = [
     "read_container",
     "read_evaluation_keys",
     "run",
+    "simulate",
 ]
 
 

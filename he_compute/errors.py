@@ -173,3 +173,29 @@ class AuditError(VerificationError):
     def __init__(self, message: str, index: int | None = None):
         super().__init__(message)
         self.index = index
+
+
+class HECWarning(UserWarning):
+    """Something the user should know that does not stop the work: inputs clipped or saturated, say.
+
+    The CLI prints it as one ``Warning: ...`` line; in Python it is an ordinary warning of this category."""
+
+
+def warn(message: str, stacklevel: int = 2) -> None:
+    """Emit an :class:`HECWarning`, also where a library silenced every warning at import (importing
+    ``concrete.ml.sklearn`` does): only a filter naming this category or a class it derives from (say
+    ``UserWarning``) silences it."""
+    import warnings
+
+    first = next((f for f in warnings.filters if issubclass(HECWarning, f[2])), None)
+    with warnings.catch_warnings():
+        if first is not None and first[0] == "ignore" and first[2] is Warning:
+            warnings.filterwarnings("always", category=HECWarning)
+        warnings.warn(message, HECWarning, stacklevel=stacklevel + 1)
+
+
+def clipped_message(head: str, rows: "list[int]", features: "list[int]", values: "list[float]", limit: int = 5) -> str:
+    """``head`` and the first ``limit`` (row, feature, value) cells, counted from 0, that fell outside a range."""
+    shown = ", ".join(f"row {r} feature {f} = {v:.4g}" for r, f, v in list(zip(rows, features, values))[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"{head}: {shown}{more} (rows and features counted from 0)"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import Any
 
 import click
 
-from ..errors import HECError
+from ..errors import HECError, HECWarning
 from ..formats.text import printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -21,7 +22,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Which module defines each command: a command's module is imported only when that command runs (or help
 # lists them all), so ``hec worker`` does not load the client's run machinery, nor ``hec decrypt`` the
 # coordinator's.  test_cli checks that this table matches what the modules register.
-LAZY = {"compile": "compile", "import-concrete": "models", "keygen": "models", "encrypt": "models",
+LAZY = {"compile": "compile", "simulate": "compile", "import-concrete": "models", "keygen": "models", "encrypt": "models",
         "eval": "models", "decrypt": "models", "info": "inspect", "plan": "inspect", "run": "jobs",
         "status": "jobs", "jobs": "jobs", "cancel": "jobs", "gc": "maint", "worker": "worker",
         "audit": "audit", "coordinator": "coordinator"}
@@ -77,6 +78,19 @@ def main(ctx: click.Context, debug: bool) -> None:
     from ..settings import check_all
 
     check_all()  # every HEC_* setting checked once, before any command: a bad one is one line naming it
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("default", category=HECWarning)  # whatever filters the environment set
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """he_compute's own warnings (inputs clipped, saturated) as one ``Warning: ...`` line on stderr."""
+    if issubclass(category, HECWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _SHOW_WARNING(message, category, *args, **kwargs)
 
 
 def _load(module: str) -> None:

@@ -34,11 +34,15 @@ def register(main: click.Group) -> None:
     @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="Key directory to create (mode 0700).")
-    @click.option("--force", is_flag=True, help="Replace keys already in the directory.")
+    @click.option("--force", is_flag=True,
+                  help="Replace keys already in the directory; the old ones are kept in DIR/retired/ as --rotate "
+                       "does, unless --discard-old.")
+    @click.option("--discard-old", is_flag=True,
+                  help="With --force: delete the old keys for good (results made with them can never be decrypted).")
     @click.option("--rotate", is_flag=True,
                   help="Keep the keys already in DIR under DIR/retired/<key id>/ and make new ones (after a failed "
                        "check: see the README's 'Verifying workers').")
-    def keygen_cmd(bundle: Path, keys_dir: Path, force: bool, rotate: bool) -> None:
+    def keygen_cmd(bundle: Path, keys_dir: Path, force: bool, discard_old: bool, rotate: bool) -> None:
         """Generate secret keys into DIR and export the shareable evaluation keys.
 
         DIR also keeps the bundle's server part and is recorded by key id in ~/.hec/keydirs.json,
@@ -50,9 +54,14 @@ def register(main: click.Group) -> None:
         from ..client.keys import refuse_existing
         from ..client.progress import working
 
+        from ..client.keys import KEYINFO
+
+        if discard_old and not force:
+            raise HECError("--discard-old goes with --force: it deletes the keys already in the directory")
         refuse_existing(keys_dir, force=force or rotate)  # before the slow part, and before saying it has started
         b = load_bundle(bundle)
-        if rotate:
+        # --force keeps the old keys as --rotate does: deleting a secret key loses every result made with it.
+        if (rotate or (force and not discard_old)) and (keys_dir / KEYINFO).exists():
             from ..client.keys import retire
 
             from ..client import registry
@@ -60,7 +69,7 @@ def register(main: click.Group) -> None:
 
             retired = retire(keys_dir)
             registry.remember(retired, read_info(retired))  # old results still decrypt without --keys
-            _echo(f"retired the old keys to {retired}")
+            _echo(f"retired the old keys to {retired}" + ("" if rotate else " (--discard-old deletes them instead)"))
         start = time.perf_counter()
         with working(f"generating {b.scheme} keys for model {b.model_id[:12]}"):
             client = Client.keygen(b, keys_dir, force=force)

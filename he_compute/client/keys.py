@@ -42,7 +42,9 @@ def refuse_existing(path: str | os.PathLike[str], *, force: bool = False) -> Pat
     """Raise unless ``path`` holds no keys yet (or ``force``): checked before any slow key generation starts."""
     p = Path(path)
     if (p / KEYINFO).exists() and not force:
-        raise KeyMismatchError(f"{p} already holds keys: choose another directory or pass --force to replace them")
+        raise KeyMismatchError(f"{p} already holds keys: choose another directory, or pass --rotate (or --force) to "
+                               f"make new ones and keep the old in {p / 'retired'}/ (add --discard-old to delete "
+                               f"them, after which their results can never be decrypted)")
     return p
 
 

@@ -78,9 +78,13 @@ class EncryptedPredictor(ClassifierMixin, BaseEstimator):
         self.model_ = EncryptedModel(bundle, keys, queue=self.queue, blobs=self.blobs, local_workers=self.local_workers,
                                      timeout=self.timeout, in_process=self.in_process)
         self._finalizer = weakref.finalize(self, self.model_.close)
-        self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
+        if bundle.manifest.get("task") == "classifier":
+            self.classes_ = np.unique(y)
         return self
+
+    def _is_classifier(self) -> bool:
+        return self.model_.bundle.manifest.get("task") == "classifier"
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Encrypted class probabilities."""
@@ -91,8 +95,18 @@ class EncryptedPredictor(ClassifierMixin, BaseEstimator):
         return self.model_.decision_function(X)
 
     def predict(self, X: Any) -> np.ndarray:
-        """Encrypted predictions, mapped to the labels seen in ``fit``."""
+        """Encrypted predictions: labels seen in ``fit`` for a classifier, values for a regressor."""
+        if not self._is_classifier():
+            return self.model_.predict(X)
         return labels_from_outputs(self.model_.predict_proba(X), self.classes_)
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy for a classifier, R^2 for a regressor (as scikit-learn's mixins), from encrypted predictions."""
+        if self._is_classifier():
+            return float(super().score(X, y, sample_weight=sample_weight))
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y, self.predict(X), sample_weight=sample_weight))
 
     def close(self) -> None:
         """Close the encrypted model and delete a temporary key directory (secret key included)."""

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
+from ._onnx import run_onnx
 
 DOMAIN = "ai.onnx.ml"
 _PASS = {"Cast", "Identity", "Normalizer", "ZipMap"}
@@ -174,8 +175,10 @@ def _trees(node: Any, n_features: int) -> Any:
                                       (f"a {a.get('post_transform')} transform", a.get("post_transform", "NONE") != "NONE"))
                if found]
     if boosted:
-        raise UnsupportedModelError(f"{node.op_type} with {' and '.join(boosted)} (boosted trees: xgboost, LightGBM, "
-                                    f"GradientBoosting) is not supported; {INSTEAD} (Concrete ML has XGBClassifier)")
+        xgb = "XGBClassifier" if classifier else "XGBRegressor"
+        raise UnsupportedModelError(f"{node.op_type} with {' and '.join(boosted)}: boosted trees (GradientBoosting, "
+                                    f"xgboost, LightGBM) are not supported through ONNX; use a decision tree or random "
+                                    f"forest, or train Concrete ML's {xgb} in Python and pass it to he_compute.compile()")
     tree_ids = sorted(set(a["nodes_treeids"]))
     if classifier:
         labels = a.get("classlabels_int64s") or a.get("classlabels_strings")
@@ -222,15 +225,10 @@ def _n_features(proto: Any) -> int:
 
 def _check(proto: Any, est: Any, X: np.ndarray, Xp: np.ndarray) -> None:
     """The rebuilt model on the preprocessed data ``Xp`` must give what the graph gives on ``X`` (onnxruntime)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: X.astype(np.float32)}
-    outputs = session.run(None, feed)
+    outputs = run_onnx(proto, X)  # one-line errors for a newer opset or data of the wrong width
     if hasattr(est, "predict_proba"):
         got = est.predict_proba(Xp)
-        want = outputs[-1]
-        want = np.array([[row[c] for c in est.classes_] for row in want]) if isinstance(want, list) else want
+        want = outputs[-1]  # ZipMap's dicts come back in sorted class order, which is est.classes_'
     else:
         got, want = est.predict(Xp), outputs[0]
     err = float(np.max(np.abs(np.asarray(got, float).reshape(len(X), -1) - np.asarray(want, float).reshape(len(X), -1))))
@@ -256,6 +254,10 @@ def to_sklearn(proto: Any, X_calib: np.ndarray, *, scheme: str) -> tuple[Any, di
     checked against onnxruntime on ``X_calib``."""
     model, scalers = _walk(proto)
     n_features = _n_features(proto)
+    width = int(np.prod(np.shape(X_calib)[1:]))
+    if width != n_features:
+        raise InputError(f"the calibration data has {width} features per row but the ONNX model takes "
+                         f"{n_features}: pass the columns the model was trained on")
     if model.op_type in _TREES:
         if scheme != "tfhe":
             raise UnsupportedModelError(f"{model.op_type}: CKKS cannot evaluate trees (comparisons are not "

@@ -95,6 +95,11 @@ class ClientScheme(Protocol):
         """Open the client side of one model; ``secret`` is ``None`` before key generation."""
         ...
 
+    def simulate(self, manifest: dict[str, Any], client: dict[str, bytes], server: dict[str, bytes],
+                 X: np.ndarray) -> np.ndarray:
+        """What decrypting an encrypted run of the bundle on (preprocessed) ``X`` gives, computed without keys."""
+        ...
+
     def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
         """The same encrypted input with fresh randomness, using public material only; raise
         :class:`~he_compute.errors.UnsupportedModelError` where the scheme has no public-key encryption."""

@@ -20,12 +20,14 @@ Nothing about any verdict is written to the queue: workers only ever see ordinar
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ...errors import warn
 from ...errors import (
     AuthError,
     BadOutput,
@@ -54,6 +56,14 @@ FAILED_WAIT_S = 60.0
 TARGET_WAIT_S = 3.0
 """How long a job routed to one worker may sit unclaimed before it goes to another (that worker may be gone,
 or be a cheater that ignores routed jobs)."""
+
+
+def idle_notice_s() -> float:
+    """``HEC_IDLE_NOTICE_S`` (default 60): how long a run waits with no job claimed before saying so."""
+    try:
+        return float(os.environ.get("HEC_IDLE_NOTICE_S", "60"))
+    except ValueError:
+        return 60.0
 
 
 @dataclass
@@ -118,6 +128,7 @@ class Supervisor:
         self.stats = {"submitted": 0, "tie_breakers": 0, "duplicates": 0, "invalid": 0, "reruns": 0,
                       "unattributed": 0, "decoys": len(decoys), "decoys_sent": 0, "failed": 0}
         self.failed_by: dict[str, int] = {}     # queue worker name -> jobs it sent to the dead letter
+        self.claimed = False                    # whether any job of this run was seen claimed
         self.job_stats: list[dict[str, Any]] = []  # what each accepted job's worker reported (cache hits, timings)
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -152,6 +163,7 @@ class Supervisor:
             on_submit(list(self.jobs))
         deadline = None if timeout is None else time.monotonic() + timeout
         shown: set[int] = set()
+        idle_since: float | None = time.monotonic()  # until a worker claims a job of this run (None: one has)
         while True:
             with self._logged_together():
                 self._poll()
@@ -175,6 +187,12 @@ class Supervisor:
                 continue
             if not workers_alive():
                 raise QueueError("all local workers exited with jobs left: see their log under .hec/logs")
+            if idle_since is not None and (self.claimed or time.monotonic() - idle_since > idle_notice_s()):
+                if not self.claimed:  # said once, and the run goes on waiting: a worker started later takes it
+                    warn(f"no worker has claimed any of this run's {len(self.jobs)} job(s) in "
+                         f"{time.monotonic() - idle_since:.0f} s: start one (hec worker --queue {self.q.url}); "
+                         f"this run keeps waiting, and after Ctrl-C the same command resumes it")
+                idle_since = None
             if deadline is not None and time.monotonic() > deadline:
                 stuck = next(g for g in self.groups if g.winner is None)
                 detail = (f"group {stuck.index}: {len(stuck.results)} result(s), {len(stuck.pending)} job(s) waiting; "
@@ -211,6 +229,7 @@ class Supervisor:
                     self.unresponsive.add(target)
                     self.jobs[job_id].pending.discard(job_id)
                     continue
+            self.claimed = self.claimed or job.state in (JobState.RUNNING, JobState.DONE)
             g = self.jobs[job_id]
             if job.state is JobState.QUEUED and g.failed_at and time.monotonic() - g.failed_at > FAILED_WAIT_S:
                 raise JobFailed(f"job group {g.index} failed on {printable(g.failures[-1][0], 80)} and no other worker "

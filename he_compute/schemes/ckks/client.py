@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ... import settings
-from ...errors import FormatError, KeyMismatchError, UnsupportedModelError
+from ...errors import FormatError, KeyMismatchError, UnsupportedModelError, clipped_message, warn
 from ...formats.bundle import Bundle
 from . import params
 from .payload import Payload, check_output, pack
@@ -98,11 +98,7 @@ class CKKSClient:
         """Batch: one ciphertext per feature over up to ``slots`` samples; single: ``[x, x]`` blocks."""
         enc = sealapi().Encryptor(self.engine.context, self._key())
         flat = np.asarray(X, dtype=np.float64).reshape(X.shape[0], -1)
-        if self.clip is not None and self.clip[0].shape == flat.shape[1:]:
-            # Polynomial activations are only accurate (and bounded) on the calibration ranges: an outlier
-            # feature would blow up through a high-degree polynomial, so it is clipped to the calibration
-            # range widened by the compile margin (encoding.json in the client part).
-            flat = np.clip(flat, self.clip[0], self.clip[1])
+        flat = self.clip_inputs(flat)
         chunks = []
         if self.packing == "single":
             per = self.slots // (2 * self.block)
@@ -120,6 +116,23 @@ class CKKSClient:
         if len(parts) > 1 and _may_fork():
             return _in_processes(self, parts)
         return [self._encrypt_batch(enc, part) for part in parts]
+
+    def clip_inputs(self, flat: np.ndarray) -> np.ndarray:
+        """``flat`` clipped to the calibration box, with one warning naming the cells that were outside it."""
+        if self.clip is None or self.clip[0].shape != flat.shape[1:]:
+            return flat
+        # Polynomial activations are only accurate (and bounded) on the calibration ranges, and a slot past
+        # what the modulus holds wraps and corrupts every other sample of its ciphertext when decoded: so
+        # each feature is clipped to the calibration range widened by the compile margin (encoding.json in
+        # the client part), and the user is told which cells were.
+        outside = (flat < self.clip[0]) | (flat > self.clip[1])
+        if outside.any():
+            rows, cols = np.nonzero(outside)
+            warn(clipped_message(
+                f"{rows.size} input value(s) clipped to the calibration range widened by half its span (only "
+                f"{np.unique(rows).size} row(s) affected)", rows.tolist(), cols.tolist(),
+                flat[rows, cols].tolist()), stacklevel=4)
+        return np.clip(flat, self.clip[0], self.clip[1])
 
     def _encrypt_batch(self, enc: Any, part: np.ndarray) -> tuple[int, bytes]:
         cts = [self._encrypt(enc, part[:, j]) for j in range(part.shape[1])]
@@ -236,6 +249,18 @@ class CKKSClientScheme:
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> CKKSClient:
         """Encoding, post-processing and (if given) the secret key."""
         return CKKSClient(manifest, sections, secret)
+
+    def simulate(self, manifest: dict[str, Any], client: dict[str, bytes], server: dict[str, bytes],
+                 X: np.ndarray) -> np.ndarray:
+        """What the encrypted run decrypts to, without keys: the plan in the clear (the same polynomials and
+        folded weights) on the clipped inputs, post-processed; it differs only by CKKS noise."""
+        from .plan import check_sections, run_plan
+
+        c = CKKSClient(manifest, client, None)
+        plan, weights = check_sections(server)
+        flat = c.clip_inputs(np.asarray(X, dtype=np.float64).reshape(len(X), -1))
+        y = run_plan(plan, weights, flat.reshape(len(X), *plan["input_shape"]))
+        return _postprocess(c.post, y.reshape(len(X), -1))
 
     def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
         """Not possible: inputs are encrypted symmetrically and no public key is made (workers hold nothing

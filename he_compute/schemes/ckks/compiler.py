@@ -16,7 +16,7 @@ from .._onnx import is_onnx, is_torch, model_type
 from .._onnx_ml import as_sklearn
 from .._task import decide
 from . import accuracy, approx, frontend, limits, params
-from .plan import PLAN_VERSION, check_plan, needs_relin, npy_bytes, one_product, plan_depth, run_layer, run_plan
+from .plan import LINEAR_OPS, PLAN_VERSION, check_plan, needs_relin, npy_bytes, one_product, plan_depth, run_layer, run_plan
 
 POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
 # Unless max_error is given, the compiler aims for a worst-case output error of this fraction of the
@@ -153,6 +153,27 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
     return plan, {k: npy_bytes(v) for k, v in weights.items()}, info
 
 
+def input_box(X_calib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's calibration range widened by ``CLIP_MARGIN`` of its span: what the client clips to."""
+    Xc = np.asarray(X_calib, dtype=np.float64).reshape(len(X_calib), -1)
+    # A feature constant on the calibration data still gets room: the median span of the others.
+    span = np.maximum(np.ptp(Xc, axis=0), float(np.median(np.ptp(Xc, axis=0))) + 1e-9)
+    return Xc.min(axis=0) - CLIP_MARGIN * span, Xc.max(axis=0) + CLIP_MARGIN * span
+
+
+def _box_peak(plan: dict[str, Any], weights: dict[str, np.ndarray], lo: np.ndarray, hi: np.ndarray) -> float | None:
+    """The largest |output| a plan of linear ops alone can reach on the box ``[lo, hi]`` (interval arithmetic:
+    the output at the centre plus |weights| times the half-widths), or ``None`` for other plans."""
+    if not all(layer["op"] in (*LINEAR_OPS, "reshape") for layer in plan["layers"]):
+        return None
+    shape = (1, *plan["input_shape"])
+    mid, half = ((hi + lo) / 2).reshape(shape), ((hi - lo) / 2).reshape(shape)
+    names = {layer.get(k) for layer in plan["layers"] for k in ("weight", "bias")} - {None}
+    radius = {k: (np.abs(v) if any(layer.get("weight") == k for layer in plan["layers"]) else np.zeros_like(v))
+              for k, v in weights.items() if k in names}
+    return float((np.abs(run_plan(plan, weights, mid)) + run_plan(plan, {**weights, **radius}, half)).max())
+
+
 def _block(plan: dict[str, Any]) -> int:
     """Single packing's block: the smallest power of two holding every layer's features."""
     widest = max(int(np.prod(layer[k])) for layer in plan["layers"] for k in ("in_shape", "out_shape"))
@@ -231,6 +252,12 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     weights = {k: load_npy(v, k) for k, v in weight_sections.items()}
     depth = plan_depth(plan)
     int_bits = max(params.INT_BITS, int(np.ceil(np.log2(info["output_peak"] * (1 + range_margin) + 1))) + 3)
+    lo, hi = input_box(X_calib)
+    box_peak = _box_peak(plan, weights, lo, hi)
+    if box_peak is not None:
+        # A linear plan's outputs are bounded over the whole clip box: every slot then stays below what the
+        # first prime holds, so one outlier cannot wrap its slot and, through decoding, spread to every other.
+        int_bits = max(int_bits, int(np.ceil(np.log2(box_peak + 1))) + 2)
     ckks = params.choose(depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
                          coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
@@ -278,7 +305,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "postprocess": post,
         "activations": info["fits"],
         "max_error_target": target,
-        "input_clip_margin": CLIP_MARGIN if info["fits"] else None,
+        "input_clip_margin": CLIP_MARGIN,
         "predicted_max_error": info["predicted_max_error"],
         "calibration_max_error": info["calibration_max_error"],
         "worst_case_error_bound": info["worst_case_bound"],
@@ -295,13 +322,10 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         "ckks": ckks,
         **onnx_ml,  # what an skl2onnx graph was rebuilt as, and its client-side preprocessing
     }
-    encoding: dict[str, Any] = {"plan_outputs": n_out, "postprocess": post}
-    if info["fits"]:  # only fitted polynomials blow up outside their ranges; linear and x*x plans stay exact
-        Xc = np.asarray(X_calib, dtype=np.float64).reshape(len(X_calib), -1)
-        # A feature constant on the calibration data still gets room: the median span of the others.
-        span = np.maximum(np.ptp(Xc, axis=0), float(np.median(np.ptp(Xc, axis=0))) + 1e-9)
-        encoding["input_clip"] = [(Xc.min(axis=0) - CLIP_MARGIN * span).tolist(),
-                                  (Xc.max(axis=0) + CLIP_MARGIN * span).tolist()]
+    # Every plan gets its inputs clipped: fitted polynomials blow up outside their ranges, and any slot past
+    # what the modulus holds wraps and corrupts every other sample of its ciphertext when decoded.
+    encoding: dict[str, Any] = {"plan_outputs": n_out, "postprocess": post,
+                                "input_clip": [lo.tolist(), hi.tolist()]}
     client = {"encoding.json": json.dumps(encoding).encode()}
     server = {"plan.json": json.dumps(plan, sort_keys=True).encode(), **weight_sections}
     return Bundle.create("ckks", manifest, client, server)

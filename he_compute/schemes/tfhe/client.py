@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, UnsafeArtifactError, UnsupportedModelError
+from ...errors import FormatError, UnsafeArtifactError, UnsupportedModelError, clipped_message, warn
 from ...formats.bundle import Bundle
 from .._quiet import import_torch_quietly
 from .artifacts import check_processing, check_result_size
@@ -81,6 +81,37 @@ def secret_keys_only(specs_json: bytes, keyset: Any) -> bytes:
     return bytes(Keyset(info, None, initial_lwe_secret_keys=initial).serialize())
 
 
+def saturated_cells(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, features) of ``X`` that the model's input quantizers saturate: values more than half a
+    quantization step outside what the quantized input can represent, which all encrypt as its end."""
+    quantizers = list(getattr(model, "input_quantizers", None) or [])
+    flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    q = np.asarray(model.quantize_input(X)).reshape(len(X), -1)
+    if len(quantizers) == 1:  # one quantizer for the whole input tensor (linear models, torch/ONNX)
+        back, step = np.asarray(quantizers[0].dequant(q), dtype=np.float64), np.asarray(quantizers[0].scale)
+    elif len(quantizers) == flat.shape[1]:  # one per feature (trees)
+        back = np.stack([np.asarray(qz.dequant(q[:, j]), dtype=np.float64) for j, qz in enumerate(quantizers)], 1)
+        step = np.array([float(np.asarray(qz.scale).max()) for qz in quantizers])
+    else:
+        return np.empty(0, dtype=int), np.empty(0, dtype=int)
+    rows, cols = np.nonzero(np.abs(back.reshape(flat.shape) - flat) > 0.51 * np.abs(step).reshape(1, -1) + 1e-12)
+    return rows, cols
+
+
+def _warn_saturated(model: Any, X: np.ndarray) -> None:
+    """One warning naming the rows and features that saturate: the model then sees the end of its range."""
+    try:
+        rows, cols = saturated_cells(model, X)
+    except (ValueError, TypeError, AttributeError):  # a quantizer layout this check does not know: no warning
+        return
+    if rows.size:
+        flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+        warn(clipped_message(
+            f"{rows.size} input value(s) outside the range the model was quantized on saturate to its end "
+            f"({np.unique(rows).size} row(s) affected; their results are those of the clipped inputs)",
+            rows.tolist(), cols.tolist(), flat[rows, cols].tolist()), stacklevel=4)
+
+
 class TFHEClient:
     """Holds the (optional) secret keyset for one bundle."""
 
@@ -106,6 +137,7 @@ class TFHEClient:
 
     def encrypt(self, X: np.ndarray) -> list[tuple[int, bytes]]:
         """One payload per sample: Concrete ML circuits take one sample at a time."""
+        _warn_saturated(self._model, X)
         payloads = []
         for row in X:
             quantized = self._model.quantize_input(row[np.newaxis, ...])
@@ -138,6 +170,26 @@ class TFHEClientScheme:
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> TFHEClient:
         """Quantizers, post-processing and (if given) the secret keyset."""
         return TFHEClient(sections, secret)
+
+    def simulate(self, manifest: dict[str, Any], client: dict[str, bytes], server: dict[str, bytes],
+                 X: np.ndarray) -> np.ndarray:
+        """What the encrypted run decrypts to, without keys: Concrete's simulation of the bundle's own
+        circuit (table lookups drawn with its bootstrap error rate, as ``fhe="simulate"``) between the
+        same quantization and post-processing the client applies."""
+        from concrete import fhe
+
+        from .server import TFHEServer
+
+        model = build_model(client["processing.json"])
+        _warn_saturated(model, X)
+        runner = TFHEServer(server, simulated=True)
+        sim = fhe.Client(fhe.ClientSpecs.deserialize(client["client.specs.json"]), is_simulated=True)
+        rows = []
+        for row in X:
+            value = runner.run_simulated(sim.simulate_encrypt(model.quantize_input(row[np.newaxis, ...])))
+            out = model.post_processing(model.dequantize_output(sim.simulate_decrypt(value)))
+            rows.append(np.asarray(out, dtype=np.float64).reshape(1, -1))
+        return np.concatenate(rows, axis=0)
 
     def rerandomize(self, evaluation: bytes, payload: bytes) -> bytes:
         """Not possible: Concrete's TFHE has no public-key encryption, and only the secret key re-encrypts."""

@@ -34,7 +34,7 @@ def _configuration(plain: dict[str, Any]) -> Any:
 class TFHEServer:
     """Evaluates one compiled Concrete circuit; build it once per bundle and reuse it."""
 
-    def __init__(self, sections: dict[str, bytes]):
+    def __init__(self, sections: dict[str, bytes], *, simulated: bool = False):
         check_server_sections(sections)
         from concrete import fhe
         from concrete.fhe.compilation.composition import CompositionClause, CompositionRule
@@ -48,10 +48,14 @@ class TFHEServer:
         self._server = fhe.Server.create(
             sections["circuit.mlir"].decode(),
             _configuration(json.loads(sections["configuration.json"])),
-            False,
+            simulated,  # simulation (keyless, in the clear) serves the client's `hec simulate` only
             composition_rules=rules,
             tfhers_specs=specs.tfhers_specs,
         )
+
+    def run_simulated(self, value: Any) -> Any:
+        """Run a simulated circuit (``simulated=True``) on a value from ``Client.simulate_encrypt``."""
+        return self._server.run(value)
 
     def statistics(self) -> dict[str, float]:
         """Concrete's cost figures for this circuit (complexity, bootstraps), for pre-flight estimates."""
