@@ -148,6 +148,18 @@ def test_shape_masks_ids_and_timings_but_keeps_figures():
     assert _shape(table, True)[1] == ("# <id> <worker> #", [(0, False), (72.9594, True)])
 
 
+def test_a_changed_accuracy_makes_the_stored_notebook_stale_but_a_changed_timing_does_not():
+    def run(text):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(...)")])
+        nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        return nb
+
+    stored = run("TFHE: 2 samples in 58.8s\nquantized accuracy: 95.6%\nmax error: 1.1e-06\n")
+    assert _differences("nb", stored, run("TFHE: 2 samples in 31.0s\nquantized accuracy: 95.6%\nmax error: 3e-06\n")) == []
+    assert _differences("nb", stored, run("TFHE: 2 samples in 58.8s\nquantized accuracy: 91.2%\nmax error: 1.1e-06\n"))
+    assert _differences("nb", stored, run("TFHE: 2 samples in 58.8s\nquantized accuracy: 95.6%\n"))
+
+
 def test_stored_notebooks_show_their_outputs():
     found = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert found == sorted(EXPECTED), "add new notebooks to EXPECTED in tests/test_notebooks.py"
