@@ -27,7 +27,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def _clean_text(text: str) -> str:
     """Drop escape codes, and keep only what a terminal would finally show of a line redrawn with ``\\r``."""
-    text = _ANSI.sub("", text)
+    text = _ANSI.sub("", text).replace("\r\n", "\n")  # `!cmd` output comes through a terminal: CRLF
     return "".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r\n") else line
                    for line in text.splitlines(keepends=True))
 
