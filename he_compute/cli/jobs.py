@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,7 +243,7 @@ def register(group: click.Group) -> None:
         for j in jobs:
             table.add_row(j.id, j.run or "-", j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
                           _when(j.updated), (j.error or "")[:60])
-        Console(width=160 if not click.get_text_stream("stdout").isatty() else None).print(table)
+        Console(width=None if sys.stdout.isatty() else 160).print(table)
 
     @group.command("cancel")
     @click.argument("job_id", metavar="JOB")

@@ -36,7 +36,7 @@ from .executor import Fetch, Loaded, check_ids
 from .frames import ChildGone, TimedOut, read_frame, write_frame
 
 _GiB = 1 << 30
-_ERRORS = {name: getattr(errors, name) for name in ("FormatError", "IntegrityError", "LimitExceeded",
+_ERRORS: dict[str, type[Exception]] = {name: getattr(errors, name) for name in ("FormatError", "IntegrityError", "LimitExceeded",
            "UnsafeArtifactError", "KeyMismatchError", "SecurityError", "UnsupportedModelError", "EvaluationError")}
 
 

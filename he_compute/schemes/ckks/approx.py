@@ -39,7 +39,9 @@ def evaluate(expr: Any, x: np.ndarray) -> np.ndarray:
         return np.full_like(x, expr[1])
     if tag in ("add", "sub", "mul", "div", "pow"):
         a, b = evaluate(expr[1], x), evaluate(expr[2], x)
-        return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power}[tag](a, b)
+        ops: dict[str, np.ufunc] = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                                    "pow": np.power}
+        return ops[tag](a, b)
     v = evaluate(expr[1], x)
     if tag == "relu":
         return np.maximum(v, 0.0)

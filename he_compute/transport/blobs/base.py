@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from ...errors import IntegrityError
 from ...formats.digests import digest_of
@@ -50,4 +50,11 @@ class BlobStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
         ...

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Iterable, Protocol, Self, runtime_checkable
 
 from ...errors import QueueError
 from ...formats.canonical import compact
@@ -159,6 +159,13 @@ class Producer(Protocol):
         """Release connections."""
         ...
 
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
+        ...
+
 
 def sleep_wait(_: Any, timeout_s: float) -> None:
     """:meth:`Producer.wait` for engines that cannot tell when the queue changed: a plain sleep."""
@@ -202,6 +209,13 @@ class Consumer(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
         ...
 
 

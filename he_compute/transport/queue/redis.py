@@ -322,10 +322,10 @@ class RedisQueue(Closing):
                 cycled = False
                 for stream, entries in reply or []:
                     for msg_id, fields in entries:
-                        lease = self._try_take(_text(stream), msg_id, fields, worker, who)
-                        if isinstance(lease, Lease):
-                            return lease
-                        if lease == "busy":
+                        taken = self._try_take(_text(stream), msg_id, fields, worker, who)
+                        if isinstance(taken, Lease):
+                            return taken
+                        if taken == "busy":
                             job = fields.get(b"job", b"")
                             cycled = cycled or job in skipped
                             skipped.add(job)
@@ -336,7 +336,8 @@ class RedisQueue(Closing):
                         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
                         skipped.clear()
 
-        return self._call("claim", go)
+        taken: Lease | None = self._call("claim", go)
+        return taken
 
     def heartbeat(self, lease: Lease, progress: dict[str, Any] | None = None) -> bool:
         """Reset the entry's idle time (``XCLAIM JUSTID``) and record progress."""

@@ -295,7 +295,8 @@ class SqliteQueue(Closing):
     def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
              since: float | None = None) -> list[Job]:
         """Jobs oldest first, filtered by state, run and creation time."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if state is not None:
             where.append("state = ?")
             args.append(JobState(state).value)
