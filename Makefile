@@ -42,4 +42,4 @@ bench: install redis
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .hec demo-out bench/results
+	rm -rf $(VENV) .hec demo-out

@@ -291,10 +291,6 @@ class RedisQueue(Closing):
                 break
         return None
 
-    def maintain(self) -> int:
-        """Nothing to do: dead workers' entries are reclaimed by ``XAUTOCLAIM`` inside :meth:`claim`."""
-        return 0
-
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
               operator: str | None = None) -> Lease | None:
         """Reclaim a dead worker's job if any, else read a new entry (blocking up to ``block_s``).

@@ -150,11 +150,6 @@ class SqliteQueue(Closing):
             db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
         return len(expired)
 
-    def maintain(self) -> int:
-        """Reap expired leases now (claims also do it)."""
-        with self._tx() as db:
-            return self._reap(db, time.time())
-
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
               operator: str | None = None) -> Lease | None:
         """Atomically move the oldest queued job for ``devices`` to running, under a new lease.
