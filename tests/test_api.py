@@ -65,7 +65,7 @@ def test_encrypted_model_through_the_embedded_queue(compiled, cancer, tmp_path):
     from he_compute.transport import blobs, queue
     from he_compute.worker.loop import Worker
 
-    from test_queue_support import wait_for
+    from queue_support import wait_for
 
     _, X_test, _, _ = cancer
     c = compiled("linear")

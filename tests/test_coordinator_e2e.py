@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import he_compute
-from tests.coordinator_support import CoordinatorProc, coordinator_env, stop_all, tls, worker_proc  # noqa: F401
-from tests.test_queue_support import wait_for
+from coordinator_support import CoordinatorProc, coordinator_env, stop_all, worker_proc
+from queue_support import wait_for
 
 PYTHON = sys.executable
 

@@ -33,13 +33,6 @@ def one_line_error(result, expected: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HEC_QUEUE", raising=False)
-    return tmp_path
-
-
 # ---- item 1: hec run / decrypt / encrypt find what keygen made ----------------------------------------
 
 

@@ -14,17 +14,7 @@ from he_compute.transport import queue
 from he_compute.errors import QueueError
 from he_compute.transport.locations import default_queue_url
 from he_compute.transport.queue import JobState
-from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
-
-LEASE = 0.6
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def q(request, tmp_path):
-    url = f"sqlite://{tmp_path / 'queue.db'}" if request.param == "sqlite" else request.getfixturevalue("redis_url")
-    jq = queue.connect(url, lease_s=LEASE)
-    yield jq
-    jq.close()
+from queue_support import LEASE
 
 
 def test_submit_claim_complete(q):

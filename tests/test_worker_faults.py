@@ -15,14 +15,7 @@ import pytest
 
 from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
-from test_queue_support import (  # noqa: F401 - fixtures
-    decrypt_jobs,
-    redis_server,
-    redis_url,
-    submit_samples,
-    wait_for,
-    worker_proc,
-)
+from queue_support import decrypt_jobs, submit_samples, wait_for, worker_proc
 
 LEASE = 1.5
 

@@ -18,7 +18,7 @@ import pytest
 
 from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
-from test_queue_support import free_port, submit_samples, wait_for
+from queue_support import free_port, submit_samples, wait_for
 
 LEASE = 3.0
 

@@ -1,7 +1,7 @@
-"""Helpers shared by the queue, blob, worker and run tests (no tests here).
+"""Helpers shared by the queue, blob, worker and run tests (no tests here; the fixtures are in conftest.py).
 
-Each test session starts its own ``redis-server`` (Debian's, installed by
-``make redis``) and moto S3 server on free loopback ports, and kills them after.
+A test session starts one ``redis-server`` (Debian's, installed by ``make redis``) and one moto S3 server on
+free loopback ports (conftest.py's ``redis_server`` and ``s3_endpoint``), and kills them after.
 """
 
 from __future__ import annotations
@@ -67,32 +67,7 @@ class RedisServer:
         redis.Redis(port=self.port).flushall()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server):
-    redis_server.flush()
-    return redis_server.url
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+LEASE = 0.6  # seconds: short leases make expiry tests quick
 
 
 def worker_proc(queue_url: str, blobs_url: str, *, fault: str = "", lease: float = 1.5, burst: bool = False,
