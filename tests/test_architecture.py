@@ -77,3 +77,19 @@ def test_importing_the_cli_does_not_import_concrete_or_tenseal():
     code = "import sys, he_compute.cli; print([m for m in ('concrete', 'tenseal', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_mypy_catches_a_wrong_type(tmp_path):
+    """``make lint`` runs mypy over he_compute; this positive control shows the check has teeth: a call into the
+    wire layer with a wrong type is reported (and the same call with the right type is not)."""
+    mypy = Path(sys.executable).with_name("mypy")
+    config = ROOT.parent / "pyproject.toml"
+    results = {}
+    for name, arg in (("wrong", "42"), ("right", "b'42'")):
+        snippet = tmp_path / f"{name}.py"
+        snippet.write_text(f"from he_compute.formats.digests import digest_of\n\ndigest_of({arg})\n")
+        results[name] = subprocess.run([str(mypy), "--config-file", str(config),
+                                        str(snippet)], capture_output=True, text=True, timeout=600, cwd=ROOT.parent)
+    assert results["right"].returncode == 0, results["right"].stdout
+    assert results["wrong"].returncode == 1
+    assert 'Argument 1 to "digest_of" has incompatible type "int"' in results["wrong"].stdout
