@@ -3,6 +3,7 @@ reach secret-key code, modules stay readable, and the public API is what ``__all
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,11 @@ WORKER_SIDE = ["he_compute.worker.loop", "he_compute.worker.host", "he_compute.w
 MAX_LINES = 420
 
 
-def _lint_imports() -> subprocess.CompletedProcess[str]:
+def _lint_imports(root: Path = ROOT.parent) -> subprocess.CompletedProcess[str]:
+    """import-linter over the package found in ``root`` (it imports from its working directory)."""
     exe = Path(sys.executable).with_name("lint-imports")
     cmd = [str(exe), "--no-cache"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT.parent)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
 
 
 def test_import_contracts_are_kept():
@@ -30,14 +32,15 @@ def test_import_contracts_are_kept():
 
 
 def test_the_contracts_catch_a_worker_module_importing_a_client_module(tmp_path):
-    """Positive control: a worker module that imports the client breaks both the layers and the forbidden contract."""
-    bad = ROOT / "worker" / "_contract_probe.py"
-    bad.write_text('"""Deliberately wrong-way import, written and removed by a test."""\n'
-                   "from ..client.keys import read_info  # noqa: F401\n")
-    try:
-        out = _lint_imports()
-    finally:
-        bad.unlink()
+    """Positive control: a worker module that imports the client breaks both the layers and the forbidden contract.
+
+    The probe goes into a copy of the package, never into the source tree."""
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT, copy / "he_compute", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT.parent / "pyproject.toml", copy)
+    (copy / "he_compute" / "worker" / "_contract_probe.py").write_text(
+        '"""Deliberately wrong-way import."""\nfrom ..client.keys import read_info  # noqa: F401\n')
+    out = _lint_imports(copy)
     assert out.returncode != 0
     assert "he_compute.worker is not allowed to import he_compute.client" in out.stdout
     assert "1 kept, 2 broken" in out.stdout
