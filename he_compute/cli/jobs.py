@@ -194,9 +194,7 @@ def register(group: click.Group) -> None:
             for key, value in rows.items():
                 click.echo(f"{key:>9}: {value}")
             return
-        counts: dict[str, int] = {}
-        for job in q.jobs(limit=10**9):
-            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        counts = {state.value: n for state, n in q.counts().items()}
         if as_json:
             click.echo(json.dumps({"queue": q.url, "counts": counts}, indent=2))
             return
