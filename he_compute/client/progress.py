@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from .. import settings
+
 PLAIN_EVERY_S = 5.0
 """Least seconds between two plain progress lines (a log gets a few lines, not one per sample)."""
 
@@ -19,7 +21,7 @@ PLAIN_EVERY_S = 5.0
 @contextmanager
 def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; draws a bar on a TTY, otherwise prints a few lines (10% steps, 5 s apart) and the last."""
-    mode = os.environ.get("HEC_PROGRESS", "auto")
+    mode = settings.get("HEC_PROGRESS")
     if not enabled or total <= 0 or mode == "off":
         yield lambda n: None
         return
@@ -50,7 +52,7 @@ def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callab
 @contextmanager
 def working(label: str) -> Iterator[None]:
     """A spinner with elapsed time for one long step of unknown length (keygen), plain lines otherwise."""
-    mode = os.environ.get("HEC_PROGRESS", "auto")
+    mode = settings.get("HEC_PROGRESS")
     if mode == "off":
         yield
         return
