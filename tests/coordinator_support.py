@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 
-from queue_support import free_port, wait_for
+from queue_support import fault_env, free_port, wait_for
 
 PYTHON = sys.executable
 
@@ -74,7 +74,7 @@ def worker_proc(coord: CoordinatorProc, state: Path, *, token_file: Path | None 
            "--concurrency", "1", "--threads", "1", "--device", "cpu", "--ca-file", str(coord.tls[0]), *extra]
     if token_file is not None:
         cmd += ["--token-file", str(token_file)]
-    env = {**os.environ, "HEC_TEST_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **fault_env(fault), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
 

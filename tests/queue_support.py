@@ -70,12 +70,23 @@ class RedisServer:
 LEASE = 0.6  # seconds: short leases make expiry tests quick
 
 
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def fault_env(fault: str) -> dict[str, str]:
+    """Environment that makes the worker processes started with it misbehave (see faults/sitecustomize.py)."""
+    if not fault:
+        return {}
+    path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"HE_COMPUTE_TEST_FAULT": fault, "PYTHONPATH": path}
+
+
 def worker_proc(queue_url: str, blobs_url: str, *, fault: str = "", lease: float = 1.5, burst: bool = False,
                 log: Path | None = None) -> subprocess.Popen:
     """Start one worker process (one thread) with an optional test fault."""
     from he_compute.client.run.local import worker_command
 
-    env = {**os.environ, "HEC_TEST_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **fault_env(fault), "OMP_NUM_THREADS": "1"}
     cmd = worker_command(queue_url, blobs_url, threads=1, device="cpu", burst=burst, lease_s=lease)
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
