@@ -91,51 +91,48 @@ def compile_options(scheme: str, given: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def register(main: click.Group) -> None:
-    """Add ``compile`` to ``main``."""
+@click.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
+@click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle to write.")
+@click.option("--task", type=click.Choice(["classifier", "regressor"]), default=None,
+              help="What the model is (default: a graph ending in Softmax/Sigmoid or with several outputs is "
+                   "a classifier; one output is a regressor). predict_proba needs a classifier.")
+@click.option("--no-estimate", is_flag=True, help="Skip the cost estimate printed after compiling.")
+@_options
+def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task: str | None,
+                no_estimate: bool, **knobs: Any) -> None:
+    """Compile an ONNX model (torch export, or scikit-learn through skl2onnx) into a bundle.
 
-    @main.command("compile")
-    @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
-    @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Bundle to write.")
-    @click.option("--task", type=click.Choice(["classifier", "regressor"]), default=None,
-                  help="What the model is (default: a graph ending in Softmax/Sigmoid or with several outputs is "
-                       "a classifier; one output is a regressor). predict_proba needs a classifier.")
-    @click.option("--no-estimate", is_flag=True, help="Skip the cost estimate printed after compiling.")
-    @_options
-    def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task: str | None,
-                    no_estimate: bool, **knobs: Any) -> None:
-        """Compile an ONNX model (torch export, or scikit-learn through skl2onnx) into a bundle.
+    Prints the pre-flight estimate (hec plan gives it for N samples).
 
-        Prints the pre-flight estimate (hec plan gives it for N samples).
+    Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
+    """
+    import he_compute
 
-        Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
-        """
-        import he_compute
+    from ..client.data import read_input
 
-        from ..client.data import read_input
+    options = compile_options(scheme, knobs)
+    if task is not None:
+        options["task"] = task
+    if model.suffix.lower() != ".onnx":
+        raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
+    if not model.is_file():
+        raise HECError(f"{model} does not exist")
+    X = read_input(calibration)
+    start = time.perf_counter()
+    bundle = he_compute.compile(model, X, scheme=scheme, **options)
+    bundle.save(output)
+    _echo(f"wrote {output} ({bundle.scheme} {bundle.manifest.get('task', 'model')}, model "
+          f"{bundle.model_id[:12]}, {bundle.manifest['security_level']}-bit security) in "
+          f"{time.perf_counter() - start:.1f}s")
+    if not no_estimate:
+        from ..client.estimate import estimate
+        from ._render import render
+        from .info import estimate_lines
 
-        options = compile_options(scheme, knobs)
-        if task is not None:
-            options["task"] = task
-        if model.suffix.lower() != ".onnx":
-            raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
-        if not model.is_file():
-            raise HECError(f"{model} does not exist")
-        X = read_input(calibration)
-        start = time.perf_counter()
-        bundle = he_compute.compile(model, X, scheme=scheme, **options)
-        bundle.save(output)
-        _echo(f"wrote {output} ({bundle.scheme} {bundle.manifest.get('task', 'model')}, model "
-              f"{bundle.model_id[:12]}, {bundle.manifest['security_level']}-bit security) in "
-              f"{time.perf_counter() - start:.1f}s")
-        if not no_estimate:
-            from ..client.estimate import estimate
-            from ._render import render
-            from .inspect import estimate_lines
-
-            for line in render({"estimate": estimate_lines(estimate(bundle, say=_echo))}):
-                _echo(line)
+        for line in render({"estimate": estimate_lines(estimate(bundle, say=_echo))}):
+            _echo(line)
