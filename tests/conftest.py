@@ -16,6 +16,20 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
 
+# `make test-fast` leaves out the tests marked slow: these whole modules (FHE evaluation in worker processes,
+# neural networks compiled for TFHE or deep ones for CKKS, the notebooks: 30-250 s each on 2 cores, measured
+# with pytest --durations=0) and the tests marked one by one.  `make test` runs everything.
+SLOW_MODULES = {"test_ckks_engine", "test_coordinator_scale", "test_notebooks", "test_run", "test_sandbox",
+                "test_tfhe_circuit_check", "test_tfhe_models", "test_verify_agreement", "test_verify_cheaters",
+                "test_worker", "test_worker_faults", "test_worker_signals"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_hec_home(tmp_path_factory):
     """The key registry and per-machine cost measurements go to a temporary HEC_HOME, never the user's ~/.hec."""

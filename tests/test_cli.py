@@ -33,6 +33,7 @@ def onnx_model(tiny_mlp, tmp_path_factory):
     return root, Xtr, Xte
 
 
+@pytest.mark.slow
 def test_full_flow_from_onnx(onnx_model, tmp_path):
     from concrete.ml.torch.compile import compile_onnx_model
     import onnx

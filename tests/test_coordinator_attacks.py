@@ -234,6 +234,7 @@ def test_every_route_rejects_an_unauthenticated_request(coord):
                 assert r.status_code == 401, (method, route.path, r.status_code, r.text[:200])
 
 
+@pytest.mark.slow
 def test_rate_limits_per_worker(tmp_path, tls):  # noqa: F811
     c = CoordinatorProc(tmp_path / "data", tls, args=("--worker-rate", "5/minute")).start()
     try:
