@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 
-from .. import settings
 from ..errors import HECError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -75,9 +74,6 @@ def main(ctx: click.Context, debug: bool) -> None:
       hec decrypt y.enc -o y.csv
     """
     ctx.meta["hec.debug"] = debug
-    # Every HEC_* variable is checked before any work, so a bad value fails in one line naming it.
-    for name in settings.check_all():
-        click.echo(f"warning: {name} is not a setting of hec (the README lists them); ignored", err=True)
 
 
 def _load(name: str) -> click.Command:

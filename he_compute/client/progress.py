@@ -12,8 +12,6 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from .. import settings
-
 PLAIN_EVERY_S = 5.0
 """Least seconds between two plain progress lines (a log gets a few lines, not one per sample)."""
 
@@ -21,7 +19,7 @@ PLAIN_EVERY_S = 5.0
 @contextmanager
 def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; draws a bar on a TTY, otherwise prints a few lines (10% steps, 5 s apart) and the last."""
-    mode = settings.get("HEC_PROGRESS")
+    mode = os.environ.get("HEC_PROGRESS", "auto")
     if not enabled or total <= 0 or mode == "off":
         yield lambda n: None
         return
@@ -52,7 +50,7 @@ def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callab
 @contextmanager
 def working(label: str) -> Iterator[None]:
     """A spinner with elapsed time for one long step of unknown length (keygen), plain lines otherwise."""
-    mode = settings.get("HEC_PROGRESS")
+    mode = os.environ.get("HEC_PROGRESS", "auto")
     if mode == "off":
         yield
         return

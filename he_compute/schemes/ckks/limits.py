@@ -9,9 +9,10 @@ Workers may raise a limit with ``HEC_CKKS_LIMITS='{"max_features": 131072}'``.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, fields, replace
 
-from ... import settings
 from ...errors import FormatError
 
 
@@ -33,14 +34,17 @@ class Limits:
 
 def current() -> Limits:
     """The limits in force: the defaults, overridden by the JSON object in ``$HEC_CKKS_LIMITS``."""
-    given = settings.get("HEC_CKKS_LIMITS")
-    if not given:
+    raw = os.environ.get("HEC_CKKS_LIMITS")
+    if not raw:
         return Limits()
-    names = {f.name for f in fields(Limits)}
-    if not set(given) <= names or not all(isinstance(v, int) and v > 0 for v in given.values()):
-        raise FormatError(f"HEC_CKKS_LIMITS is invalid (expected an object of positive integers with keys among "
-                          f"{sorted(names)}): fix or unset it")
-    return replace(Limits(), **given)
+    try:
+        given = json.loads(raw)
+        names = {f.name for f in fields(Limits)}
+        if not isinstance(given, dict) or not set(given) <= names or not all(isinstance(v, int) and v > 0 for v in given.values()):
+            raise ValueError(f"expected an object of positive integers with keys among {sorted(names)}")
+        return replace(Limits(), **given)
+    except ValueError as exc:
+        raise FormatError(f"HEC_CKKS_LIMITS is invalid ({exc}): fix or unset it") from exc
 
 
 def check(value: int, limit: int, what: str) -> None:
