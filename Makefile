@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench notebooks redis browser iproute2 clean
+.PHONY: install demo test test-fast lint bench notebooks redis browser iproute2 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,16 @@ iproute2:
 demo: install
 	$(BIN)/python -m he_compute.demo
 
-test: install redis browser
+# Types (mypy, strict for the wire, the plumbing and the worker) and ruff's bug-catching rules.
+lint: install
+	$(BIN)/ruff check he_compute tests bench
+	$(BIN)/mypy
+
+test: install redis browser lint
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+# Minutes, not tens of minutes: no FHE compilation heavier than a small tree, no notebooks (README).
+test-fast: install redis lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install redis iproute2
@@ -53,4 +59,4 @@ notebooks: install redis
 	$(BIN)/python notebooks/execute.py
 
 clean:
-	rm -rf $(VENV) .hec demo-out bench/results
+	rm -rf $(VENV) .hec demo-out

@@ -65,7 +65,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEC_PROGRESS", "choice", "auto", "progress display: a bar on a terminal, plain lines, or none",
             choices=("auto", "plain", "off")),
     Setting("HEC_ENCRYPT_PROCESSES", "text", None, "1: CKKS batch encryption stays in one process"),
-    Setting("HEC_TEST_FAULT", "text", None, "tests and benchmarks only: make a worker misbehave (never in production)"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

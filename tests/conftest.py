@@ -1,15 +1,33 @@
-"""Shared fixtures: real sklearn data, compiled bundles and keys, built once per session.
+"""Every shared fixture, once: real sklearn data, compiled bundles and keys, and the services.
 
-Compiling and key generation cost seconds per model, so every test module
-shares the same TFHE bundles and key directories.
+Compiling and key generation cost seconds per model, so every test module shares the same TFHE
+bundles and key directories; the session starts one redis-server, one moto S3 server and one set
+of TLS certificates, whichever tests ask first.  Helpers (no fixtures) live in ``*_support.py``.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from queue_support import LEASE, RedisServer, free_port
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
+
+
+# `make test-fast` leaves out the tests marked slow: these whole modules (FHE evaluation in worker processes,
+# neural networks compiled for TFHE or deep ones for CKKS, the notebooks: 30-250 s each on 2 cores, measured
+# with pytest --durations=0) and the tests marked one by one.  `make test` runs everything.
+SLOW_MODULES = {"test_ckks_engine", "test_coordinator_scale", "test_notebooks", "test_run", "test_sandbox",
+                "test_tfhe_circuit_check", "test_tfhe_models", "test_verify_agreement", "test_verify_cheaters",
+                "test_worker", "test_worker_faults", "test_worker_signals"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,3 +114,68 @@ def tiny_mlp(cancer):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     return train(net, Xtr, y_train, 60, lr=0.05), Xtr, Xte
+
+
+# ---- services and working directories -----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def q(request, tmp_path):
+    """A queue engine of each kind, with short leases (``queue_support.LEASE``)."""
+    from he_compute.transport import queue
+
+    url = f"sqlite://{tmp_path / 'queue.db'}" if request.param == "sqlite" else request.getfixturevalue("redis_url")
+    with queue.connect(url, lease_s=LEASE) as jq:
+        yield jq
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh current directory with no queue named in the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HEC_QUEUE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory):
+    """``(ca.pem, cert.pem, key.pem)`` for 127.0.0.1 and localhost, signed by a throwaway CA (trustme)."""
+    import trustme
+
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    for pem in cert.cert_chain_pems[1:]:
+        with open(d / "cert.pem", "ab") as fh:
+            fh.write(pem.bytes())
+    return d / "ca.pem", d / "cert.pem", d / "key.pem"

@@ -9,28 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from tests.test_queue_support import free_port, wait_for
+from queue_support import fault_env, free_port, wait_for
 
 PYTHON = sys.executable
-
-
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory):
-    """``(ca.pem, cert.pem, key.pem)`` for 127.0.0.1 and localhost, signed by a throwaway CA (trustme)."""
-    import trustme
-
-    d = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    cert.private_key_pem.write_to_path(str(d / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
-    for pem in cert.cert_chain_pems[1:]:
-        with open(d / "cert.pem", "ab") as fh:
-            fh.write(pem.bytes())
-    return d / "ca.pem", d / "cert.pem", d / "key.pem"
 
 
 class CoordinatorProc:
@@ -92,7 +74,7 @@ def worker_proc(coord: CoordinatorProc, state: Path, *, token_file: Path | None 
            "--concurrency", "1", "--threads", "1", "--device", "cpu", "--ca-file", str(coord.tls[0]), *extra]
     if token_file is not None:
         cmd += ["--token-file", str(token_file)]
-    env = {**os.environ, "HEC_TEST_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **fault_env(fault), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
 

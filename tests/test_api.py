@@ -37,6 +37,7 @@ def test_submit_and_map_stream_in_order(compiled, cancer, tmp_path):
     np.testing.assert_allclose(np.concatenate(outs), c.model.predict_proba(X_test[:20], fhe="disable"), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_keys_for_another_bundle_are_refused(compiled, tmp_path):
     with pytest.raises(he_compute.KeyMismatchError):
         he_compute.EncryptedModel(compiled("tree").bundle, keys=compiled("linear").client.keys_dir, in_process=True)
@@ -65,7 +66,7 @@ def test_encrypted_model_through_the_embedded_queue(compiled, cancer, tmp_path):
     from he_compute.transport import blobs, queue
     from he_compute.worker.loop import Worker
 
-    from test_queue_support import wait_for
+    from queue_support import wait_for
 
     _, X_test, _, _ = cancer
     c = compiled("linear")

@@ -3,6 +3,7 @@ reach secret-key code, modules stay readable, and the public API is what ``__all
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,11 @@ WORKER_SIDE = ["he_compute.worker.loop", "he_compute.worker.host", "he_compute.w
 MAX_LINES = 420
 
 
-def _lint_imports() -> subprocess.CompletedProcess[str]:
+def _lint_imports(root: Path = ROOT.parent) -> subprocess.CompletedProcess[str]:
+    """import-linter over the package found in ``root`` (it imports from its working directory)."""
     exe = Path(sys.executable).with_name("lint-imports")
     cmd = [str(exe), "--no-cache"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT.parent)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
 
 
 def test_import_contracts_are_kept():
@@ -30,14 +32,15 @@ def test_import_contracts_are_kept():
 
 
 def test_the_contracts_catch_a_worker_module_importing_a_client_module(tmp_path):
-    """Positive control: a worker module that imports the client breaks both the layers and the forbidden contract."""
-    bad = ROOT / "worker" / "_contract_probe.py"
-    bad.write_text('"""Deliberately wrong-way import, written and removed by a test."""\n'
-                   "from ..client.keys import read_info  # noqa: F401\n")
-    try:
-        out = _lint_imports()
-    finally:
-        bad.unlink()
+    """Positive control: a worker module that imports the client breaks both the layers and the forbidden contract.
+
+    The probe goes into a copy of the package, never into the source tree."""
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT, copy / "he_compute", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT.parent / "pyproject.toml", copy)
+    (copy / "he_compute" / "worker" / "_contract_probe.py").write_text(
+        '"""Deliberately wrong-way import."""\nfrom ..client.keys import read_info  # noqa: F401\n')
+    out = _lint_imports(copy)
     assert out.returncode != 0
     assert "he_compute.worker is not allowed to import he_compute.client" in out.stdout
     assert "1 kept, 2 broken" in out.stdout
@@ -77,3 +80,19 @@ def test_importing_the_cli_does_not_import_concrete_or_tenseal():
     code = "import sys, he_compute.cli; print([m for m in ('concrete', 'tenseal', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_mypy_catches_a_wrong_type(tmp_path):
+    """``make lint`` runs mypy over he_compute; this positive control shows the check has teeth: a call into the
+    wire layer with a wrong type is reported (and the same call with the right type is not)."""
+    mypy = Path(sys.executable).with_name("mypy")
+    config = ROOT.parent / "pyproject.toml"
+    results = {}
+    for name, arg in (("wrong", "42"), ("right", "b'42'")):
+        snippet = tmp_path / f"{name}.py"
+        snippet.write_text(f"from he_compute.formats.digests import digest_of\n\ndigest_of({arg})\n")
+        results[name] = subprocess.run([str(mypy), "--config-file", str(config),
+                                        str(snippet)], capture_output=True, text=True, timeout=600, cwd=ROOT.parent)
+    assert results["right"].returncode == 0, results["right"].stdout
+    assert results["wrong"].returncode == 1
+    assert 'Argument 1 to "digest_of" has incompatible type "int"' in results["wrong"].stdout

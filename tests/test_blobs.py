@@ -10,7 +10,6 @@ from he_compute.transport import blobs
 from he_compute.errors import BlobNotFound, FormatError, IntegrityError, StoreError
 from he_compute.formats.digests import digest_of
 from he_compute.transport.locations import blobs_for_queue
-from test_queue_support import redis_server, redis_url, s3_endpoint  # noqa: F401 - fixtures
 
 
 @pytest.fixture(params=["file", "redis", "s3"])

@@ -17,7 +17,6 @@ from he_compute.formats.digests import digest_of
 from he_compute.transport import blobs
 from he_compute.transport.blobs.file import FileBlobStore
 from he_compute.transport.blobs.redis import RedisBlobStore
-from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
 
 
 def _within(seconds: float, fn):

@@ -21,7 +21,7 @@ from he_compute.transport.queue import routed_device
 from he_compute.transport.remote import RemoteBlobs, RemoteConsumer, RemoteProducer, Session, enroll
 from he_compute.transport.remote.wire import API, sign_request
 from he_compute.worker.identity import WorkerIdentity
-from tests.coordinator_support import CoordinatorProc, tls  # noqa: F401 - fixture
+from coordinator_support import CoordinatorProc
 
 PYTHON = sys.executable
 DUMMY = {"job_id": "j0123456789abcdef0123", "digest": "sha256:" + "0" * 64}
@@ -234,6 +234,7 @@ def test_every_route_rejects_an_unauthenticated_request(coord):
                 assert r.status_code == 401, (method, route.path, r.status_code, r.text[:200])
 
 
+@pytest.mark.slow
 def test_rate_limits_per_worker(tmp_path, tls):  # noqa: F811
     c = CoordinatorProc(tmp_path / "data", tls, args=("--worker-rate", "5/minute")).start()
     try:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import he_compute
-from tests.coordinator_support import CoordinatorProc, coordinator_env, stop_all, tls, worker_proc  # noqa: F401
-from tests.test_queue_support import wait_for
+from coordinator_support import CoordinatorProc, coordinator_env, stop_all, worker_proc
+from queue_support import wait_for
 
 PYTHON = sys.executable
 
@@ -55,6 +55,7 @@ def test_encrypted_model_through_the_coordinator_matches_the_clear_model(deploym
     assert list(kept.values())[0]["size"] >= 2  # submissions and receipts, in this tenant's log at the coordinator
 
 
+@pytest.mark.slow
 def test_hec_commands_through_the_coordinator(deployment, compiled, cancer, tmp_path):
     coord, root = deployment
     c = compiled("linear")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from he_compute.transport import queue
-from tests.test_queue_support import redis_server, redis_url, wait_for  # noqa: F401
+from queue_support import wait_for
 
 
 @pytest.fixture(params=["sqlite", "redis"])

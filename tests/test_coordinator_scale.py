@@ -19,8 +19,8 @@ from he_compute.formats.evalkeys import read as read_evaluation_keys
 from he_compute.transport.remote import RemoteBlobs, RemoteConsumer, RemoteProducer, Session, enroll
 from he_compute.transport.remote.wire import API, sign_request
 from he_compute.worker.identity import WorkerIdentity
-from tests.coordinator_support import CoordinatorProc, stop_all, tls, worker_proc  # noqa: F401
-from tests.test_queue_support import free_port, s3_endpoint, wait_for  # noqa: F401
+from coordinator_support import CoordinatorProc, stop_all, worker_proc
+from queue_support import free_port, wait_for
 
 PASSWORD = "coordinator-only-secret"
 

@@ -25,7 +25,7 @@ def softmax(z):
 # ---- item 2: task and predict_proba ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["tfhe", "ckks"])
+@pytest.mark.parametrize("scheme", [pytest.param("tfhe", marks=pytest.mark.slow), "ckks"])
 def test_a_logits_net_is_a_classifier_and_predict_proba_gives_probabilities(scheme, tiny_mlp, tmp_path):
     import torch
 

@@ -19,25 +19,11 @@ from click.testing import CliRunner
 
 import he_compute
 from he_compute.cli import main
+from cli_support import one_line_error
 
 
 def hec(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, expected: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert expected in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HEC_QUEUE", raising=False)
-    return tmp_path
 
 
 # ---- item 1: hec run / decrypt / encrypt find what keygen made ----------------------------------------

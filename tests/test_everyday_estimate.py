@@ -29,6 +29,7 @@ def within(estimated: float, measured: float, factor: float) -> bool:
     return measured / factor <= estimated <= measured * factor
 
 
+@pytest.mark.slow
 def test_tfhe_estimate_matches_a_worker_evaluating_on_one_core(compiled, cancer, tmp_path):
     c = compiled("tree")
     est = estimate(c.bundle)

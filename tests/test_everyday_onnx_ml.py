@@ -60,6 +60,7 @@ def test_a_scaled_logistic_regression_pipeline_runs_under_tfhe(cancer, tmp_path)
     assert (proba.argmax(axis=1) == pipe.predict(X_test[:8])).all()
 
 
+@pytest.mark.slow
 def test_a_random_forest_runs_under_tfhe_and_ckks_says_what_to_do(tmp_path):
     from sklearn.datasets import load_wine
     from sklearn.ensemble import RandomForestClassifier

@@ -14,17 +14,7 @@ from he_compute.transport import queue
 from he_compute.errors import QueueError
 from he_compute.transport.locations import default_queue_url
 from he_compute.transport.queue import JobState
-from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
-
-LEASE = 0.6
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def q(request, tmp_path):
-    url = f"sqlite://{tmp_path / 'queue.db'}" if request.param == "sqlite" else request.getfixturevalue("redis_url")
-    jq = queue.connect(url, lease_s=LEASE)
-    yield jq
-    jq.close()
+from queue_support import LEASE
 
 
 def test_submit_claim_complete(q):
@@ -248,3 +238,18 @@ def test_an_operator_may_retry_its_own_job_and_after_a_release_take_another_repl
     assert again.job.id == a and again.job.attempts == 2  # its own job comes back to it; the replica does not
     q.release(again)  # released unrun: the operator ran nothing of this group
     assert q.claim("solo").job.id in (a, b)
+
+
+def test_statuses_and_counts_answer_in_one_call(q):
+    """A verifier polls many jobs at once and ``hec status`` counts without listing: both agree with status()."""
+    a, b, c = (q.submit({"n": i}, run="r1" if i < 2 else "r2") for i in range(3))
+    lease = q.claim("w1")
+    q.complete(lease, {"outputs": ["x"]})
+    got = q.statuses([a, b, c, "no-such-job"])
+    assert sorted(got) == sorted([a, b, c])
+    assert all(got[j] == q.status(j) for j in (a, b, c))
+    assert q.counts() == {JobState.DONE: 1, JobState.QUEUED: 2}
+    assert q.counts(run="r1") == {JobState.DONE: 1, JobState.QUEUED: 1}
+    assert q.counts(run="r2") == {JobState.QUEUED: 1}
+    assert q.counts(run="none") == {}
+    assert q.statuses([]) == {}

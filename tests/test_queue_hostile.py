@@ -11,19 +11,8 @@ import sqlite3
 
 import pytest
 
-from he_compute.transport import queue
 from he_compute.transport.queue import MAX_ATTEMPTS_CAP, JobState, Lease
 from he_compute.worker.loop import Worker
-from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
-
-LEASE = 0.6
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def q(request, tmp_path):
-    url = f"sqlite://{tmp_path / 'queue.db'}" if request.param == "sqlite" else request.getfixturevalue("redis_url")
-    with queue.connect(url, lease_s=LEASE) as jq:
-        yield jq
 
 
 def _forge(lease: Lease) -> Lease:

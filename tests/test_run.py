@@ -20,13 +20,6 @@ def _hec(*args: str) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HEC_QUEUE", raising=False)
-    return tmp_path
-
-
 def _encrypt(c, X, path):
     c.client.encrypt(c.prepare(X)).save(path)
 

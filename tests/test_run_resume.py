@@ -21,7 +21,7 @@ from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
 from he_compute.worker.executor import InProcess
 from he_compute.worker.loop import Worker
-from test_queue_support import wait_for
+from queue_support import wait_for
 
 N = 4
 

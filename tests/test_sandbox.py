@@ -24,7 +24,7 @@ from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
 from he_compute.worker.loop import Worker
 from he_compute.worker.sandbox import Limits, Sandbox
-from test_queue_support import decrypt_jobs, submit_samples
+from queue_support import decrypt_jobs, submit_samples
 
 
 @pytest.fixture(scope="module")

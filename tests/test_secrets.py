@@ -35,6 +35,7 @@ def _secret_windows(client, width: int = 256, per_key: int = 24) -> list[bytes]:
     return windows
 
 
+@pytest.mark.slow
 def test_nothing_that_leaves_the_client_holds_secret_key_material(compiled, cancer, tmp_path):
     _, X_test, _, _ = cancer
     c = compiled("tree")

@@ -222,7 +222,7 @@ def test_replicas_without_known_operators_are_refused_in_one_line(tmp_path, comp
 def test_a_job_naming_another_model_or_key_gets_no_receipt(tmp_path, compiled, cancer):
     """The receipt binds what the worker loaded: a spec that names model M2 and keys K2 but points at the
     blobs of M1 and K1 fails (also on a cache hit) instead of being signed as M2/K2."""
-    from test_queue_support import submit_samples
+    from queue_support import submit_samples
 
     m1, m2 = compiled("linear"), compiled("tree")
     with queue.connect(f"sqlite://{tmp_path / 'q.db'}") as q, blobs.connect(f"file://{tmp_path / 'b'}") as store:

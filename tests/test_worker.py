@@ -18,7 +18,7 @@ from he_compute.transport.queue import JobState
 from he_compute.worker.executor import ByteLRU
 from he_compute.worker.host import detect_devices, plan
 from he_compute.worker.loop import Worker
-from test_queue_support import decrypt_jobs, submit_samples
+from queue_support import decrypt_jobs, submit_samples
 
 
 @pytest.fixture

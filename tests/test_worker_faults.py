@@ -1,6 +1,6 @@
 """Workers that die: SIGKILL mid-job, crash on every attempt, SIGTERM, a Redis restart.
 
-Worker processes get the test-only ``HEC_TEST_FAULT`` hook (see he_compute.worker):
+Worker processes get test-only faults through ``queue_support.fault_env`` (see faults/sitecustomize.py):
 ``sleep=S`` slows each chunk so a test can kill the worker mid-job, ``exit`` kills
 the worker as soon as it claims a job.
 """
@@ -15,14 +15,7 @@ import pytest
 
 from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
-from test_queue_support import (  # noqa: F401 - fixtures
-    decrypt_jobs,
-    redis_server,
-    redis_url,
-    submit_samples,
-    wait_for,
-    worker_proc,
-)
+from queue_support import decrypt_jobs, submit_samples, wait_for, worker_proc
 
 LEASE = 1.5
 
@@ -102,16 +95,19 @@ def test_job_that_kills_its_worker_every_time_ends_in_the_dead_letter(urls, comp
 
 
 def test_job_that_raises_every_time_ends_in_the_dead_letter_with_its_error(tmp_path, compiled, cancer, monkeypatch):
-    from he_compute.worker.loop import FAULT_ENV, Worker
+    from he_compute.worker.loop import Worker
+
+    def crash(self, lease, hb):
+        raise ArithmeticError("simulated crash")  # a bug: nothing the worker loop expects
 
     q = queue.connect(f"sqlite://{tmp_path / 'q.db'}", lease_s=LEASE)
     store = blobs.connect(f"file://{tmp_path / 'b'}")
     (job_id,), _ = submit_samples(q, store, compiled("linear"), cancer[1][:1], max_attempts=3)
-    monkeypatch.setenv(FAULT_ENV, "raise")
+    monkeypatch.setattr(Worker, "_execute", crash)
     assert Worker(q, store, log=lambda m: None).run(burst=True) == 3
     job = q.status(job_id)
     assert job.state is JobState.FAILED and job.attempts == 3
-    assert job.error == "RuntimeError: HEC_TEST_FAULT=raise: simulated crash"
+    assert job.error == "ArithmeticError: simulated crash"
 
 
 def test_sigterm_releases_the_job_in_hand(tmp_path, compiled, cancer):

@@ -18,7 +18,7 @@ import pytest
 
 from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
-from test_queue_support import free_port, submit_samples, wait_for
+from queue_support import fault_env, free_port, submit_samples, wait_for
 
 LEASE = 3.0
 
@@ -27,7 +27,7 @@ def _hec_worker(urls, *extra: str, fault: str = "", log: Path | None = None,
                 env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "he_compute", "worker", "--queue", urls[0], "--blobs", urls[1], "--device", "cpu",
            "--lease", str(LEASE), *extra]
-    full_env = {**os.environ, "HEC_TEST_FAULT": fault, "HEC_WORKER_STATE": "", **(env or {})}
+    full_env = {**os.environ, **fault_env(fault), "HEC_WORKER_STATE": "", **(env or {})}
     return subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
 

@@ -19,14 +19,16 @@ from ..formats.text import printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# Which module defines each command: a command's module is imported only when that command runs (or help
-# lists them all), so ``hec worker`` does not load the client's run machinery, nor ``hec decrypt`` the
-# coordinator's.  test_cli checks that this table matches what the modules register.
-LAZY = {"compile": "compile", "simulate": "compile", "import-concrete": "models", "keygen": "models", "encrypt": "models",
-        "eval": "models", "decrypt": "models", "info": "inspect", "plan": "inspect", "run": "jobs",
-        "status": "jobs", "jobs": "jobs", "cancel": "jobs", "gc": "maint", "worker": "worker",
-        "audit": "audit", "coordinator": "coordinator"}
-_LOADED: set[str] = set()
+# Where each command is defined ("module:function" in this package), as in click's LazyGroup recipe: a
+# command's module is imported only when that command runs (or help lists them all), so ``hec worker`` does
+# not load the client's run machinery, nor ``hec decrypt`` the coordinator's.  Every command is a plain
+# module-level click command that a test can import; test_cli checks this table against the modules.
+LAZY = {"audit": "audit:audit", "compile": "compile:compile_cmd", "simulate": "compile:simulate_cmd",
+        "coordinator": "coordinator:coordinator", "import-concrete": "crypto:import_concrete_cmd",
+        "keygen": "crypto:keygen_cmd", "encrypt": "crypto:encrypt_cmd", "eval": "crypto:eval_cmd",
+        "decrypt": "crypto:decrypt_cmd", "gc": "gc:gc_cmd", "info": "info:info_cmd", "plan": "info:plan_cmd",
+        "run": "jobs:run_cmd", "status": "jobs:status_cmd", "jobs": "jobs:jobs_cmd", "cancel": "jobs:cancel_cmd",
+        "worker": "worker:worker_cmd"}
 
 
 class _Group(click.Group):
@@ -37,7 +39,7 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in LAZY:
-            _load(LAZY[name])
+            self.add_command(_load(name), name)
         return self.commands.get(name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -93,16 +95,16 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
         _SHOW_WARNING(message, category, *args, **kwargs)
 
 
-def _load(module: str) -> None:
-    if module not in _LOADED:
-        _LOADED.add(module)
-        importlib.import_module(f"{__name__}.{module}").register(main)
+def _load(name: str) -> click.Command:
+    module, attr = LAZY[name].split(":")
+    command: click.Command = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    return command
 
 
 def commands() -> dict[str, click.Command]:
     """Every ``hec`` command by name, all loaded (for help texts, docs and tests)."""
-    for module in sorted(set(LAZY.values())):
-        _load(module)
+    for name in LAZY:
+        main.get_command(click.Context(main), name)
     return dict(main.commands)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,152 +49,93 @@ def _open(queue_url: str | None, log_path: str | None, remote: dict[str, Any] | 
     return AuditLog.open(location)
 
 
-def register(group: click.Group) -> None:
-    """Add the ``audit`` command group to ``group``."""
+@click.group("audit")
+def audit() -> None:
+    """Check and read the tamper-evident audit log of job submissions and worker receipts.
 
-    @group.group("audit")
-    def audit() -> None:
-        """Check and read the tamper-evident audit log of job submissions and worker receipts.
+    Example: hec audit verify --queue sqlite:///srv/hec/queue.db
+    """
 
-        Example: hec audit verify --queue sqlite:///srv/hec/queue.db
-        """
+@audit.command("verify")
+@_log_options
+@click.option("--size", type=click.IntRange(0), default=None, help="Checkpoint: entries the log had.")
+@click.option("--root", default=None, metavar="HEX", help="Checkpoint: Merkle root it had then (with --size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the head as JSON on stdout.")
+def verify_cmd(queue_url: str | None, log_path: str | None, size: int | None, root: str | None,
+               as_json: bool, **remote: Any) -> None:
+    """Check every entry, the hash chain, the head, the signed checkpoints, and the newest checkpoint this
+    client kept of the log (or the one given with --size and --root).
 
-    @audit.command("verify")
-    @_log_options
-    @click.option("--size", type=click.IntRange(0), default=None, help="Checkpoint: entries the log had.")
-    @click.option("--root", default=None, metavar="HEX", help="Checkpoint: Merkle root it had then (with --size).")
-    @click.option("--json", "as_json", is_flag=True, help="Print the head as JSON on stdout.")
-    def verify_cmd(queue_url: str | None, log_path: str | None, size: int | None, root: str | None,
-                   as_json: bool, **remote: Any) -> None:
-        """Check every entry, the hash chain, the head, the signed checkpoints, and the newest checkpoint this
-        client kept of the log (or the one given with --size and --root).
+    Reports the first rewritten, deleted or reordered entry by its index.
 
-        Reports the first rewritten, deleted or reordered entry by its index.
+    Example: hec audit verify --queue sqlite:///srv/hec/queue.db --size 120 --root 3fa1...
+    """
+    from ..client import checkpoints
+    from ..transport.locations import Locations, state_dir
 
-        Example: hec audit verify --queue sqlite:///srv/hec/queue.db --size 120 --root 3fa1...
-        """
-        from ..client import checkpoints
-        from ..transport.locations import Locations, state_dir
+    if (size is None) != (root is None):
+        raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
+    log = _open(queue_url, log_path, remote)
+    where = Locations.resolve(queue_url)
+    # A coordinator's log is checked against the checkpoints its runs kept in $HEC_HOME (state_dir of its URL).
+    state = where.state if log.location in (where.audit, log_path) else state_dir(log.location)
+    kept = (size, root) if size is not None else checkpoints.latest(state, log.checkpoint_key)
+    head = log.verify(checkpoint=kept)
+    if kept is not None and size is None:
+        click.echo(f"{log.location}: matches the checkpoint of its first {kept[0]} entries this client signed "
+                   "and kept", err=True)
+    if as_json:
+        click.echo(json.dumps({"log": log.location, **head.to_json()}, indent=2))
+    click.echo(f"{log.location}: {head.size} entries intact; checkpoint --size {head.size} --root {head.root}",
+               err=as_json)
+    if head.torn_bytes:
+        click.echo(f"warning: {head.torn_bytes} bytes of a torn last line follow entry {head.size - 1} (a crash "
+                   "during an append); the next append sets them aside", err=True)
 
-        if (size is None) != (root is None):
-            raise HECError("pass --size and --root together (a checkpoint printed by an earlier verify)")
-        log = _open(queue_url, log_path, remote)
-        where = Locations.resolve(queue_url)
-        # A coordinator's log is checked against the checkpoints its runs kept in $HEC_HOME (state_dir of its URL).
-        state = where.state if log.location in (where.audit, log_path) else state_dir(log.location)
-        kept = (size, root) if size is not None else checkpoints.latest(state, log.checkpoint_key)
-        head = log.verify(checkpoint=kept)
-        if kept is not None and size is None:
-            click.echo(f"{log.location}: matches the checkpoint of its first {kept[0]} entries this client signed "
-                       "and kept", err=True)
-        if as_json:
-            click.echo(json.dumps({"log": log.location, **head.to_json()}, indent=2))
-        click.echo(f"{log.location}: {head.size} entries intact; checkpoint --size {head.size} --root {head.root}",
-                   err=as_json)
-        if head.torn_bytes:
-            click.echo(f"warning: {head.torn_bytes} bytes of a torn last line follow entry {head.size - 1} (a crash "
-                       "during an append); the next append sets them aside", err=True)
+@audit.command("show")
+@click.argument("job_id", metavar="JOB")
+@_log_options
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+def show_cmd(job_id: str, queue_url: str | None, log_path: str | None, as_json: bool, **remote: Any) -> None:
+    """Show the submission and receipts recorded for JOB (the log is verified first).
 
-    @audit.command("show")
-    @click.argument("job_id", metavar="JOB")
-    @_log_options
-    @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
-    def show_cmd(job_id: str, queue_url: str | None, log_path: str | None, as_json: bool, **remote: Any) -> None:
-        """Show the submission and receipts recorded for JOB (the log is verified first).
+    Example: hec audit show j3f2a...
+    """
+    log = _open(queue_url, log_path, remote)
+    log.verify()
+    entries = log.show(job_id)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        raise HECError(f"the audit log has no entry for job {job_id}")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["t"] / 1000))
+        body = e["body"]
+        if e["kind"] == "receipt":
+            what = (f"receipt from worker {str(body.get('worker'))[:16]}: {len(body.get('outputs', []))} "
+                    f"output(s), eval {body.get('timings', {}).get('eval_ms', '?')} ms")
+        else:
+            spec = body.get("spec", {})
+            what = f"submitted {len(spec.get('inputs', []))} input(s) for model {str(spec.get('model_id'))[:12]}"
+        click.echo(printable(f"#{e['i']:<6} {when}  {printable(e['kind'], 20):<8} {what}"))  # workers' words
 
-        Example: hec audit show j3f2a...
-        """
-        log = _open(queue_url, log_path, remote)
-        log.verify()
-        entries = log.show(job_id)
-        if as_json:
-            click.echo(json.dumps(entries, indent=2))
-            return
-        if not entries:
-            raise HECError(f"the audit log has no entry for job {job_id}")
-        for e in entries:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["t"] / 1000))
-            body = e["body"]
-            if e["kind"] == "receipt":
-                what = (f"receipt from worker {str(body.get('worker'))[:16]}: {len(body.get('outputs', []))} "
-                        f"output(s), eval {body.get('timings', {}).get('eval_ms', '?')} ms")
-            else:
-                spec = body.get("spec", {})
-                what = f"submitted {len(spec.get('inputs', []))} input(s) for model {str(spec.get('model_id'))[:12]}"
-            click.echo(printable(f"#{e['i']:<6} {when}  {printable(e['kind'], 20):<8} {what}"))  # workers' words
+@audit.command("worker-key")
+@click.option("--state", "state_dir", default=None, metavar="DIR",
+              help="Worker state directory (default $HEC_WORKER_STATE).")
+@click.option("--operator", default=None, metavar="NAME",
+              help="Who runs this worker, written as operator=NAME on the line (replicas need distinct operators).")
+def worker_key_cmd(state_dir: str | None, operator: str | None) -> None:
+    """Print a worker's public key as an allow-list line (creating the identity on first use).
 
-    @audit.command("worker-key")
-    @click.option("--state", "state_dir", default=None, metavar="DIR",
-                  help="Worker state directory (default $HEC_WORKER_STATE).")
-    @click.option("--operator", default=None, metavar="NAME",
-                  help="Who runs this worker, written as operator=NAME on the line (replicas need distinct operators).")
-    def worker_key_cmd(state_dir: str | None, operator: str | None) -> None:
-        """Print a worker's public key as an allow-list line (creating the identity on first use).
+    Example: hec audit worker-key --state /var/lib/hec-worker --operator alice >> workers.allow
+    """
+    from ..worker.identity import STATE_ENV, WorkerIdentity
 
-        Example: hec audit worker-key --state /var/lib/hec-worker --operator alice >> workers.allow
-        """
-        from ..worker.identity import STATE_ENV, WorkerIdentity
-
-        state_dir = state_dir or settings.get(STATE_ENV)
-        if not state_dir:
-            raise ConfigError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
-        me = WorkerIdentity.load_or_create(state_dir)
-        if operator is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", operator):
-            raise HECError(f"{operator[:70]!r} is not an operator name: letters, digits and . _ @ - only")
-        click.echo(me.public_line((f"operator={operator} " if operator else "") + f"worker {me.short_id}"))
-
-
-def verify_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The ``hec run`` options of verification; they arrive as keyword arguments for :func:`verify_policy`."""
-    options = [
-        click.option("--replicas", type=click.IntRange(1, 16), default=1, show_default=True,
-                     help="Run every job on K distinct workers and accept the majority result."),
-        click.option("--canaries", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-                     help="Mix in this fraction of canary chunks with known answers (needs --keys and "
-                          "--canary-inputs; the secret keys encrypt and check them on this machine)."),
-        click.option("--canary-inputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Known samples (.npy/.csv) to make canaries from."),
-        click.option("--canary-outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Their known outputs (default: evaluate the canaries once on this machine)."),
-        click.option("--allow-workers", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Accept results only from the worker public keys in FILE (hec audit worker-key); "
-                          "operator=NAME on a line says who runs that worker: replicas need distinct operators."),
-        click.option("--accept-sybil-risk", is_flag=True,
-                     help="Let every worker key vote on its own with --replicas, without known operators (one "
-                          "party with several keys could then supply every replica)."),
-        click.option("--decoys", type=click.FloatRange(0, 1), default=None,
-                     help="Fraction of jobs re-run at random on another worker in verified runs, so that a re-run "
-                          "says nothing about a check [default: 0.02 with --replicas or --canaries]."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def verify_policy(opts: dict[str, Any], *, keys_dir: Any, server_part: Any, evalkeys: Any) -> Any:
-    """Turn the :func:`verify_options` values into the :class:`~he_compute.client.run.Policy` of a run."""
-    from ..client.run import AllowList, KnownAnswers, Policy
-
-    allowed = AllowList.from_file(opts["allow_workers"]) if opts["allow_workers"] else None
-    known = None
-    if opts["canaries"]:
-        if keys_dir is None or opts["canary_inputs"] is None:
-            raise HECError("--canaries needs --keys DIR (to encrypt and check them) and --canary-inputs FILE")
-        from ..client.client import Client
-        from ..client.data import read_input
-        from ..formats.bundle import from_container
-
-        X, Y = read_input(opts["canary_inputs"]), read_input(opts["canary_outputs"]) if opts["canary_outputs"] else None
-        if Y is not None and len(Y) != len(X):
-            raise ConfigError(f"--canary-outputs has {len(Y)} rows but --canary-inputs has {len(X)}: give one known "
-                              "output row per input")
-        part = from_container(server_part).server_part() if server_part.kind == "bundle" else server_part
-        known = KnownAnswers(Client(keys_dir), X, Y, server_part=part,
-                             evalkeys=evalkeys)
-    decryptor = None
-    if opts["replicas"] > 1 and keys_dir is not None:
-        from ..client.client import Client
-
-        decryptor = known.client if known is not None else Client(keys_dir)  # compares replicas by meaning
-    return Policy(replicas=opts["replicas"], canaries=opts["canaries"], known_answers=known, allowed=allowed,
-                  keys=decryptor, accept_sybil_risk=opts["accept_sybil_risk"], decoys=opts["decoys"])
+    state_dir = state_dir or settings.get(STATE_ENV)
+    if not state_dir:
+        raise ConfigError(f"pass --state DIR or set {STATE_ENV} to the worker's state directory")
+    me = WorkerIdentity.load_or_create(state_dir)
+    if operator is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", operator):
+        raise HECError(f"{operator[:70]!r} is not an operator name: letters, digits and . _ @ - only")
+    click.echo(me.public_line((f"operator={operator} " if operator else "") + f"worker {me.short_id}"))

@@ -91,87 +91,86 @@ def compile_options(scheme: str, given: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def register(main: click.Group) -> None:
-    """Add ``compile`` to ``main``."""
-
-    @main.command("compile")
-    @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
-    @click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Bundle to write.")
-    @click.option("--task", type=click.Choice(["classifier", "regressor"]), default=None,
-                  help="What the model is (default: a graph ending in Softmax/Sigmoid or with several outputs is "
-                       "a classifier; one output is a regressor). predict_proba needs a classifier.")
-    @click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Inputs to measure the compiled model against the float model on (default: the "
-                       f"calibration data); the first {ACCURACY_ROWS} rows are used.")
-    @click.option("--no-accuracy", is_flag=True, help="Skip measuring the compiled model against the float model.")
-    @click.option("--no-estimate", is_flag=True, help="Skip the cost estimate printed after compiling.")
-    @_options
-    def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task: str | None,
-                    validation: Path | None, no_accuracy: bool, no_estimate: bool, **knobs: Any) -> None:
-        """Compile an ONNX model (torch export, or scikit-learn through skl2onnx) into a bundle.
-
-        Prints how the compiled (quantized or approximated) model agrees with the float model on the
-        calibration data (or --validation), as hec simulate computes it, and the pre-flight estimate
-        (hec plan gives it for N samples).
-
-        Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
-        """
-        import he_compute
-
-        from ..client.data import read_input
-
-        options = compile_options(scheme, knobs)
-        if task is not None:
-            options["task"] = task
-        if model.suffix.lower() != ".onnx":
-            raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
-        if not model.is_file():
-            raise HECError(f"{model} does not exist")
-        X = read_input(calibration)
-        start = time.perf_counter()
-        bundle = he_compute.compile(model, X, scheme=scheme, **options)
-        bundle.save(output)
-        _echo(f"wrote {output} ({bundle.scheme} {bundle.manifest.get('task', 'model')}, model "
-              f"{bundle.model_id[:12]}, {bundle.manifest['security_level']}-bit security) in "
-              f"{time.perf_counter() - start:.1f}s")
-        if not no_accuracy:
-            _echo(accuracy_line(model, bundle, read_input(validation) if validation else X,
-                                "validation" if validation else "calibration"))
-        if not no_estimate:
-            from ..client.estimate import estimate
-            from ._render import render
-            from .inspect import estimate_lines
-
-            for line in render({"estimate": estimate_lines(estimate(bundle, say=_echo))}):
-                _echo(line)
-
-    @main.command("simulate")
-    @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-    @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="Outputs to write (.csv or .npy), samples x outputs, as hec decrypt writes them.")
-    def simulate_cmd(bundle: Path, input_path: Path, output: Path) -> None:
-        """What encrypting INPUT, running and decrypting would give, computed here without keys or workers.
-
-        TFHE: Concrete's simulation of the bundle's own circuit (as Concrete ML's fhe="simulate"); CKKS: the
-        bundle's polynomials in the clear. Inputs are clipped or saturated exactly as hec encrypt does.
-
-        Example: hec simulate mlp.hec X_test.npy -o y_simulated.csv
-        """
-        import he_compute
-
-        from ..client.data import read_input, write_output
-
-        values = he_compute.simulate(he_compute.load_bundle(bundle), read_input(input_path))
-        write_output(output, values)
-        _echo(f"wrote {output}: {values.shape[0]} simulated samples x {values.shape[1]} outputs")
-
-
 ACCURACY_ROWS = 200
+"""Rows of the calibration (or validation) data the compiled model is compared with the float model on."""
+
+
+@click.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--scheme", type=click.Choice(["tfhe", "ckks"]), default="tfhe", show_default=True)
+@click.option("--calibration", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Representative inputs (.npy or .csv, rows = samples) for quantization / range fitting.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle to write.")
+@click.option("--task", type=click.Choice(["classifier", "regressor"]), default=None,
+              help="What the model is (default: a graph ending in Softmax/Sigmoid or with several outputs is "
+                   "a classifier; one output is a regressor). predict_proba needs a classifier.")
+@click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Inputs to measure the compiled model against the float model on (default: the "
+                   f"calibration data); the first {ACCURACY_ROWS} rows are used.")
+@click.option("--no-accuracy", is_flag=True, help="Skip measuring the compiled model against the float model.")
+@click.option("--no-estimate", is_flag=True, help="Skip the cost estimate printed after compiling.")
+@_options
+def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task: str | None,
+                validation: Path | None, no_accuracy: bool, no_estimate: bool, **knobs: Any) -> None:
+    """Compile an ONNX model (torch export, or scikit-learn through skl2onnx) into a bundle.
+
+    Prints how the compiled (quantized or approximated) model agrees with the float model on the
+    calibration data (or --validation), as hec simulate computes it, and the pre-flight estimate
+    (hec plan gives it for N samples).
+
+    Example: hec compile mlp.onnx --scheme tfhe --calibration X_train.npy -o mlp.hec
+    """
+    import he_compute
+
+    from ..client.data import read_input
+
+    options = compile_options(scheme, knobs)
+    if task is not None:
+        options["task"] = task
+    if model.suffix.lower() != ".onnx":
+        raise HECError(f"{model}: expected an .onnx file; compile other models with he_compute.compile() in Python")
+    if not model.is_file():
+        raise HECError(f"{model} does not exist")
+    X = read_input(calibration)
+    start = time.perf_counter()
+    bundle = he_compute.compile(model, X, scheme=scheme, **options)
+    bundle.save(output)
+    _echo(f"wrote {output} ({bundle.scheme} {bundle.manifest.get('task', 'model')}, model "
+          f"{bundle.model_id[:12]}, {bundle.manifest['security_level']}-bit security) in "
+          f"{time.perf_counter() - start:.1f}s")
+    if not no_accuracy:
+        _echo(accuracy_line(model, bundle, read_input(validation) if validation else X,
+                            "validation" if validation else "calibration"))
+    if not no_estimate:
+        from ..client.estimate import estimate
+        from ._render import render
+        from .info import estimate_lines
+
+        for line in render({"estimate": estimate_lines(estimate(bundle, say=_echo))}):
+            _echo(line)
+
+@click.command("simulate")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Outputs to write (.csv or .npy), samples x outputs, as hec decrypt writes them.")
+def simulate_cmd(bundle: Path, input_path: Path, output: Path) -> None:
+    """What encrypting INPUT, running and decrypting would give, computed here without keys or workers.
+
+    TFHE: Concrete's simulation of the bundle's own circuit (as Concrete ML's fhe="simulate"); CKKS: the
+    bundle's polynomials in the clear. Inputs are clipped or saturated exactly as hec encrypt does.
+
+    Example: hec simulate mlp.hec X_test.npy -o y_simulated.csv
+    """
+    import he_compute
+
+    from ..client.data import read_input, write_output
+
+    values = he_compute.simulate(he_compute.load_bundle(bundle), read_input(input_path))
+    write_output(output, values)
+    _echo(f"wrote {output}: {values.shape[0]} simulated samples x {values.shape[1]} outputs")
+
 
 
 def accuracy_line(model: Path, bundle: Any, X: Any, source: str) -> str:

@@ -63,9 +63,9 @@ class Blobs:
         if self.presigned:
             return "url", self.store.presigned_get(digest, self.presign_s)  # type: ignore[attr-defined]
         if hasattr(self.store, "path"):
-            return "path", self.store.path(digest)  # type: ignore[attr-defined]
+            return "path", self.store.path(digest)
         if hasattr(self.store, "chunks"):
-            return "chunks", self.store.chunks(digest)  # type: ignore[attr-defined]
+            return "chunks", self.store.chunks(digest)
         return "chunks", iter([self.store.get(digest)])
 
     async def receive(self, digest: str, body: AsyncIterator[bytes], limit: int) -> int:
@@ -94,7 +94,7 @@ class Blobs:
 
     def _adopt(self, digest: str, path: Path) -> None:
         if hasattr(self.store, "adopt"):
-            self.store.adopt(digest, path)  # type: ignore[attr-defined]
+            self.store.adopt(digest, path)
             return
         raise StoreError(f"the blob store {self.store.url} cannot take streamed uploads")
 

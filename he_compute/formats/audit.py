@@ -137,7 +137,7 @@ def next_entry(last: str | None, kind: str, job_id: str, body: dict[str, Any], t
             i, prev = int(previous["i"]) + 1, bytes.fromhex(previous["chain"])
         except (ValueError, KeyError, TypeError):
             raise AuditError(f"the last entry of {where} is unreadable: run hec audit verify") from None
-    entry = {"v": AUDIT_VERSION, "i": i, "t": t, "kind": kind, "job": job_id, "body": body}
+    entry: dict[str, Any] = {"v": AUDIT_VERSION, "i": i, "t": t, "kind": kind, "job": job_id, "body": body}
     entry["leaf"] = leaf_hash(entry)
     entry["chain"] = _h(prev + bytes.fromhex(entry["leaf"])).hex()
     return entry, canonical({"size": i + 1, "chain": entry["chain"]}).decode()
@@ -165,7 +165,7 @@ def verify_lines(lines: list[str], head: str | None, *,
     """
     parsed = parse_lines(lines)
     indices = [e.get("i") for e in parsed]
-    prev, leaves = _ZERO, []
+    prev, leaves = _ZERO, list[bytes]()
     for n, e in enumerate(parsed):
         if e.get("i") != n:
             if n in indices[n + 1:]:

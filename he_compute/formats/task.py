@@ -106,15 +106,17 @@ class Result:
         """Validate a stored result (written by an untrusted worker); raise :class:`FormatError`."""
         if not isinstance(obj, dict):
             raise FormatError(f"the job's result is a {type(obj).__name__}, not a JSON object")
-        outputs, inputs = obj.get("outputs"), obj.get("inputs")
-        for name, value in (("outputs", outputs), ("inputs", inputs)):
+        digests: dict[str, tuple[str, ...]] = {}
+        for name in ("outputs", "inputs"):
+            value = obj.get(name)
             if not isinstance(value, list) or not value or len(value) > MAX_CHUNKS_PER_JOB:
                 raise FormatError(f"the job's result has no valid {name!r} list")
             if not all(is_digest(d) for d in value):
                 raise FormatError(f"the job's result lists {name!r} that are not blob digests")
+            digests[name] = tuple(value)
         receipt, stats = obj.get("receipt"), obj.get("stats", {})
         if not isinstance(receipt, dict):
             raise FormatError("the job's result carries no receipt object")
         if not isinstance(stats, dict):
             stats = {}
-        return cls(tuple(outputs), tuple(inputs), receipt, stats)
+        return cls(digests["outputs"], digests["inputs"], receipt, stats)

@@ -88,6 +88,15 @@ def _affine(scalers: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.nd
     return s, t
 
 
+def _labels(a: dict[str, Any], ints: str) -> list[Any]:
+    """A classifier node's class labels (integers or strings); a graph without any is not a classifier."""
+    labels = a.get(ints) or a.get("classlabels_strings")
+    if not labels:
+        raise UnsupportedModelError(f"an ONNX classifier without class labels ({ints} or classlabels_strings) "
+                                    "cannot be rebuilt: export the fitted model again with skl2onnx")
+    return list(labels)
+
+
 def _linear(node: Any) -> Any:
     from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -101,7 +110,7 @@ def _linear(node: Any) -> Any:
         est: Any = LinearRegression()
         est.coef_, est.intercept_ = coef[0], float(intercepts[0])
     else:
-        labels = a.get("classlabels_ints") or a.get("classlabels_strings")
+        labels = _labels(a, "classlabels_ints")
         if post not in ("LOGISTIC", "SOFTMAX") or a.get("classlabels_strings"):
             raise UnsupportedModelError(f"LinearClassifier with {post} and string labels or without probabilities "
                                         f"(e.g. LinearSVC) is not supported; {INSTEAD}")
@@ -181,7 +190,7 @@ def _trees(node: Any, n_features: int) -> Any:
                                     f"forest, or train Concrete ML's {xgb} in Python and pass it to he_compute.compile()")
     tree_ids = sorted(set(a["nodes_treeids"]))
     if classifier:
-        labels = a.get("classlabels_int64s") or a.get("classlabels_strings")
+        labels = _labels(a, "classlabels_int64s")
         keys, n_values = ("class_treeids", "class_nodeids", "class_ids", "class_weights"), len(labels)
     else:
         if int(a.get("n_targets", 1)) != 1:

@@ -177,7 +177,7 @@ class RedisStore(Closing):
         import redis
 
         self.location = self.checkpoint_key = url
-        self._r = redis.Redis.from_url(url.split("?", 1)[0])
+        self._r: Any = redis.Redis.from_url(url.split("?", 1)[0])  # bytes replies (no decode_responses)
 
     def append(self, build: Callable[[str | None], tuple[str, str]]) -> str:
         return self.append_many([build])[0]

@@ -121,7 +121,8 @@ class _Model:
     def evaluate(self, payload: bytes) -> bytes:
         if self.current is None:
             raise RuntimeError("eval before load")
-        return self.evaluator.evaluate_payload(payload, self.current)
+        out: bytes = self.evaluator.evaluate_payload(payload, self.current)
+        return out
 
 
 def _error(exc: BaseException) -> dict[str, Any]:

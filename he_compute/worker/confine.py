@@ -89,7 +89,7 @@ def drop_capabilities() -> str:
 
 def no_new_privileges() -> bool:
     """Set ``PR_SET_NO_NEW_PRIVS`` (also required before an unprivileged Landlock or seccomp filter)."""
-    return _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    return bool(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0)
 
 
 def readable_paths(tmp: str) -> list[str]:
@@ -118,7 +118,7 @@ def private_shm() -> bool:
     if libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None) != 0:  # MS_REC | MS_PRIVATE
         return False
     flags = 2 | 4 | 8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
-    return libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", flags, b"size=16m,mode=1777") == 0
+    return bool(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", flags, b"size=16m,mode=1777") == 0)
 
 
 def landlock(tmp: str, shm: bool = True) -> tuple[str, str]:

@@ -11,12 +11,6 @@ child process per model that holds no credential.
 Whether a failure is worth retrying is decided by its type: a job that is
 malformed, unsafe or made for other keys fails for good; a transport or
 evaluation failure (or anything unexpected) counts an attempt and retries.
-
-Test-only fault hook: ``HEC_TEST_FAULT`` makes a worker misbehave so that tests
-and benchmarks can simulate slow and crashing jobs.  ``sleep=S`` sleeps S
-seconds before each chunk; ``exit`` kills the process (``os._exit(70)``) as soon
-as it has claimed a job; ``raise`` raises ``RuntimeError`` there.  Never set it
-in production.
 """
 
 from __future__ import annotations
@@ -51,7 +45,6 @@ from ..transport.queue import Consumer, Lease, routed_device
 from .executor import Executor
 from .identity import WorkerIdentity
 
-FAULT_ENV = "HEC_TEST_FAULT"
 # HEC_JOB_TIMEOUT_S (wall-clock seconds one job may take, load and every chunk, before its evaluation is
 # killed) and HEC_BURST_PATIENCE_S (how long a --burst worker keeps trying an unreachable queue) are
 # settings (he_compute.settings), read when a worker starts.
@@ -104,19 +97,6 @@ class _Released(Exception):
 
 class StopNow(BaseException):
     """A second stop signal: abandon the job in hand at once (its lease is released)."""
-
-
-def _fault(where: str) -> None:
-    """Apply the test-only fault hook (see the module docstring)."""
-    fault = settings.get(FAULT_ENV) or ""
-    if not fault:
-        return
-    if fault.startswith("sleep="):
-        time.sleep(float(fault.split("=", 1)[1]))
-    elif fault == "exit" and where == "claimed":
-        os._exit(70)
-    elif fault == "raise" and where == "claimed":
-        raise RuntimeError(f"{FAULT_ENV}=raise: simulated crash")
 
 
 class Worker:
@@ -256,7 +236,6 @@ class Worker:
                 time.sleep(0.5)
 
     def _execute(self, lease: Lease, hb: _Heartbeat) -> Result:
-        _fault("claimed")
         task = Task.from_json(lease.job.spec)
         deadline = time.monotonic() + self.job_timeout_s
         loaded = self.executor.load(task, self.blobs.get, deadline)
@@ -269,7 +248,6 @@ class Worker:
                 raise _Abandoned
             if self.stopping.is_set() and i > 0:
                 raise _Released
-            _fault("chunk")
             outputs.append(self.blobs.put(self.executor.evaluate(self.blobs.get(digest), deadline)))
             done += count
             hb.progress = {"done": done, "total": total}

@@ -37,7 +37,7 @@ from .executor import Fetch, Loaded, check_ids
 from .frames import ChildGone, TimedOut, read_frame, write_frame
 
 _GiB = 1 << 30
-_ERRORS = {name: getattr(errors, name) for name in ("FormatError", "IntegrityError", "LimitExceeded",
+_ERRORS: dict[str, type[Exception]] = {name: getattr(errors, name) for name in ("FormatError", "IntegrityError", "LimitExceeded",
            "UnsafeArtifactError", "KeyMismatchError", "SecurityError", "UnsupportedModelError", "EvaluationError")}
 
 
@@ -195,7 +195,7 @@ class BoundedLog:
                                 "its log for this job; the rest is dropped]\n".encode())
 
     def _write(self, data: bytes) -> None:
-        target = self._log if self._log is not None else sys.stderr
+        target: Any = self._log if self._log is not None else sys.stderr
         try:
             target = getattr(target, "buffer", target)
             try:

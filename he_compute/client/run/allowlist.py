@@ -83,14 +83,6 @@ class AllowList:
         """Whether every key on the list names its operator."""
         return bool(self._keys) and set(self._operators) >= set(self._keys)
 
-    def merged(self, other: AllowList) -> AllowList:
-        """A new list with the keys (and operators) of both."""
-        out = AllowList()
-        for src in (self, other):
-            for wid, raw in src._keys.items():
-                out.add(raw, operator=src._operators.get(wid))
-        return out
-
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the allow-list file (atomically)."""
         lines = [public_key_line(raw, (f"operator={self._operators[wid]} " if wid in self._operators else "")

@@ -91,7 +91,8 @@ class KnownAnswers:
         if len(self.X) == 0:
             raise InputError("canaries need at least one known sample (--canary-inputs is empty)")
         self.atol, self._rng = atol, rng or _RNG
-        self._server_part, self._evalkeys, self._local = server_part, evalkeys, None
+        self._server_part, self._evalkeys = server_part, evalkeys
+        self._local: tuple[Any, Any] | None = None  # (Evaluator, its loaded keys), made on first use
 
     def make(self, counts: list[int]) -> list[Canary]:
         """One canary chunk per entry of ``counts`` (samples in it), drawn at random from the known samples.

@@ -10,7 +10,7 @@ Anything else (a forged or replayed receipt) may name an honest worker, so it na
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeGuard
 
 from ...errors import BadOutput, FormatError, ReceiptError
 from ...formats.canonical import canonical
@@ -44,7 +44,7 @@ def check_result(job: Job, spec: dict[str, Any], store: BlobStore, *, allowed: K
     return result, r
 
 
-def loggable(receipt: Any) -> bool:
+def loggable(receipt: Any) -> TypeGuard[dict[str, Any]]:
     """Whether a receipt (from a stranger) can go into the audit log as it is."""
     if not isinstance(receipt, dict):
         return False

@@ -31,8 +31,10 @@ class Connection:
         blobs_url = blobs_ if isinstance(blobs_, str) or blobs_ is None else blobs_.url
         self.where = Locations.resolve(queue_url, blobs_url)
         try:
-            self.q: Producer = self._own(queue.connect(self.where.queue)) if not _opened(queue_) else queue_
-            self.store: BlobStore = self._own(blobs.connect(self.where.blobs)) if not _opened(blobs_) else blobs_
+            self.q: Producer = (self._own(queue.connect(self.where.queue)) if queue_ is None or isinstance(queue_, str)
+                                else queue_)
+            self.store: BlobStore = (self._own(blobs.connect(self.where.blobs)) if blobs_ is None or isinstance(blobs_, str)
+                                     else blobs_)
         except BaseException:
             self.close()
             raise
@@ -71,7 +73,3 @@ class Connection:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _opened(engine: Any) -> bool:
-    return engine is not None and not isinstance(engine, str)

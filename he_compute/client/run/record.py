@@ -102,8 +102,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist") and hasattr(value, "dtype"):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def records_dir(state_dir: Path) -> Path:
-    """Where run records live (for ``hec gc`` and listing)."""
-    return Path(state_dir) / "runs"

@@ -209,8 +209,9 @@ def run(
                              voters=_voters(policy, local.known(), vouched),
                              meaning=_meaning(policy, conn, ciphertexts))
             report.run_id = sup.run_id
-            check = (canary_check(policy.known_answers, canaries, plan.canary_positions(tasks), conn.store)
-                     if canaries else None)
+            known = policy.known_answers  # canaries are made only from known answers
+            check = (canary_check(known, canaries, plan.canary_positions(tasks), conn.store)
+                     if canaries and known is not None else None)
 
             def submitted(ids: list[str]) -> None:
                 report.job_ids = list(ids)
@@ -309,8 +310,11 @@ def _check(ciphertexts: Container, server_part: Container, evalkeys: Container) 
     for want, got in {"server": server_part.kind, "evalkeys": evalkeys.kind}.items():
         if want != got:
             raise FormatError(f"expected a {want} container, got a {got} file")
-    model_id = server_part.meta.get("model_id")
-    check_inputs_match(ciphertexts, model_id, evalkeys.meta.get("key_id"))
+    model_id, key_id = server_part.meta.get("model_id"), evalkeys.meta.get("key_id")
+    if not isinstance(model_id, str) or not isinstance(key_id, str):
+        raise FormatError("the server part or the evaluation keys name no model or key id: make them again with "
+                          "hec keygen")
+    check_inputs_match(ciphertexts, model_id, key_id)
     if evalkeys.meta.get("model_id") != model_id:
         raise KeyMismatchError("the evaluation keys were made for another model than this bundle")
 

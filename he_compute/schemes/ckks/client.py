@@ -200,10 +200,10 @@ def _in_processes(client: CKKSClient, parts: list[np.ndarray]) -> list[tuple[int
             code = 1
             try:
                 enc = sealapi().Encryptor(client.engine.context, client._key())
-                with os.fdopen(fd, "wb", closefd=False) as out:
+                with os.fdopen(fd, "wb", closefd=False) as pipe:
                     for part in share:
                         count, payload = client._encrypt_batch(enc, part)
-                        out.write(_FRAME.pack(count, len(payload)) + payload)
+                        pipe.write(_FRAME.pack(count, len(payload)) + payload)
                 code = 0
             finally:
                 os._exit(code)

@@ -18,7 +18,6 @@ from .._task import decide
 from . import accuracy, approx, frontend, limits, params
 from .plan import LINEAR_OPS, PLAN_VERSION, check_plan, needs_relin, npy_bytes, one_product, plan_depth, run_layer, run_plan
 
-POSTPROCESS = (None, "sigmoid", "sigmoid2", "softmax")
 # Unless max_error is given, the compiler aims for a worst-case output error of this fraction of the
 # span of the model's outputs on the calibration data: chosen from bench/results/ckks_tradeoff.png
 # (bench/bench_ckks_tradeoff.py), where it keeps 100% argmax agreement at the throughput knee.
@@ -47,7 +46,7 @@ def _next_linear(raw: list[dict[str, Any]], i: int) -> str | None:
 
 def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None = None,
                max_error: float | None = None, range_margin: float = approx.DEFAULT_MARGIN,
-               max_degree: int = approx.MAX_DEGREE * 2 + 1) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
+               max_degree: int = approx.MAX_DEGREE) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
     """Return (plan, weight sections, info) for ``model``; ``info`` holds post-processing, fits and error bounds.
 
     Each non-polynomial activation gets, per neuron (per channel after a conv),

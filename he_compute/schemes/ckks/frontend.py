@@ -173,7 +173,9 @@ class _Reader:
 
     def const_node(self, node: Any) -> None:
         a = [self.const[i] for i in node.input if i]
-        fn = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide, "Pow": np.power}.get(node.op_type)
+        ops: dict[str, np.ufunc] = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide,
+                                    "Pow": np.power}
+        fn = ops.get(node.op_type)
         if fn is None and node.op_type not in ("Identity", "Cast"):
             raise self.fail(node, " (on constants)")
         self.const[node.output[0]] = fn(a[0], a[1]) if fn else a[0]

@@ -32,7 +32,6 @@ _PREFIX = struct.Struct(">6sHI")
 _LEN = struct.Struct(">Q")
 _MAX_HEADER = 1 << 16
 PACKINGS = ("batch", "single")
-ROLES = ("input", "output", "keys")
 
 
 @dataclass

@@ -46,13 +46,20 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# numpy's public header readers (each bounds the header's size); format 3.0 only adds utf-8 field names.
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def load_npy(data: bytes, what: str, limits: _limits.Limits | None = None) -> np.ndarray:
     """Load a plain numeric ``.npy`` (pickle refused, size checked from its header first), or raise."""
     lim = limits or _limits.current()
     buf = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(buf)
-        shape, _, dtype = np.lib.format._read_array_header(buf, version)
+        read_header = _NPY_HEADERS.get(version)
+        if read_header is None:
+            raise FormatError(f"{what} is a .npy of format version {version}: only 1.0 and 2.0 are read")
+        shape, _, dtype = read_header(buf)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise FormatError(f"{what} is not a readable .npy file: {exc}") from exc
     if dtype.hasobject:
@@ -305,8 +312,10 @@ def check_plan(plan: Any, weights: dict[str, np.ndarray], limits: _limits.Limits
         op = layer["op"]
         if op == "linear":
             w = weights.get(layer["weight"]) if isinstance(layer.get("weight"), str) else None
-            _check_weight(layer, "weight", weights, (w.shape[0] if w is not None and w.ndim == 2 else -1, math.prod(shape)))
-            _check_weight(layer, "bias", weights, (w.shape[0],))
+            rows = w.shape[0] if w is not None and w.ndim == 2 else -1
+            _check_weight(layer, "weight", weights, (rows, math.prod(shape)))  # raises unless w is such a matrix
+            w = weights[layer["weight"]]
+            _check_weight(layer, "bias", weights, (rows,))
             if not np.all(np.any(w != 0, axis=1)):
                 raise FormatError(f"plan: linear layer {layer['name']} has an output with only zero weights")
         elif op == "conv2d":

@@ -22,6 +22,7 @@ import math
 import re
 import resource
 import sys
+from typing import Any
 
 # The attributes each operation may carry.  An op absent here is refused; an attribute
 # absent here is refused too (discardable attributes such as llvm.* could steer lowering).
@@ -303,7 +304,11 @@ def check(text: str, entry: str | None) -> None:
         context.enable_multithreading(False)  # one core is enough, and no thread pool to limit
         register_dialects(context)
         errors: list[str] = []
-        handler = context.attach_diagnostic_handler(lambda d: errors.append(str(d.message)) or True)
+        def keep(diagnostic: Any) -> bool:
+            errors.append(str(diagnostic.message))
+            return True  # handled: MLIR prints nothing itself
+
+        handler = context.attach_diagnostic_handler(keep)
         try:
             try:
                 module = ir.Module.parse(text)

@@ -24,7 +24,6 @@ from ...errors import FormatError, UnsafeArtifactError
 from .mlir_check import check_circuit
 
 SERVER_SECTIONS = frozenset({"circuit.mlir", "configuration.json", "client.specs.json", "composition_rules.json"})
-CLIENT_SECTIONS = frozenset({"client.specs.json", "processing.json"})
 _SERVER_ZIP_FILES = {"circuit.mlir", "configuration.json", "client.specs.json", "composition_rules.json",
                      "is_simulated", "versions.json"}
 

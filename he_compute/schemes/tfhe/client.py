@@ -195,11 +195,4 @@ class TFHEClientScheme:
         """Not possible: Concrete's TFHE has no public-key encryption, and only the secret key re-encrypts."""
         raise UnsupportedModelError("TFHE ciphertexts cannot be re-randomized without the secret key")
 
-    def import_deployment(self, directory: Any) -> Bundle:
-        """Bundle an existing Concrete ML deployment directory (``client.zip`` + ``server.zip``)."""
-        from .compiler import bundle_from_deployment
-
-        return bundle_from_deployment(directory)
-
-
 SCHEME = TFHEClientScheme()

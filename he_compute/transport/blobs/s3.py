@@ -106,14 +106,16 @@ class S3BlobStore(Closing):
 
     def presigned_get(self, digest: str, expires_s: int) -> str:
         """A URL that reads the blob ``digest`` (and nothing else) for ``expires_s`` seconds."""
-        return self._s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(digest)},
-                                               ExpiresIn=int(expires_s))
+        url: str = self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(digest)}, ExpiresIn=int(expires_s))
+        return url
 
     def presigned_staging_put(self, name: str, size: int, expires_s: int) -> str:
         """A URL that writes ``size`` bytes to the staging object ``name`` for ``expires_s`` seconds."""
-        return self._s3.generate_presigned_url(
+        url: str = self._s3.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": self._staging(name), "ContentLength": int(size)},
             ExpiresIn=int(expires_s))
+        return url
 
     def _staging(self, name: str) -> str:
         return f"{self.prefix}/incoming/{name}" if self.prefix else f"incoming/{name}"

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Iterable, Protocol, Self, Sequence, runtime_checkable
 
 from ...errors import QueueError
 from ...formats.canonical import compact
@@ -140,6 +140,14 @@ class Producer(Protocol):
         """The job's current record; :class:`QueueError` if there is no such job."""
         ...
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The records of those of ``job_ids`` that exist, in one round trip (what a verifier polls)."""
+        ...
+
+    def counts(self, *, run: str | None = None) -> dict[JobState, int]:
+        """How many jobs (of ``run``) are in each state, without reading their records."""
+        ...
+
     def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
              since: float | None = None) -> list[Job]:
         """Jobs, oldest first, optionally only those in ``state`` (``failed`` is the dead letter), of ``run``,
@@ -157,6 +165,13 @@ class Producer(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
         ...
 
 
@@ -202,6 +217,13 @@ class Consumer(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
         ...
 
 

@@ -19,7 +19,6 @@ pending entries survive a Redis restart.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Iterable
@@ -27,11 +26,10 @@ from typing import Any, Iterable
 from ...errors import QueueError
 from .._closing import Closing
 from ..locations import redis_key as key_for
-from .base import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_CAP, Job, JobState, Lease, check_job_id,
-                   check_tag, dumps, sleep_wait, unreadable_job)
+from .base import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_CAP, JobState, Lease, check_tag, dumps, sleep_wait)
+from .redis_reads import DEAD, RedisReads, _hash_to_job, _text
 
 GROUP = "hec-workers"
-DEAD = key_for("dead")
 
 
 # The attempt limit is the record's, capped by the queue's own (ARGV[7]): a record rewritten to ask for a
@@ -144,27 +142,7 @@ return 1
 """
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _hash_to_job(h: dict[bytes, bytes], job_id: str = "") -> Job:
-    """The hash as a :class:`Job`; a record that does not parse becomes a failed job saying so."""
-    d = {_text(k): _text(v) for k, v in h.items()}
-    try:
-        return Job(
-            id=d["id"], state=JobState(d["state"]), spec=json.loads(d["spec"]), device=d["device"],
-            attempts=int(d.get("attempts", 0)), max_attempts=int(d["max_attempts"]), error=d.get("error") or None,
-            result=json.loads(d["result"]) if d.get("result") else None,
-            progress=json.loads(d.get("progress") or "{}"), worker=d.get("worker") or None,
-            created=float(d["created"]), updated=float(d.get("updated", d["created"])),
-            group=d.get("group") or None, run=d.get("run") or None,
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        return unreadable_job(d.get("id") or job_id, exc)
-
-
-class RedisQueue(Closing):
+class RedisQueue(RedisReads, Closing):
     """The scale-out queue on Redis >= 6.2.
 
     Example::
@@ -192,18 +170,6 @@ class RedisQueue(Closing):
 
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True)
         return cls(client, url, lease_s=lease_s)
-
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        import redis
-
-        try:
-            return fn(*args, **kwargs)
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # Redis restarted without persistence: recreate groups next time
-                self._groups.clear()
-            raise QueueError(f"queue {self.url}: {what} failed ({exc})") from exc
-        except redis.RedisError as exc:
-            raise QueueError(f"queue {self.url}: {what} failed ({exc}): is Redis (>= 6.2) running there?") from exc
 
     def _group(self, stream: str) -> None:
         import redis
@@ -292,10 +258,6 @@ class RedisQueue(Closing):
                 break
         return None
 
-    def maintain(self) -> int:
-        """Nothing to do: dead workers' entries are reclaimed by ``XAUTOCLAIM`` inside :meth:`claim`."""
-        return 0
-
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
               operator: str | None = None) -> Lease | None:
         """Reclaim a dead worker's job if any, else read a new entry (blocking up to ``block_s``).
@@ -323,10 +285,10 @@ class RedisQueue(Closing):
                 cycled = False
                 for stream, entries in reply or []:
                     for msg_id, fields in entries:
-                        lease = self._try_take(_text(stream), msg_id, fields, worker, who)
-                        if isinstance(lease, Lease):
-                            return lease
-                        if lease == "busy":
+                        taken = self._try_take(_text(stream), msg_id, fields, worker, who)
+                        if isinstance(taken, Lease):
+                            return taken
+                        if taken == "busy":
                             job = fields.get(b"job", b"")
                             cycled = cycled or job in skipped
                             skipped.add(job)
@@ -337,7 +299,8 @@ class RedisQueue(Closing):
                         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
                         skipped.clear()
 
-        return self._call("claim", go)
+        taken: Lease | None = self._call("claim", go)
+        return taken
 
     def heartbeat(self, lease: Lease, progress: dict[str, Any] | None = None) -> bool:
         """Reset the entry's idle time (``XCLAIM JUSTID``) and record progress."""
@@ -371,41 +334,6 @@ class RedisQueue(Closing):
         """Mark cancelled; a pending entry is acknowledged by whoever meets it next."""
         self.status(job_id)
         return int(self._call("cancel", self._cancel, keys=[key_for("job", job_id)], args=[time.time()])) == 1
-
-    def status(self, job_id: str) -> Job:
-        """One job's record."""
-        h = self._call("status", self._r.hgetall, key_for("job", check_job_id(job_id)))
-        if not h:
-            raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
-        return _hash_to_job(h, job_id)
-
-    def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
-             since: float | None = None) -> list[Job]:
-        """Jobs oldest first, filtered by state, run and creation time."""
-        def go() -> list[Job]:
-            ids = self._r.zrangebyscore(key_for("jobs"), "-inf" if since is None else float(since), "+inf")
-            pipe = self._r.pipeline(transaction=False)
-            for i in ids:
-                pipe.hgetall(key_for("job", _text(i)))
-            return [_hash_to_job(h, _text(i)) for i, h in zip(ids, pipe.execute()) if h]
-
-        out = [j for j in self._call("jobs", go)
-               if (state is None or j.state == JobState(state)) and (run is None or j.run == run)]
-        return out[:limit]
-
-    def dead_letter(self) -> list[Job]:
-        """Jobs named by the dead-letter stream that are still failed (latest error first in each)."""
-        entries = self._call("dead letter", self._r.xrange, DEAD)
-        seen: dict[str, Job] = {}
-        for _, fields in entries:
-            job_id = _text(fields[b"job"])
-            try:
-                job = self.status(job_id)
-            except QueueError:
-                continue
-            if job.state == JobState.FAILED:
-                seen[job_id] = job
-        return list(seen.values())
 
     def close(self) -> None:
         """Close the connection pool."""

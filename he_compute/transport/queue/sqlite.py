@@ -15,7 +15,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from ...errors import QueueError
 from .._closing import Closing
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS group_claims (
 """
 # Columns added after the first release: added to older databases on open.
 _ADDED_COLUMNS = {"grp": "TEXT", "run": "TEXT"}
+_STATES = {s.value for s in JobState}
 _POLL_S = 0.1
 _CHANGE_S = 0.005  # how often an idle claim or a waiting client looks for another connection's commit
 
@@ -149,11 +150,6 @@ class SqliteQueue(Closing):
                        (state.value, error, now, job_id, JobState.RUNNING.value))
             db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
         return len(expired)
-
-    def maintain(self) -> int:
-        """Reap expired leases now (claims also do it)."""
-        with self._tx() as db:
-            return self._reap(db, time.time())
 
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
               operator: str | None = None) -> Lease | None:
@@ -294,10 +290,27 @@ class SqliteQueue(Closing):
             raise QueueError(f"no job {job_id} in {self.url}: list jobs with hec jobs --queue {self.url}")
         return _row_to_job(rows[0])
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The records of those of ``job_ids`` that exist (one query per 500 ids)."""
+        ids = [check_job_id(j) for j in job_ids]
+        out: dict[str, Job] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            rows = self._read(f"SELECT * FROM jobs WHERE id IN ({', '.join('?' * len(part))})", tuple(part))
+            out.update((row["id"], _row_to_job(row)) for row in rows)
+        return out
+
+    def counts(self, *, run: str | None = None) -> dict[JobState, int]:
+        """Jobs per state (of ``run``), counted by the database."""
+        where, args = ("WHERE run = ? ", (run,)) if run is not None else ("", ())
+        rows = self._read(f"SELECT state, COUNT(*) AS n FROM jobs {where}GROUP BY state", args)
+        return {JobState(row["state"]): int(row["n"]) for row in rows if row["state"] in _STATES}
+
     def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
              since: float | None = None) -> list[Job]:
         """Jobs oldest first, filtered by state, run and creation time."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if state is not None:
             where.append("state = ?")
             args.append(JobState(state).value)

@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ... import settings
 from ...errors import AuditError, FormatError, QueueError
@@ -31,6 +31,7 @@ from .session import Session
 from .wire import API, H_IDEMPOTENCY, job_from_wire
 
 STATUS_TTL_S = 0.2
+COUNT_LIMIT = 1_000_000  # jobs a count over a coordinator looks at
 """How stale a job's status may be when it comes from a refresh of its whole run."""
 
 
@@ -81,6 +82,23 @@ class RemoteProducer(Closing):
             for other in self.jobs(run=job.run, since=job.created - 3600, limit=100_000):
                 self._seen[other.id] = (now, other)
         return job
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """Those of ``job_ids`` that exist, each through :meth:`status` (one request refreshes a whole run)."""
+        out: dict[str, Job] = {}
+        for job_id in job_ids:
+            try:
+                out[job_id] = self.status(job_id)
+            except QueueError:  # absent, or another tenant's (which reads as absent)
+                continue
+        return out
+
+    def counts(self, *, run: str | None = None) -> dict[JobState, int]:
+        """Jobs per state, counted from this tenant's listing (the coordinator lists at most its own limit)."""
+        out: dict[JobState, int] = {}
+        for job in self.jobs(run=run, limit=COUNT_LIMIT):
+            out[job.state] = out.get(job.state, 0) + 1
+        return out
 
     def jobs(self, state: JobState | None = None, limit: int = 1000, *, run: str | None = None,
              since: float | None = None) -> list[Job]:

@@ -81,7 +81,7 @@ def raise_for(status: int, body: bytes, where: str) -> None:
     else:
         kind = TransportError
     exc = kind(f"coordinator {where}: {message}")
-    exc.code = code  # type: ignore[attr-defined]
+    setattr(exc, "code", code)  # the coordinator's machine-readable reason, for callers that branch on it
     raise exc
 
 

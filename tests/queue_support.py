@@ -1,7 +1,7 @@
-"""Helpers shared by the queue, blob, worker and run tests (no tests here).
+"""Helpers shared by the queue, blob, worker and run tests (no tests here; the fixtures are in conftest.py).
 
-Each test session starts its own ``redis-server`` (Debian's, installed by
-``make redis``) and moto S3 server on free loopback ports, and kills them after.
+A test session starts one ``redis-server`` (Debian's, installed by ``make redis``) and one moto S3 server on
+free loopback ports (conftest.py's ``redis_server`` and ``s3_endpoint``), and kills them after.
 """
 
 from __future__ import annotations
@@ -67,32 +67,18 @@ class RedisServer:
         redis.Redis(port=self.port).flushall()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+LEASE = 0.6  # seconds: short leases make expiry tests quick
 
 
-@pytest.fixture
-def redis_url(redis_server):
-    redis_server.flush()
-    return redis_server.url
+FAULTS = Path(__file__).resolve().parent / "faults"
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def fault_env(fault: str) -> dict[str, str]:
+    """Environment that makes the worker processes started with it misbehave (see faults/sitecustomize.py)."""
+    if not fault:
+        return {}
+    path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"HE_COMPUTE_TEST_FAULT": fault, "PYTHONPATH": path}
 
 
 def worker_proc(queue_url: str, blobs_url: str, *, fault: str = "", lease: float = 1.5, burst: bool = False,
@@ -100,7 +86,7 @@ def worker_proc(queue_url: str, blobs_url: str, *, fault: str = "", lease: float
     """Start one worker process (one thread) with an optional test fault."""
     from he_compute.client.run.local import worker_command
 
-    env = {**os.environ, "HEC_TEST_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **fault_env(fault), "OMP_NUM_THREADS": "1"}
     cmd = worker_command(queue_url, blobs_url, threads=1, device="cpu", burst=burst, lease_s=lease)
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
