@@ -61,6 +61,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEC_MAX_CACHED", "count", 8, "most entries in each of a worker's caches", minimum=1),
     Setting("HEC_SANDBOX_MEMORY_MB", "megabytes", 16384, "address space of a worker's evaluation child", minimum=64),
     Setting("HEC_SANDBOX_CPU_S", "count", 3600, "CPU seconds of one evaluation call in the child", minimum=1),
+    Setting("HEC_SANDBOX_COMPILE_CPU_S", "count", 600, "CPU seconds the child may spend opening (compiling) one "
+            "server part", minimum=1),
+    Setting("HEC_SANDBOX_LOG_KB", "count", 64, "what one evaluation child may write to the worker's log per job",
+            minimum=1),
+    Setting("HEC_DECRYPT_TIMEOUT_S", "seconds", 60.0, "the client's deadline to decrypt what a worker returned "
+            "(plus 0.5 s per chunk of a whole result)", minimum=1e-3),
+    Setting("HEC_IDLE_NOTICE_S", "seconds", 60.0, "how long hec run waits with no job claimed before saying so",
+            minimum=1e-3),
     Setting("HEC_CKKS_LIMITS", "text", None, "JSON object overriding CKKS size limits (see schemes/ckks/limits.py)"),
     Setting("HEC_PROGRESS", "choice", "auto", "progress display: a bar on a terminal, plain lines, or none",
             choices=("auto", "plain", "off")),

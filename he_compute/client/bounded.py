@@ -31,11 +31,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import errors
-from ..errors import FormatError, HECError, InputError
+from .. import errors, settings
+from ..errors import FormatError, HECError
 from ..formats.text import printable
 
-DEFAULT_TIMEOUT_S = 60.0
 PER_CHUNK_S = 0.5
 """Added to the deadline of a whole result per chunk (an honest TFHE chunk decrypts in milliseconds)."""
 OUTPUT_BYTES = 64 << 10
@@ -50,13 +49,7 @@ Work = Callable[[Callable[[int], None]], np.ndarray]
 
 def timeout_s() -> float:
     """The per-call deadline (``HEC_DECRYPT_TIMEOUT_S``)."""
-    raw = os.environ.get("HEC_DECRYPT_TIMEOUT_S", "")
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e6:
-        raise InputError(f"HEC_DECRYPT_TIMEOUT_S={raw[:40]!r} is not a number of seconds: set it to e.g. 60")
+    value: float = settings.get("HEC_DECRYPT_TIMEOUT_S")
     return value
 
 

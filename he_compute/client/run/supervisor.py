@@ -20,13 +20,13 @@ Nothing about any verdict is written to the queue: workers only ever see ordinar
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ... import settings
 from ...errors import warn
 from ...errors import (
     AuthError,
@@ -60,10 +60,8 @@ or be a cheater that ignores routed jobs)."""
 
 def idle_notice_s() -> float:
     """``HEC_IDLE_NOTICE_S`` (default 60): how long a run waits with no job claimed before saying so."""
-    try:
-        return float(os.environ.get("HEC_IDLE_NOTICE_S", "60"))
-    except ValueError:
-        return 60.0
+    value: float = settings.get("HEC_IDLE_NOTICE_S")
+    return value
 
 
 @dataclass
