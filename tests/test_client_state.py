@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.coordinator_support import CoordinatorProc, tls  # noqa: F401
+from coordinator_support import CoordinatorProc
 
 PYTHON = sys.executable
 

@@ -16,9 +16,8 @@ import pytest
 from he_compute.transport.remote import RemoteConsumer, Session, enroll
 from he_compute.transport.remote.wire import API
 from he_compute.worker.identity import WorkerIdentity
-from tests.coordinator_support import CoordinatorProc, tls  # noqa: F401 - fixture
+from coordinator_support import CoordinatorProc
 from tests.test_coordinator_attacks import _hec, _signed, _tenant, _worker
-from tests.test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
 
 
 def _configured(data, **settings):

@@ -18,9 +18,9 @@ from he_compute.formats.digests import digest_of
 from he_compute.transport.blobs.file import FileBlobStore
 from he_compute.transport.remote import LeaseBlobs, RemoteConsumer
 from he_compute.transport.remote.wire import API, sign_request
-from tests.coordinator_support import CoordinatorProc, tls  # noqa: F401 - fixture
+from coordinator_support import CoordinatorProc
 from tests.test_coordinator_attacks import _hec, _tenant, _worker
-from tests.test_queue_support import redis_server, redis_url, s3_endpoint  # noqa: F401 - fixtures
+
 
 MB = 1024 * 1024
 

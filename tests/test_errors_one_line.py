@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.coordinator_support import CoordinatorProc, tls  # noqa: F401
+from coordinator_support import CoordinatorProc
 
 PYTHON = sys.executable
 

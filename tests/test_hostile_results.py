@@ -24,7 +24,7 @@ from he_compute.client.run import KnownAnswers, Policy, run
 from he_compute.transport import blobs, queue
 from he_compute.worker.executor import InProcess
 from he_compute.worker.loop import Worker
-from test_queue_support import redis_server, redis_url  # noqa: F401 - fixtures
+
 
 RUNS = 14
 
