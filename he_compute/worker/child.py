@@ -6,8 +6,12 @@ reads anything a stranger wrote it:
 
 * asks to be killed when its parent dies (Linux parent-death signal),
 * caps its address space, open files, file size and core dumps (``setrlimit``),
-* leaves the network: a new network namespace where permitted (root), and a seccomp filter that
-  refuses every socket but Unix ones where libseccomp is present.
+* leaves the network and the machine's ``/dev/shm`` (its own namespaces, where permitted: root),
+* gives up every capability and any new privilege, and is confined by Landlock (read-only packages,
+  read-write temp dir) and seccomp (no ptrace, namespaces or sockets): see :mod:`.confine`,
+* and, once its one model is compiled, refuses itself exec and fork (:func:`after_model_opened`).
+
+It reports what took effect in its hello (and what did not, apart): nothing is claimed that failed.
 
 Then it serves frames (:mod:`.frames`): ``load`` (which of this server part and these keys it still
 needs), ``put`` (a blob it needed), ``eval`` (one payload, with a CPU-time budget), ``quit``.  Errors go

@@ -94,10 +94,9 @@ def no_new_privileges() -> bool:
 
 def readable_paths(tmp: str) -> list[str]:
     """What the child may read: its interpreter, packages, shared libraries and its own ``/proc`` entry."""
-    import he_compute
-
+    package = Path(__file__).resolve().parents[1]  # he_compute itself (by path: its __init__ imports the client)
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
-             str(Path(he_compute.__file__).resolve().parent), "/usr", "/lib", "/lib64", "/etc/ld.so.cache",
+             str(package), "/usr", "/lib", "/lib64", "/etc/ld.so.cache",
              "/etc/localtime", f"/proc/{os.getpid()}", "/proc/cpuinfo", "/proc/meminfo",
              "/sys", "/proc/stat", "/dev/urandom", "/dev/random", "/dev/zero"}
     # sys.path entries name where imports come from (a checkout on PYTHONPATH, the venv's site-packages);
