@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import he_compute
-from he_compute.errors import FormatError, KeyMismatchError
+from he_compute.errors import ConfigError, FormatError, KeyMismatchError
 from he_compute import schemes
 from he_compute.schemes.ckks import plan as plan_mod
 
@@ -95,7 +95,7 @@ def test_limits_are_configurable(logreg_bundle, monkeypatch):
     with pytest.raises(FormatError, match="above the limit of 10"):
         ckks.check_server_part(bundle.manifest, bundle.server)
     monkeypatch.setenv("HEC_CKKS_LIMITS", '{"max_fetaures": 10}')
-    with pytest.raises(FormatError, match="HEC_CKKS_LIMITS is invalid"):
+    with pytest.raises(ConfigError, match="HEC_CKKS_LIMITS is invalid"):
         ckks.check_server_part(bundle.manifest, bundle.server)
 
 
