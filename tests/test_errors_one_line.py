@@ -130,7 +130,6 @@ ALLOWED_BUILTIN_RAISES = {
     ("he_compute/worker/child.py", "evaluate", "RuntimeError"): "programming guard: the parent's protocol order",
     ("he_compute/worker/executor.py", "evaluate", "RuntimeError"): "programming guard: evaluate follows load",
     ("he_compute/worker/sandbox.py", "evaluate", "RuntimeError"): "programming guard: evaluate follows load",
-    ("he_compute/worker/loop.py", "_fault", "RuntimeError"): "the test-only fault hook simulates an unexpected crash",
 }
 
 

@@ -105,6 +105,12 @@ def run_onnx(model: Any, X: Any, width: int | None = None, session: Any = None) 
     if len(want) == X.ndim and any(w is not None and w != g for w, g in zip(want[1:], X.shape[1:])):
         raise InputError(f"the data has shape {tuple(X.shape[1:])} per row but the ONNX model takes "
                          f"{tuple('N' if w is None else w for w in want[1:])}: pass the columns the model was trained on")
+    if want and want[0] is not None and want[0] != len(X) and len(X) % want[0] == 0:
+        # A graph exported with a fixed batch (torch.onnx.export of one sample) runs that many rows at a time.
+        parts = [run_onnx(model, X[i : i + want[0]], width, session) for i in range(0, len(X), want[0])]
+        if width is not None:
+            return np.concatenate(parts)
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
     dtype = np.float64 if spec.type == "tensor(double)" else np.float32
     try:
         outputs = session.run(None, {spec.name: X.astype(dtype)})
