@@ -73,6 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEC_PROGRESS", "choice", "auto", "progress display: a bar on a terminal, plain lines, or none",
             choices=("auto", "plain", "off")),
     Setting("HEC_ENCRYPT_PROCESSES", "text", None, "1: CKKS batch encryption stays in one process"),
+    Setting("HEC_WORKER_CHILD", "text", None, "1 in the children of hec worker --concurrency N (set by it: "
+            "the parent alone prints devices, identity and admission)"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -298,3 +298,43 @@ def test_hec_run_with_no_worker_says_how_to_start_one(tmp_path, monkeypatch):
     notices = [line for line in result.output.splitlines() if "no worker has claimed" in line]
     assert len(notices) == 1 and "hec worker --queue sqlite://" in notices[0], result.output
     assert notices[0].startswith("Warning: ") and "resumes" in notices[0]
+
+
+# ---- items 9 and 10: small things a new user trips on ---------------------------------------------------
+
+
+def test_hec_encrypt_says_which_key_directory_it_found(tmp_path, monkeypatch):
+    from sklearn.linear_model import Ridge
+
+    monkeypatch.chdir(tmp_path)
+    X, y = load_diabetes(return_X_y=True)
+    he_compute.compile(Ridge().fit(X, y), X, scheme="ckks").save(tmp_path / "m.hec")
+    np.save(tmp_path / "x.npy", X[:4])
+    assert hec("keygen", "m.hec", "--keys", "project-a/keys").exit_code == 0
+    result = hec("encrypt", "m.hec", "x.npy", "-o", "x.enc")
+    assert result.exit_code == 0, result.output
+    assert f"using keys in {(tmp_path / 'project-a' / 'keys').resolve()}" in result.output, result.output
+
+
+def test_a_usage_error_is_one_line_with_the_exit_status_the_readme_gives(tmp_path):
+    result = hec("encrypt", tmp_path / "m.hec")  # INPUT and -o missing
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "encrypt --help" in lines[0] and "Missing argument" in lines[0]
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "exit status 2" in readme and "usage error" in readme
+
+
+def test_hec_worker_with_two_processes_says_who_it_is_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HEC_QUEUE": f"sqlite:///{tmp_path}/queue.db"}
+    done = subprocess.run([sys.executable, "-m", "he_compute", "worker", "--concurrency", "2", "--burst",
+                           "--state", str(tmp_path / "state")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sum("identity" in line for line in done.stderr.splitlines()) == 1, done.stderr
+    assert sum("hec worker: devices" in line for line in done.stderr.splitlines()) == 1, done.stderr

@@ -49,6 +49,8 @@ class _Group(click.Group):
             if ctx.meta.get("hec.debug"):
                 raise
             raise click.ClickException(printable(exc)) from None  # workers' and tenants' words included
+        except click.UsageError as exc:  # one line too, keeping click's exit status 2 for usage errors
+            raise _UsageLine(exc.format_message(), exc.ctx) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except BrokenPipeError:  # the reader left (`hec info M | head`): click ends quietly, as Unix tools do
@@ -59,6 +61,14 @@ class _Group(click.Group):
             raise click.ClickException(
                 f"internal error: {type(exc).__name__}: {printable(exc)} (re-run with hec --debug for the traceback)"
             ) from None
+
+
+class _UsageLine(click.UsageError):
+    """A usage error (unknown option, missing argument) as one ``Error: ...`` line naming the help to read."""
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "hec"
+        click.echo(f"Error: {self.format_message()} (see {where} --help)", err=True)
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)

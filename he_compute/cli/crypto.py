@@ -101,8 +101,9 @@ def encrypt_cmd(bundle: Path, input_path: Path, keys_dir: Path | None, output: P
             raise HECError(f"no keys for model {b.model_id[:12]} on this machine: run hec keygen {bundle} "
                            f"--keys DIR, or pass --keys DIR")
         keys_dir = found[0]
-        if len(found) > 1:
-            _echo(f"using keys in {keys_dir} (the newest of {len(found)} for this model; --keys picks another)")
+        # Always said: after a key directory moves, the registry may hold another copy for the same model.
+        among = f"the newest of {len(found)} for this model" if len(found) > 1 else "found by model id"
+        _echo(f"using keys in {Path(keys_dir).resolve()} ({among}; --keys picks another)")
     client = Client(keys_dir)
     client.check_bundle(b)
     with progress("encrypt", len(X)) as advance:

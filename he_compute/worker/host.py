@@ -113,6 +113,10 @@ def child_command(where: Locations, *, device: str, threads: int, cpus: Iterable
                        lease_s=lease_s, coordinator=coordinator)
 
 
+CHILD_ENV = "HEC_WORKER_CHILD"
+"""Set to 1 in the single-job processes of ``hec worker --concurrency N``."""
+
+
 class _Children:
     """``n`` single-job worker processes, restarted when they die, stopped on request."""
 
@@ -128,7 +132,8 @@ class _Children:
         self.refused = False  # a child was refused by the coordinator: the whole worker ends with EXIT_REFUSED
 
     def _start(self, i: int) -> None:
-        self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.procs[i] = subprocess.Popen(self.commands[i], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                                         env={**os.environ, CHILD_ENV: "1"})  # the parent said who it is
         self.started[i] = time.monotonic()
 
     def on_signal(self, signum: int, _frame: object) -> None:
@@ -208,22 +213,24 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurr
     """
     where = Locations.resolve(queue_url, blobs_url)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    # Devices, identity and admission are said once, by the parent: its children would repeat them each.
+    banner = (lambda msg: None) if settings.get(CHILD_ENV) == "1" else say
     devices = detect_devices(device)
     jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), concurrency, threads)
-    say(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
+    banner(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
         f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
     state_dir = state_dir or settings.get(STATE_ENV) or None
     identity = WorkerIdentity.load_or_create(state_dir) if state_dir else None
     if identity:
         os.environ[STATE_ENV] = state_dir or ""  # children load the same identity
-        say(f"hec worker: identity {identity.short_id} ({identity.public_line()})")
+        banner(f"hec worker: identity {identity.short_id} ({identity.public_line()})")
     if coordinator:
         from ..transport.remote import open_worker
 
         if identity is None:
             raise ConfigError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
         consumer, lease_blobs = open_worker(coordinator, identity, token_file=token_file)  # enrols once
-        say(f"hec worker: admitted by {consumer.url} under operator {consumer.operator}")
+        banner(f"hec worker: admitted by {consumer.url} under operator {consumer.operator}")
         if jobs_at_once == 1:
             return _run_one(consumer, lease_blobs, devices, log, identity, burst, cpus, per_job)
         consumer.close()
