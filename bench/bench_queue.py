@@ -68,6 +68,7 @@ def _throughput(tmp: Path, name: str, enc, bundle, client, workers: int, threads
     """Samples per second on warm pinned workers (start-up and first-job loading excluded)."""
     from he_compute.client import run as runner
     from he_compute.client.run.local import start as spawn
+    from he_compute.commands import WorkerOptions
     from he_compute.client.run.local import stop as stop_all
     from he_compute.formats import evalkeys
     from he_compute.transport import blobs, queue
@@ -75,7 +76,7 @@ def _throughput(tmp: Path, name: str, enc, bundle, client, workers: int, threads
     qurl, burl = f"sqlite://{tmp / name / 'queue.db'}", f"file://{tmp / name / 'blobs'}"
     q, store = queue.connect(qurl), blobs.connect(burl)
     evk = evalkeys.read(client.evaluation_keys_path)
-    procs = spawn(qurl, burl, workers, threads=threads, pin=True, log=open(tmp / f"{name}.log", "ab"))
+    procs = spawn(qurl, burl, workers, WorkerOptions(device="cpu", threads=threads), pin=True, log=open(tmp / f"{name}.log", "ab"))
     try:
         # Warm-up: one single-sample job per worker, until every worker has loaded the model and keys.
         warmed: set[str] = set()
@@ -177,6 +178,7 @@ def _queue_per_sample(tmp: Path, enc, bundle, client, threads: int) -> tuple[flo
     """Per-sample seconds of runner.run through the embedded queue on one warm worker; plus cache evidence."""
     from he_compute.client import run as runner
     from he_compute.client.run.local import start as spawn
+    from he_compute.commands import WorkerOptions
     from he_compute.client.run.local import stop as stop_all
     from he_compute.formats import evalkeys
     from he_compute.transport import blobs, queue
@@ -184,7 +186,7 @@ def _queue_per_sample(tmp: Path, enc, bundle, client, threads: int) -> tuple[flo
     qurl, burl = f"sqlite://{tmp / 'e2e' / 'queue.db'}", f"file://{tmp / 'e2e' / 'blobs'}"
     q, store = queue.connect(qurl), blobs.connect(burl)
     evk = evalkeys.read(client.evaluation_keys_path)
-    procs = spawn(qurl, burl, 1, threads=threads, pin=True, log=open(tmp / "e2e.log", "ab"))
+    procs = spawn(qurl, burl, 1, WorkerOptions(device="cpu", threads=threads), pin=True, log=open(tmp / "e2e.log", "ab"))
     try:
         first = runner.run(_subset(enc, [0]), bundle.server_part(), evk, queue=q, blobs=store, show_progress=False,
                            timeout=600)

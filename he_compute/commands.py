@@ -3,26 +3,45 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from dataclasses import dataclass
 
 
-def worker_argv(queue_url: str, blobs_url: str, *, device: str = "cpu", concurrency: int = 1,
-                threads: int | None = None, cpus: Iterable[int] | None = None, burst: bool = False,
-                lease_s: float | None = None, state: str | None = None,
-                coordinator: str | None = None) -> list[str]:
-    """``python -m he_compute worker ...`` with these options (the same as ``hec worker``); with ``coordinator``
-    the worker speaks to it instead of the queue and blob store."""
-    where = ["--coordinator", coordinator] if coordinator else ["--queue", queue_url, "--blobs", blobs_url]
-    cmd = [sys.executable, "-m", "he_compute", "worker", *where, "--device", device, "--concurrency", str(concurrency)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    cpus = list(cpus or [])
-    if cpus:
-        cmd += ["--cpus", ",".join(map(str, cpus))]
-    if burst:
-        cmd.append("--burst")
-    if lease_s:
-        cmd += ["--lease", str(lease_s)]
-    if state:
-        cmd += ["--state", state]
-    return cmd
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs: the options of ``hec worker``, carried from its command line (or a run's local
+    workers) to the worker host and on to the command lines of its child processes.
+
+    Example::
+
+        WorkerOptions(device="cpu", threads=1, burst=True).argv("sqlite:///q.db", "file:///blobs")
+    """
+
+    device: str = "auto"
+    concurrency: int | None = None
+    threads: int | None = None
+    cpus: tuple[int, ...] | None = None
+    burst: bool = False
+    lease_s: float | None = None
+    state: str | None = None
+    coordinator: str | None = None
+    token_file: str | None = None
+
+    def argv(self, queue_url: str | None, blobs_url: str | None) -> list[str]:
+        """``python -m he_compute worker ...`` with these options; with ``coordinator`` the worker speaks
+        to it instead of the queue and blob store.  The enrolment token is never passed on: a child of
+        an admitted worker shares its parent's identity, which the coordinator already knows."""
+        where = (["--coordinator", self.coordinator] if self.coordinator
+                 else ["--queue", queue_url or "", "--blobs", blobs_url or ""])
+        cmd = [sys.executable, "-m", "he_compute", "worker", *where, "--device", self.device,
+               "--concurrency", str(self.concurrency or 1)]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
+        if self.cpus:
+            cmd += ["--cpus", ",".join(map(str, self.cpus))]
+        if self.burst:
+            cmd.append("--burst")
+        if self.lease_s:
+            cmd += ["--lease", str(self.lease_s)]
+        if self.state:
+            cmd += ["--state", self.state]
+        return cmd

@@ -84,10 +84,10 @@ def fault_env(fault: str) -> dict[str, str]:
 def worker_proc(queue_url: str, blobs_url: str, *, fault: str = "", lease: float = 1.5, burst: bool = False,
                 log: Path | None = None) -> subprocess.Popen:
     """Start one worker process (one thread) with an optional test fault."""
-    from he_compute.client.run.local import worker_command
+    from he_compute.commands import WorkerOptions
 
     env = {**os.environ, **fault_env(fault), "OMP_NUM_THREADS": "1"}
-    cmd = worker_command(queue_url, blobs_url, threads=1, device="cpu", burst=burst, lease_s=lease)
+    cmd = WorkerOptions(device="cpu", threads=1, burst=burst, lease_s=lease).argv(queue_url, blobs_url)
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
 

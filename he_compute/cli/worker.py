@@ -41,6 +41,7 @@ def worker_cmd(queue_url: str | None, blobs_url: str | None, concurrency: int | 
     """
     import os
 
+    from ..commands import WorkerOptions
     from ..worker.host import serve
 
     if coordinator and (queue_url or blobs_url):
@@ -56,9 +57,10 @@ def worker_cmd(queue_url: str | None, blobs_url: str | None, concurrency: int | 
     from ..worker.host import EXIT_REFUSED
 
     try:
-        status = serve(queue_url, blobs_url, concurrency=concurrency, threads=threads, device=device,
-                       burst=burst, lease_s=lease, cpus=cores, state_dir=state_dir, coordinator=coordinator,
-                       token_file=token_file)
+        options = WorkerOptions(device=device, concurrency=concurrency, threads=threads,
+                                cpus=tuple(cores) if cores else None, burst=burst, lease_s=lease, state=state_dir,
+                                coordinator=coordinator, token_file=token_file)
+        status = serve(queue_url, blobs_url, options)
     except AuthError as exc:  # final: a distinct status, so that a supervising `hec worker` stops too
         click.echo(f"Error: {exc}", err=True)
         raise click.exceptions.Exit(EXIT_REFUSED) from None

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from ..commands import WorkerOptions
 from ..errors import QueueError
 from .run import local
 
@@ -69,8 +70,8 @@ class WorkerPool:
                     raise QueueError(f"the local workers keep exiting ({self._restarts} restarts): see {self.log_path}")
             for p in dead:
                 self._procs.remove(p)
-            self._procs.extend(local.start(self.queue_url, self.blobs_url, missing, device=self.device,
-                                           log=self._log))
+            self._procs.extend(local.start(self.queue_url, self.blobs_url, missing,
+                                           WorkerOptions(device=self.device), log=self._log))
 
     @contextmanager
     def watch(self, cancel: Callable[[], Any]) -> Iterator[None]:

@@ -16,10 +16,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Iterable
+from dataclasses import replace
+from typing import Callable
 
 from .. import settings
-from ..commands import worker_argv
+from ..commands import WorkerOptions
 from ..errors import ConfigError, DeviceError
 from ..transport import blobs as blob_stores
 from ..transport import queue as job_queue
@@ -106,11 +107,11 @@ def die_with_parent() -> None:
         pass
 
 
-def child_command(where: Locations, *, device: str, threads: int, cpus: Iterable[int] | None, burst: bool,
-                  lease_s: float | None, coordinator: str | None = None) -> list[str]:
-    """The command line of one single-job worker process."""
-    return worker_argv(where.queue, where.blobs, device=device, threads=threads, cpus=cpus, burst=burst,
-                       lease_s=lease_s, coordinator=coordinator)
+def child_command(where: Locations, options: WorkerOptions, threads: int, cpus: list[int] | None) -> list[str]:
+    """The command line of one single-job worker process: its parent's options, one job at a time."""
+    child = replace(options, concurrency=1, threads=threads, cpus=tuple(cpus) if cpus else None, state=None,
+                    token_file=None)
+    return child.argv(where.queue, where.blobs)
 
 
 CHILD_ENV = "HEC_WORKER_CHILD"
@@ -195,57 +196,55 @@ class _Children:
         self.say(f"hec worker: restarting worker process {i} in {wait:.0f}s")
 
 
-def serve(queue_url: str | None = None, blobs_url: str | None = None, *, concurrency: int | None = None,
-          threads: int | None = None, device: str = "auto", burst: bool = False, lease_s: float | None = None,
-          cpus: list[int] | None = None, log: Callable[[str], None] | None = None,
-          state_dir: str | None = None, coordinator: str | None = None, token_file: str | None = None) -> int:
-    """Run workers until stopped: one in this process, or ``concurrency`` supervised child processes.
+def serve(queue_url: str | None = None, blobs_url: str | None = None, options: WorkerOptions = WorkerOptions(),
+          log: Callable[[str], None] | None = None) -> int:
+    """Run workers until stopped: one in this process, or ``options.concurrency`` supervised child processes.
 
-    ``state_dir`` (or ``$HEC_WORKER_STATE``) keeps the worker's Ed25519 identity
+    ``options.state`` (or ``$HEC_WORKER_STATE``) keeps the worker's Ed25519 identity
     (created on first start; child processes share it: one machine, one
     identity); without either, the identity lives only as long as the process.
     Threads per job go to ``OMP_NUM_THREADS`` (set before Concrete loads);
-    ``cpus`` pins this process with ``sched_setaffinity``.  Returns an exit status.
+    ``options.cpus`` pins this process with ``sched_setaffinity``.  Returns an exit status.
 
     Example::
 
-        serve("redis://10.0.0.5:6379/0", concurrency=4, device="cpu")
+        serve("redis://10.0.0.5:6379/0", options=WorkerOptions(concurrency=4, device="cpu"))
     """
     where = Locations.resolve(queue_url, blobs_url)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     # Devices, identity and admission are said once, by the parent: its children would repeat them each.
     banner = (lambda msg: None) if settings.get(CHILD_ENV) == "1" else say
-    devices = detect_devices(device)
-    jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), concurrency, threads)
+    devices = detect_devices(options.device)
+    cpus = list(options.cpus) if options.cpus else None
+    jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), options.concurrency, options.threads)
     banner(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
         f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
-    state_dir = state_dir or settings.get(STATE_ENV) or None
+    state_dir = options.state or settings.get(STATE_ENV) or None
     identity = WorkerIdentity.load_or_create(state_dir) if state_dir else None
     if identity:
         os.environ[STATE_ENV] = state_dir or ""  # children load the same identity
         banner(f"hec worker: identity {identity.short_id} ({identity.public_line()})")
-    if coordinator:
+    if options.coordinator:
         from ..transport.remote import open_worker
 
         if identity is None:
             raise ConfigError("a worker of a coordinator keeps its key: pass --state DIR (or set HEC_WORKER_STATE)")
-        consumer, lease_blobs = open_worker(coordinator, identity, token_file=token_file)  # enrols once
+        consumer, lease_blobs = open_worker(options.coordinator, identity, token_file=options.token_file)  # enrols once
         banner(f"hec worker: admitted by {consumer.url} under operator {consumer.operator}")
         if jobs_at_once == 1:
-            return _run_one(consumer, lease_blobs, devices, log, identity, burst, cpus, per_job)
+            return _run_one(consumer, lease_blobs, devices, log, identity, options.burst, cpus, per_job)
         consumer.close()
     if jobs_at_once > 1:
         cores = sorted(cpus) if cpus else None
-        commands = [child_command(where, device=device, threads=per_job, burst=burst, lease_s=lease_s,
-                                  cpus=[cores[(i * per_job + k) % len(cores)] for k in range(per_job)] if cores else None,
-                                  coordinator=coordinator)
+        commands = [child_command(where, options, per_job,
+                                  [cores[(i * per_job + k) % len(cores)] for k in range(per_job)] if cores else None)
                     for i in range(jobs_at_once)]
-        children = _Children(commands, burst, say)
+        children = _Children(commands, options.burst, say)
         signal.signal(signal.SIGTERM, children.on_signal)
         signal.signal(signal.SIGINT, children.on_signal)
         return children.supervise()
-    return _run_one(job_queue.connect(where.queue, lease_s=lease_s), blob_stores.connect(where.blobs), devices, log,
-                    identity, burst, cpus, per_job)
+    return _run_one(job_queue.connect(where.queue, lease_s=options.lease_s), blob_stores.connect(where.blobs), devices,
+                    log, identity, options.burst, cpus, per_job)
 
 
 def _run_one(q: Consumer, store: BlobStore, devices: list[str], log: Callable[[str], None] | None,

@@ -15,10 +15,11 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Iterator
 
-from ...commands import worker_argv
+from ...commands import WorkerOptions
 from ...errors import QueueError
 from .allowlist import AllowList
 
@@ -29,28 +30,20 @@ STOP_GRACE_S = 15.0
 """How long local workers get to finish the sample in hand after SIGTERM before they are killed."""
 
 
-def worker_command(queue_url: str, blobs_url: str, *, device: str = "cpu", threads: int | None = None,
-                   cpus: list[int] | None = None, burst: bool = False, lease_s: float | None = None,
-                   state: str | None = None) -> list[str]:
-    """The command line of one single-process ``hec worker``."""
-    return worker_argv(queue_url, blobs_url, device=device, threads=threads, cpus=cpus, burst=burst, lease_s=lease_s,
-                       state=state)
-
-
-def start(queue_url: str, blobs_url: str, n: int, *, device: str = "cpu", threads: int | None = None,
+def start(queue_url: str, blobs_url: str, n: int, options: WorkerOptions = WorkerOptions(device="cpu"), *,
           pin: bool = False, env: dict[str, str] | None = None, log: IO[bytes] | None = None,
-          lease_s: float | None = None, states: list[Path] | None = None) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` single-process workers, each with its own identity (in ``states[i]`` when given, else a
-    throwaway one); with ``pin``, worker ``i`` is held to cores ``i*threads ...``."""
+          states: list[Path] | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` single-process workers with these options, each with its own identity (in ``states[i]``
+    when given, else a throwaway one); with ``pin``, worker ``i`` is held to cores ``i*threads ...``."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    per = threads or max(1, len(cores) // max(1, n))
+    per = options.threads or max(1, len(cores) // max(1, n))
     full_env = {**os.environ, **(env or {}), "HEC_WORKER_STATE": ""}
     procs = []
     for i in range(n):
-        cpus = [cores[(i * per + k) % len(cores)] for k in range(per)] if pin else None
-        cmd = worker_command(queue_url, blobs_url, device=device, threads=per, cpus=cpus, lease_s=lease_s,
-                             state=str(states[i]) if states else None)
-        procs.append(subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL))
+        cpus = tuple(cores[(i * per + k) % len(cores)] for k in range(per)) if pin else None
+        one = replace(options, concurrency=1, threads=per, cpus=cpus, state=str(states[i]) if states else None)
+        procs.append(subprocess.Popen(one.argv(queue_url, blobs_url), env=full_env, stdin=subprocess.DEVNULL,
+                                      stderr=log or subprocess.DEVNULL))
     return procs
 
 
@@ -118,7 +111,7 @@ def local_workers(n: int, queue_url: str, blobs_url: str, log_dir: Path, *, devi
     with open(log_dir / f"workers-{os.getpid()}.log", "ab") as log, \
             tempfile.TemporaryDirectory(prefix="hec-local-workers-") as tmp:
         states = [Path(tmp) / f"w{i}" for i in range(n)]
-        procs = start(queue_url, blobs_url, n, device=device, env=env, log=log, states=states)
+        procs = start(queue_url, blobs_url, n, WorkerOptions(device=device), env=env, log=log, states=states)
         try:
             yield LocalWorkers(procs, states)
         finally:
