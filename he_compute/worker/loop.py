@@ -111,14 +111,15 @@ class Worker:
     def __init__(self, queue: Consumer, blobs: BlobStore, *, devices: Iterable[str] = ("cpu",),
                  name: str | None = None, log: Callable[[str], None] | None = None,
                  identity: WorkerIdentity | None = None, executor: Executor | None = None,
-                 operator: str | None = None, job_timeout_s: float | None = None):
+                 job_timeout_s: float | None = None):
         self.queue, self.blobs = queue, blobs
         self.devices = list(devices)
         # Signs a receipt for every completed job; also routes jobs tagged for this worker (tie-breakers, re-runs).
         self.identity = identity or WorkerIdentity.generate()
         self.routes = [routed_device(d, self.identity.worker_id) for d in self.devices]
-        # Who answers for this worker: the queue never gives one operator two replicas of a job.
-        self.operator = operator or self.identity.worker_id
+        # Who answers for this worker: the queue never gives one operator two replicas of a job.  On a queue
+        # a worker answers for itself; a coordinator ignores this and uses the operator it admitted the key under.
+        self.operator = self.identity.worker_id
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         if executor is None:
             from .sandbox import Sandbox
