@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     a = p.parse_args(argv)
 
-    from concrete.ml.sklearn import DecisionTreeClassifier
     from rich.console import Console
-    from rich.table import Table
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
-
-    import he_compute
 
     console = Console()
     out = a.out
@@ -47,6 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
     X_test, y_test = X_test[: a.samples], y_test[: a.samples]
     times: dict[str, float] = {}
+    model, proba, report = _encrypted_inference(X_train, y_train, X_test, out, a.workers, times, console)
+    clear = model.predict_proba(X_test, fhe="disable")
+    agree = _show(console, clear, proba, y_test, times)
+    console.print(f"jobs: {len(report.job_ids)}; uploaded {report.uploaded}; files in {out}/")
+    return 0 if agree == 1.0 else 1
+
+
+def _encrypted_inference(X_train: Any, y_train: Any, X_test: Any, out: Path, workers: int, times: dict[str, float],
+                         console: Any) -> tuple[Any, Any, Any]:
+    """Train and compile the tree, make keys, encrypt ``X_test``, run it through the embedded queue with
+    ``workers`` local workers and decrypt; each step's seconds go to ``times``."""
+    from concrete.ml.sklearn import DecisionTreeClassifier
+
+    import he_compute
 
     t = time.perf_counter()
     model = DecisionTreeClassifier(max_depth=4, n_bits=6, random_state=0).fit(X_train, y_train)
@@ -64,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     times["encrypt"] = time.perf_counter() - t
 
     console.print(f"[bold]running {len(X_test)} encrypted samples through sqlite://{out}/queue.db "
-                  f"with {a.workers} local workers[/bold]")
+                  f"with {workers} local workers[/bold]")
     t = time.perf_counter()
     report = he_compute.run(enc, bundle.server_part(), he_compute.read_evaluation_keys(client.evaluation_keys_path),
-                 queue=f"sqlite://{out / 'queue.db'}", blobs=f"file://{out / 'blobs'}", local_workers=a.workers,
+                 queue=f"sqlite://{out / 'queue.db'}", blobs=f"file://{out / 'blobs'}", local_workers=workers,
                  samples_per_job=1, timeout=1800)
     report.result.save(out / "y.enc")
     times["run (queue + workers)"] = time.perf_counter() - t
@@ -75,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     proba = client.decrypt(report.result)
     times["decrypt"] = time.perf_counter() - t
+    return model, proba, report
 
-    clear = model.predict_proba(X_test, fhe="disable")
+
+def _show(console: Any, clear: Any, proba: Any, y_test: Any, times: dict[str, float]) -> float:
+    """Print clear vs encrypted predictions and the timings; return the fraction of agreeing predictions."""
+    from rich.table import Table
+
     enc_pred, clear_pred = proba.argmax(axis=1), clear.argmax(axis=1)
     table = Table(title="breast cancer: clear vs encrypted (TFHE) decision tree")
     for col in ("sample", "label", "clear pred", "encrypted pred", "P(benign) clear", "P(benign) encrypted", "match"):
         table.add_column(col)
-    for i in range(len(X_test)):
+    for i in range(len(y_test)):
         ok = enc_pred[i] == clear_pred[i] and np.allclose(proba[i], clear[i], atol=1e-6)
         table.add_row(str(i), str(y_test[i]), str(clear_pred[i]), str(enc_pred[i]), f"{clear[i, 1]:.3f}",
                       f"{proba[i, 1]:.3f}", "[green]yes[/green]" if ok else "[red]NO[/red]")
@@ -94,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     timing.add_column("seconds", justify="right")
     for step, seconds in times.items():
         timing.add_row(step, f"{seconds:.2f}")
-    timing.add_row("run, per sample", f"{times['run (queue + workers)'] / len(X_test):.2f}")
+    timing.add_row("run, per sample", f"{times['run (queue + workers)'] / len(y_test):.2f}")
     console.print(timing)
-    console.print(f"jobs: {len(report.job_ids)}; uploaded {report.uploaded}; files in {out}/")
-    return 0 if agree == 1.0 else 1
+    return agree
 
 
 if __name__ == "__main__":

@@ -96,3 +96,48 @@ def test_mypy_catches_a_wrong_type(tmp_path):
     assert results["right"].returncode == 0, results["right"].stdout
     assert results["wrong"].returncode == 1
     assert 'Argument 1 to "digest_of" has incompatible type "int"' in results["wrong"].stdout
+
+
+MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 8
+"""A function a reader can hold in mind: at most 60 lines and 8 parameters (``self`` not counted)."""
+
+LONG_FUNCTIONS_LEFT = {
+    "client/run/runner.py:run", "client/run/runner.py:_prepare", "client/run/supervisor.py:__init__",
+    "client/api.py:__init__", "cli/jobs.py:run_cmd", "transport/remote/session.py:request",
+}
+"""Functions still over a limit, to be split: the set only shrinks (the test below fails on a name that
+has come within the limits, so that it is removed from here)."""
+
+
+def _function_sizes() -> dict[str, tuple[int, int]]:
+    """``module:function`` -> (lines, parameters) for functions over a limit, with the project's exemptions:
+    the compilers (one pass over a model graph each), click command and group callbacks (each parameter is an option of
+    the command line) and scikit-learn estimators' ``__init__`` (its ``get_params`` reads each keyword)."""
+    import ast
+
+    over: dict[str, tuple[int, int]] = {}
+    for path in ROOT.rglob("*.py"):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith("schemes/") and rel.endswith("compiler.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+            params = len([n for n in names if n not in ("self", "cls")])
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            if any(".command(" in d or ".group(" in d or d.startswith(("command(", "group(")) for d in decorators):
+                params = 0
+            if rel == "client/sklearn.py" and node.name == "__init__":
+                params = 0
+            if lines > MAX_FUNCTION_LINES or params > MAX_PARAMETERS:
+                over[f"{rel}:{node.name}"] = (lines, params)
+    return over
+
+
+def test_functions_stay_short_and_take_few_parameters():
+    over = _function_sizes()
+    assert set(over) - LONG_FUNCTIONS_LEFT == set(), {k: over[k] for k in set(over) - LONG_FUNCTIONS_LEFT}
+    assert LONG_FUNCTIONS_LEFT - set(over) == set(), "within the limits now: remove from LONG_FUNCTIONS_LEFT"
