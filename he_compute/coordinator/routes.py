@@ -20,6 +20,7 @@ from ..transport.queue import DEFAULT_MAX_ATTEMPTS, JobState
 from ..transport.remote.wire import API, H_IDEMPOTENCY, job_to_wire
 from . import auth
 from .auth import SignedWorker
+from .service import MAX_STATUS_IDS
 from .state import Tenant, WorkerRecord
 
 clients = APIRouter(prefix=API)
@@ -32,6 +33,10 @@ class Submit(BaseModel):
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     group: str | None = Field(None, max_length=128)
     run: str | None = Field(None, max_length=128)
+
+
+class Statuses(BaseModel):
+    ids: list[str] = Field(max_length=MAX_STATUS_IDS)
 
 
 class Size(BaseModel):
@@ -124,6 +129,14 @@ async def list_jobs(request: Request, state: str | None = None, limit: int = 100
                     since: float | None = None, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
     found = await _call(_coord(request).jobs, tenant, JobState(state) if state else None, max(0, limit), run, since)
     return {"jobs": [job_to_wire(j) for j in found]}
+
+
+@clients.post("/jobs/statuses")
+async def job_statuses(request: Request, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
+    """The tenant's jobs among ``ids`` in one request (a verifier's poll); other ids are simply absent."""
+    body = Statuses.model_validate_json(await auth.body_of(request))
+    found = await _call(_coord(request).statuses, tenant, body.ids)
+    return {"jobs": {i: job_to_wire(j) for i, j in found.items()}}
 
 
 @clients.get("/jobs/{job_id}")
