@@ -303,6 +303,10 @@ async def worker_download(request: Request, job_id: str, digest: str,
                           me: SignedWorker = Depends(auth.worker)) -> Response:
     coord = _coord(request)
     await _call(coord.readable, me.record, job_id, digest)
+    if coord.settings.gate and not coord.blobs.presigned:  # the gate carries the bytes, not this process
+        from .gate import gate_url
+
+        return RedirectResponse(await _call(gate_url, coord, me.record.worker_id, job_id, digest), status_code=303)
     return await _call(_send, coord, digest)
 
 

@@ -1,0 +1,138 @@
+"""The blob gate (issue 23, no double relay): a worker's lease blobs come from ``hec coordinator gate`` on URLs the
+coordinator signs, so the coordinator process carries none of their bytes; a URL works for one blob of one live
+lease until it expires, and every other use is refused.  Real coordinator and gate processes over TLS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from he_compute.transport.remote import LeaseBlobs, RemoteBlobs, RemoteConsumer, RemoteProducer, Session, enroll
+from he_compute.transport.remote.wire import API, sign_request
+from he_compute.worker.identity import WorkerIdentity
+from coordinator_support import CoordinatorProc
+from queue_support import free_port, wait_for
+
+LEASE_S = 3.0  # the gate URL's lifetime too (at most one lease period)
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, tls):  # noqa: F811
+    root = tmp_path_factory.mktemp("gate")
+    port = free_port()
+    gate_url = f"https://127.0.0.1:{port}"
+    coord = CoordinatorProc(root / "data", tls, args=("--gate", gate_url, "--lease", str(LEASE_S))).start()
+    gate = subprocess.Popen([sys.executable, "-m", "he_compute", "coordinator", "gate", "--listen", f"127.0.0.1:{port}",
+                             "--data", str(coord.data), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(root / "gate.log", "ab"))
+
+    def up() -> bool:
+        assert gate.poll() is None, (root / "gate.log").read_text()[-2000:]
+        try:
+            httpx.get(f"{gate_url}{API}/gate/x", verify=str(tls[0]), timeout=2)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=60, what="the blob gate")
+    yield coord, gate_url
+    gate.terminate()
+    gate.wait(30)
+    coord.stop()
+
+
+def _setup(coord, tmp_path, device, data=None):
+    s = Session(coord.url, token=coord.token(), ca=str(coord.tls[0]))
+    q, store = RemoteProducer(s), RemoteBlobs(s)
+    data = data or b"ciphertext bytes " * 5000 + tmp_path.name.encode()
+    d = store.put(data)
+    other = store.put(b"another tenant blob, not in this job " + tmp_path.name.encode())
+    job_id = q.submit({"server": d, "keys": d, "inputs": [d]}, device=device)
+    me = WorkerIdentity.load_or_create(tmp_path / "w")
+    ws = Session(coord.url, signer=me, ca=str(coord.tls[0]))
+    enroll(ws, me, coord.token("enroll.token"))
+    consumer = RemoteConsumer(ws)
+    lease = consumer.claim("w", devices=[device])
+    assert lease is not None and lease.job.id == job_id
+    return q, data, d, other, me, consumer, lease
+
+
+def _location(coord, me, job_id, digest):
+    """What the coordinator answers a worker's signed read: a redirect to the gate (no blob bytes)."""
+    path = f"{API}/worker/jobs/{job_id}/blobs/{digest}"
+    with httpx.Client(verify=str(coord.tls[0])) as h:
+        r = h.get(coord.url + path, headers=sign_request(me, "GET", path, b""))
+    assert r.status_code == 303 and len(r.content) < 200, (r.status_code, r.text[:200])
+    return r.headers["location"]
+
+
+def _get(coord, url):
+    with httpx.Client(verify=str(coord.tls[0])) as h:
+        return h.get(url)
+
+
+def test_a_worker_reads_its_lease_blob_from_the_gate_and_the_coordinator_sends_no_bytes(gated, tmp_path):
+    coord, gate_url = gated
+    q, data, d, _, me, consumer, lease = _setup(coord, tmp_path, "gated")
+    url = _location(coord, me, lease.job.id, d)
+    assert url.startswith(f"{gate_url}{API}/gate/{d}?")
+    assert LeaseBlobs(consumer).get(d) == data  # followed to the gate, checked against its sha256
+    assert consumer.complete(lease, {"outputs": [d], "inputs": [d], "receipt": {}, "stats": {}})
+
+
+def test_a_gate_url_for_another_blob_or_with_a_moved_expiry_is_refused(gated, tmp_path):
+    coord, _ = gated
+    q, data, d, other, me, consumer, lease = _setup(coord, tmp_path, "gated_forge")
+    url = _location(coord, me, lease.job.id, d)
+    assert _get(coord, url).content == data
+    swapped = _get(coord, url.replace(d, other))  # the tenant's other blob, not named by the job
+    assert swapped.status_code == 401 and swapped.json()["code"] == "gate", swapped.text
+    exp = int(url.split("exp=")[1].split("&")[0])
+    later = _get(coord, url.replace(f"exp={exp}", f"exp={exp + 3600}"))
+    assert later.status_code == 401 and later.json()["code"] == "gate"
+    other_worker = _get(coord, url.replace(f"worker={me.worker_id}", "worker=" + "0" * 64))
+    assert other_worker.status_code == 401
+    consumer.release(lease)
+
+
+def test_a_gate_url_reused_after_its_lease_ended_is_refused(gated, tmp_path):
+    coord, _ = gated
+    q, data, d, _, me, consumer, lease = _setup(coord, tmp_path, "gated_after")
+    url = _location(coord, me, lease.job.id, d)
+    assert _get(coord, url).status_code == 200
+    assert consumer.complete(lease, {"outputs": [d], "inputs": [d], "receipt": {}, "stats": {}})
+    after = _get(coord, url)  # still before its expiry, but the lease is over
+    assert after.status_code == 403 and "no longer leased" in after.json()["error"], after.text
+
+
+def test_a_gate_url_past_its_expiry_is_refused_even_while_the_lease_lives(gated, tmp_path):
+    coord, _ = gated
+    q, data, d, _, me, consumer, lease = _setup(coord, tmp_path, "gated_expiry")
+    url = _location(coord, me, lease.job.id, d)
+    exp = int(url.split("exp=")[1].split("&")[0])
+    assert exp <= time.time() + LEASE_S + 1  # never longer than one lease period
+    while time.time() <= exp + 0.5:
+        assert consumer.heartbeat(lease)  # the lease stays alive
+        time.sleep(0.5)
+    late = _get(coord, url)
+    assert late.status_code == 401 and "expired" in late.json()["error"], late.text
+    assert q.status(lease.job.id).state.value == "running"
+    assert LeaseBlobs(consumer).get(d) == data  # a fresh URL from the coordinator works
+    consumer.release(lease)
+
+
+def test_without_a_gate_the_coordinator_streams_the_blob_itself(tmp_path, tls):  # noqa: F811
+    coord = CoordinatorProc(tmp_path / "data", tls).start()
+    try:
+        q, data, d, _, me, consumer, lease = _setup(coord, tmp_path, "ungated")
+        path = f"{API}/worker/jobs/{lease.job.id}/blobs/{d}"
+        with httpx.Client(verify=str(coord.tls[0])) as h:
+            r = h.get(coord.url + path, headers=sign_request(me, "GET", path, b""))
+        assert r.status_code == 200 and r.content == data
+    finally:
+        coord.stop()
