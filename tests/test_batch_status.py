@@ -104,6 +104,7 @@ def test_a_run_through_a_coordinator_polls_by_batch_and_at_most_five_times_a_sec
         stop_all([w])
     np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"), atol=1e-9)
     polls = s.seen[f"POST {API}/jobs/statuses"]
+    print(f"{N} jobs in {took:.1f} s: {polls} batch-status requests; every request: {dict(s.seen)}")
     assert polls >= 1, s.seen
     assert s.seen[f"GET {API}/jobs/{{id}}"] == 0 and s.seen[f"GET {API}/jobs"] == 0, s.seen
     assert polls <= took / 0.2 + 2, (polls, took)  # one small request per 0.2 s at most, whatever N is
@@ -137,3 +138,14 @@ def test_a_tenant_asking_statuses_of_another_tenants_jobs_learns_nothing(coord, 
         assert h.post(coord.url + f"{API}/jobs/statuses", content=json.dumps({"ids": mine})).status_code == 401
     for job_id in mine:
         qa.cancel(job_id)
+
+
+def test_owners_of_a_batch_are_read_at_once_on_both_state_engines(redis_url, tmp_path):
+    from he_compute.coordinator.kv import RedisKV, SqliteKV
+
+    for kv in (SqliteKV(tmp_path / "state.db"), RedisKV(redis_url)):
+        kv.hset("owner", {"j1": "alice", "j2": "eve"})
+        ids = ["j1", "jX", "j2"] + [f"k{i}" for i in range(600)]  # past SQLite's page of 500
+        assert kv.hmget("owner", ids) == ["alice", None, "eve"] + [None] * 600
+        assert kv.hmget("owner", []) == []
+        kv.close()

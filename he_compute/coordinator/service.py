@@ -169,13 +169,13 @@ class Coordinator(Storage):
         absent or malformed) is left out, so the answer says nothing about jobs the tenant does not own."""
         if len(job_ids) > MAX_STATUS_IDS:
             raise LimitExceeded(f"{len(job_ids)} job ids in one status request, over {MAX_STATUS_IDS}: ask in pages")
-        mine = []
+        valid = []
         for job_id in job_ids:
             try:
-                if self.state.job_owner(_job_id(job_id)) == tenant.name:
-                    mine.append(job_id)
+                valid.append(_job_id(job_id))
             except NoSuchJob:
                 continue
+        mine = [j for j, owner in zip(valid, self.state.job_owners(valid)) if owner == tenant.name]
         return {i: self._view(tenant, job) for i, job in self.q.statuses(mine).items()}
 
     def jobs(self, tenant: Tenant, state: JobState | None, limit: int, run: str | None,
