@@ -4,7 +4,8 @@ lease until it expires, and every other use is refused.  Real coordinator and ga
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -82,7 +83,39 @@ def test_a_worker_reads_its_lease_blob_from_the_gate_and_the_coordinator_sends_n
     url = _location(coord, me, lease.job.id, d)
     assert url.startswith(f"{gate_url}{API}/gate/{d}?")
     assert LeaseBlobs(consumer).get(d) == data  # followed to the gate, checked against its sha256
-    assert consumer.complete(lease, {"outputs": [d], "inputs": [d], "receipt": {}, "stats": {}})
+    result = b"encrypted result " * 100 + tmp_path.name.encode()
+    out = LeaseBlobs(consumer).put(result)  # to the gate too: the coordinator only signs the URL
+    assert consumer.complete(lease, {"outputs": [out], "inputs": [d], "receipt": {}, "stats": {}})
+    assert RemoteBlobs(Session(coord.url, token=coord.token(), ca=str(coord.tls[0]))).get(out) == result
+
+
+def _put_url(coord, me, job_id, digest, size):
+    path = f"{API}/worker/jobs/{job_id}/outputs/{digest}/upload"
+    body = json.dumps({"size": size}).encode()
+    with httpx.Client(verify=str(coord.tls[0])) as h:
+        r = h.post(coord.url + path, content=body, headers=sign_request(me, "POST", path, body))
+    assert r.status_code == 200, r.text
+    return r.json()["gate"]
+
+
+def test_a_gate_upload_url_takes_only_its_bytes_for_its_live_lease(gated, tmp_path):
+    coord, _ = gated
+    q, data, d, _, me, consumer, lease = _setup(coord, tmp_path, "gated_put")
+    result = b"the worker's encrypted result " + tmp_path.name.encode()
+    out = "sha256:" + hashlib.sha256(result).hexdigest()
+    url = _put_url(coord, me, lease.job.id, out, len(result))
+    with httpx.Client(verify=str(coord.tls[0])) as h:
+        other = "sha256:" + hashlib.sha256(b"x").hexdigest()
+        assert h.put(url.replace(out, other), content=b"x").status_code == 401  # another blob
+        bigger = url.replace(f"size={len(result)}", f"size={len(result) * 100}")
+        assert h.put(bigger, content=result * 100).status_code == 401  # a larger size than was signed
+        assert h.put(url, content=result + b"more").status_code == 413  # more bytes than the URL takes
+        wrong = h.put(url, content=bytes(len(result)))  # bytes that do not hash to the digest
+        assert wrong.status_code == 422, wrong.text
+        assert h.put(url, content=result).status_code == 200
+        assert consumer.complete(lease, {"outputs": [out], "inputs": [d], "receipt": {}, "stats": {}})
+        after = h.put(url, content=result)  # the lease is over
+        assert after.status_code == 403, after.text
 
 
 def test_a_gate_url_for_another_blob_or_with_a_moved_expiry_is_refused(gated, tmp_path):

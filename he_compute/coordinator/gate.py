@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import AuthError, HECError
+from ..errors import AuthError, HECError, LimitExceeded
 from ..formats.digests import check_digest
 from ..transport.queue import JobState
 from ..transport.remote.wire import API
@@ -48,25 +48,27 @@ def gate_key(coord: Coordinator) -> bytes:
     return bytes.fromhex(coord.kv.hget("secret", "gate") or "")
 
 
-def _mac(key: bytes, digest: str, job: str, worker: str, attempt: int, exp: int) -> str:
-    message = "\n".join(["hec-gate-v1", digest, job, worker, str(int(attempt)), str(int(exp))]).encode()
-    return hmac.new(key, message, sha256).hexdigest()
+def _mac(key: bytes, verb: str, digest: str, job: str, worker: str, attempt: int, exp: int, size: int) -> str:
+    fields = ["hec-gate-v1", verb, digest, job, worker, str(int(attempt)), str(int(exp)), str(int(size))]
+    return hmac.new(key, "\n".join(fields).encode(), sha256).hexdigest()
 
 
-def gate_url(coord: Coordinator, worker_id: str, job_id: str, digest: str) -> str:
-    """A signed URL at the gate for ``digest`` of the job ``job_id`` that runs under ``worker_id`` now."""
+def gate_url(coord: Coordinator, worker_id: str, job_id: str, digest: str, *, size: int | None = None) -> str:
+    """A signed URL at the gate to read ``digest`` for the job ``job_id`` that runs under ``worker_id`` now, or
+    with ``size``, to upload a result of exactly that many bytes for it."""
     job = coord.q.status(job_id)
     exp = int(time.time() + min(GATE_TTL_S, coord.settings.lease_s))
-    query = {"job": job_id, "worker": worker_id, "attempt": job.attempts, "exp": exp,
-             "sig": _mac(gate_key(coord), digest, job_id, worker_id, job.attempts, exp)}
+    verb, size = ("GET", 0) if size is None else ("PUT", int(size))
+    query = {"job": job_id, "worker": worker_id, "attempt": job.attempts, "exp": exp, "size": size,
+             "sig": _mac(gate_key(coord), verb, digest, job_id, worker_id, job.attempts, exp, size)}
     return f"{coord.settings.gate.rstrip('/')}{API}/gate/{digest}?{urlencode(query)}"
 
 
-def check(coord: Coordinator, key: bytes, digest: str, job: str, worker: str, attempt: int, exp: int,
-          sig: str) -> None:
-    """Refuse unless the URL is the coordinator's, unexpired, and its lease still runs."""
+def check(coord: Coordinator, key: bytes, verb: str, digest: str, job: str, worker: str, attempt: int, exp: int,
+          size: int, sig: str) -> None:
+    """Refuse unless the URL is the coordinator's for this verb, unexpired, and its lease still runs."""
     check_digest(digest)
-    if not hmac.compare_digest(str(sig), _mac(key, digest, job, worker, attempt, exp)):
+    if not hmac.compare_digest(str(sig), _mac(key, verb, digest, job, worker, attempt, exp, size)):
         raise BadGateUrl("this gate URL was not signed by the coordinator for this blob: ask the coordinator")
     if time.time() > exp:
         raise BadGateUrl("this gate URL has expired: ask the coordinator for the blob again")
@@ -76,12 +78,14 @@ def check(coord: Coordinator, key: bytes, digest: str, job: str, worker: str, at
         raise NotYourLease(f"job {job} is not leased to this worker") from None
     if held.state is not JobState.RUNNING or held.worker != worker or held.attempts != attempt:
         raise NotYourLease(f"job {job} is no longer leased to this worker under this URL's lease")
-    if digest not in spec_blobs(held.spec) or not coord.state.owns_blob(coord.state.job_owner(job) or "", digest):
+    if verb == "GET" and (digest not in spec_blobs(held.spec)
+                          or not coord.state.owns_blob(coord.state.job_owner(job) or "", digest)):
         raise NotYourLease(f"blob {digest[:19]} is not one job {job} may read")
 
 
 def create_gate(coord: Coordinator) -> FastAPI:
-    """The gate's app: one route, ``GET /v1/gate/{digest}`` with the signed query."""
+    """The gate's app: ``GET`` (a lease's blob) and ``PUT`` (a lease's result) on ``/v1/gate/{digest}``, each
+    with the signed query."""
     from .app import status_of
 
     app = FastAPI(title="he_compute blob gate", docs_url=None, redoc_url=None, openapi_url=None)
@@ -93,12 +97,30 @@ def create_gate(coord: Coordinator) -> FastAPI:
         return JSONResponse({"error": str(exc), "code": code}, status_code=status)
 
     @app.get(f"{API}/gate/{{digest}}")
-    async def gate(digest: str, job: str, worker: str, attempt: int, exp: int, sig: str) -> Response:
-        await run_in_threadpool(check, coord, key, digest, job[:64], worker[:64], attempt, exp, sig[:64])
+    async def gate(digest: str, job: str, worker: str, attempt: int, exp: int, sig: str, size: int = 0) -> Response:
+        await run_in_threadpool(check, coord, key, "GET", digest, job[:64], worker[:64], attempt, exp, size, sig[:64])
         kind, what = await run_in_threadpool(coord.blobs.read, digest)
         if kind == "path":
             return FileResponse(what, media_type="application/octet-stream")
         return StreamingResponse(what, media_type="application/octet-stream")
+
+    @app.put(f"{API}/gate/{{digest}}")
+    async def upload(request: Request, digest: str, job: str, worker: str, attempt: int, exp: int, size: int,
+                     sig: str) -> dict[str, Any]:
+        await run_in_threadpool(check, coord, key, "PUT", digest, job[:64], worker[:64], attempt, exp, size, sig[:64])
+        if request.headers.get("content-length") != str(size):
+            raise LimitExceeded(f"this URL takes exactly {size} bytes, with that Content-Length")
+        record = await run_in_threadpool(coord.state.worker, worker)
+        if record is None:
+            raise NotYourLease("this worker is no longer admitted")
+        tenant = await run_in_threadpool(coord.charge_result, record, job, size)
+        try:
+            got = await coord.blobs.receive(digest, request.stream(), size)
+        except BaseException:
+            await run_in_threadpool(coord.refund_result, record, job, tenant, size)
+            raise
+        await run_in_threadpool(lambda: coord.state.add_blob(tenant, digest, got, reserved=size, job=job))
+        return {"size": got}
 
     @app.on_event("shutdown")
     def _close() -> None:

@@ -262,7 +262,7 @@ async def enroll(request: Request, who: tuple[str, bytes, str] = Depends(auth.en
 async def hello(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
     coord = _coord(request)
     return {"worker": me.record.worker_id, "operator": me.record.operator, "lease_s": coord.settings.lease_s,
-            "presigned": coord.blobs.presigned}
+            "presigned": coord.blobs.presigned, "gate": bool(coord.settings.gate) and not coord.blobs.presigned}
 
 
 @workers.post("/worker/claim")
@@ -323,6 +323,11 @@ async def worker_begin_upload(request: Request, job_id: str, digest: str,
         raise LimitExceeded(f"a result blob of {size} bytes is over what job {job_id} may still produce ({cap})")
     if coord.blobs.presigned:
         return await _call(coord.blobs.stage, f"lease:{job_id}:{me.record.worker_id}", digest, size)
+    if coord.settings.gate:  # the result goes to the gate, not through this process
+        from .gate import gate_url
+
+        url = await _call(gate_url, coord, me.record.worker_id, job_id, digest, size=size)
+        return {"gate": url, "headers": {"content-length": str(size)}}
     return {"put": f"{API}/worker/jobs/{job_id}/outputs/{digest}"}
 
 
