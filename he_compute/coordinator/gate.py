@@ -4,7 +4,9 @@ Without it, on a file or Redis store, every input byte a worker reads passes thr
 (the same process that took it from the tenant).  With ``hec coordinator --gate URL`` and ``hec coordinator
 gate`` serving ``URL`` over the same data directory, the coordinator checks a worker's read as before (the
 worker's signature, its lease naming the blob) and answers with a redirect to the gate, so the bytes go
-store -> gate -> worker and the coordinator process carries none of them; S3 stores keep their presigned URLs.
+store -> gate -> worker and the coordinator process carries none of them; a worker's result upload gets a
+signed PUT URL at the gate the same way (one digest, its exact size), and the gate charges, hashes and stores
+it as the coordinator would.  S3 stores keep their presigned URLs.
 
 A gate URL names one blob, one job, one worker and the job's attempt number (which moves on every claim, so
 a URL from an earlier lease of the same job is dead), and an expiry no later than one lease period away; it is
