@@ -110,6 +110,7 @@ def test_a_gate_upload_url_takes_only_its_bytes_for_its_live_lease(gated, tmp_pa
         bigger = url.replace(f"size={len(result)}", f"size={len(result) * 100}")
         assert h.put(bigger, content=result * 100).status_code == 401  # a larger size than was signed
         assert h.put(url, content=result + b"more").status_code == 413  # more bytes than the URL takes
+        assert h.get(url).status_code == 401  # an upload URL reads nothing
         wrong = h.put(url, content=bytes(len(result)))  # bytes that do not hash to the digest
         assert wrong.status_code == 422, wrong.text
         assert h.put(url, content=result).status_code == 200
@@ -128,6 +129,8 @@ def test_a_gate_url_for_another_blob_or_with_a_moved_expiry_is_refused(gated, tm
     exp = int(url.split("exp=")[1].split("&")[0])
     later = _get(coord, url.replace(f"exp={exp}", f"exp={exp + 3600}"))
     assert later.status_code == 401 and later.json()["code"] == "gate"
+    with httpx.Client(verify=str(coord.tls[0])) as h:  # a read URL uploads nothing
+        assert h.put(url, content=data).status_code == 401
     other_worker = _get(coord, url.replace(f"worker={me.worker_id}", "worker=" + "0" * 64))
     assert other_worker.status_code == 401
     consumer.release(lease)
