@@ -82,6 +82,8 @@ def test_a_worker_reads_its_lease_blob_from_the_gate_and_the_coordinator_sends_n
     q, data, d, _, me, consumer, lease = _setup(coord, tmp_path, "gated")
     url = _location(coord, me, lease.job.id, d)
     assert url.startswith(f"{gate_url}{API}/gate/{d}?")
+    sent = consumer.gate_urls[lease.job.id]  # the claim's answer carried a read URL for each blob of the job
+    assert set(sent) == {d} and _get(coord, sent[d]).content == data
     assert LeaseBlobs(consumer).get(d) == data  # followed to the gate, checked against its sha256
     result = b"encrypted result " * 100 + tmp_path.name.encode()
     out = LeaseBlobs(consumer).put(result)  # to the gate too: the coordinator only signs the URL

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import AuthError, HECError, LimitExceeded
 from ..formats.digests import check_digest
-from ..transport.queue import JobState
+from ..transport.queue import Job, JobState
 from ..transport.remote.wire import API
 from .service import Coordinator, NotYourLease, _job_id
 from .storage import spec_blobs
@@ -59,10 +59,22 @@ def gate_url(coord: Coordinator, worker_id: str, job_id: str, digest: str, *, si
     """A signed URL at the gate to read ``digest`` for the job ``job_id`` that runs under ``worker_id`` now, or
     with ``size``, to upload a result of exactly that many bytes for it."""
     job = coord.q.status(job_id)
+    return _signed(coord, gate_key(coord), "GET" if size is None else "PUT", digest, job_id, worker_id, job.attempts,
+                   int(size or 0))
+
+
+def gate_urls(coord: Coordinator, worker_id: str, job: Job) -> dict[str, str]:
+    """Read URLs for every blob a just-claimed job names, sent with the lease so each read goes straight to the
+    gate (a read after they expire asks the coordinator again)."""
+    key = gate_key(coord)
+    return {d: _signed(coord, key, "GET", d, job.id, worker_id, job.attempts, 0) for d in sorted(spec_blobs(job.spec))}
+
+
+def _signed(coord: Coordinator, key: bytes, verb: str, digest: str, job_id: str, worker_id: str, attempt: int,
+            size: int) -> str:
     exp = int(time.time() + min(GATE_TTL_S, coord.settings.lease_s))
-    verb, size = ("GET", 0) if size is None else ("PUT", int(size))
-    query = {"job": job_id, "worker": worker_id, "attempt": job.attempts, "exp": exp, "size": size,
-             "sig": _mac(gate_key(coord), verb, digest, job_id, worker_id, job.attempts, exp, size)}
+    query = {"job": job_id, "worker": worker_id, "attempt": attempt, "exp": exp, "size": size,
+             "sig": _mac(key, verb, digest, job_id, worker_id, attempt, exp, size)}
     return f"{coord.settings.gate.rstrip('/')}{API}/gate/{digest}?{urlencode(query)}"
 
 

@@ -268,8 +268,16 @@ async def hello(request: Request, me: SignedWorker = Depends(auth.worker)) -> di
 @workers.post("/worker/claim")
 async def claim(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
     body = Claim.model_validate_json(me.body)
-    lease = await _coord(request).long_poll(me.record, body.devices, body.block_s)
-    return {"lease": None if lease is None else {"job": job_to_wire(lease.job), "token": lease.token}}
+    coord = _coord(request)
+    lease = await coord.long_poll(me.record, body.devices, body.block_s)
+    if lease is None:
+        return {"lease": None}
+    out = {"job": job_to_wire(lease.job), "token": lease.token}
+    if coord.settings.gate and not coord.blobs.presigned:  # the job's reads go straight to the gate
+        from .gate import gate_urls
+
+        out["gate"] = await _call(gate_urls, coord, me.record.worker_id, lease.job)
+    return {"lease": out}
 
 
 @workers.post("/worker/jobs/{job_id}/heartbeat")
