@@ -16,7 +16,12 @@ default, what he_compute ships); CKKS logistic regression and CKKS ReLU MLP 30-1
 SEAL's seeded symmetric ciphertexts and zstd are computed in the same run from the same ciphertexts
 (``bench/_wire_sizes.py``).
 
+A third path, "coordinator + gate", runs a second coordinator with ``--gate`` and its ``hec coordinator gate``
+(the worker's blobs go through the gate, not the coordinator process).
+
 Run: ``python -m bench link`` (root, iproute2; ``make bench`` installs it). Writes bench/results/link.md.
+Narrower runs: ``HEC_BENCH_LINK_RATES=100``, ``HEC_BENCH_LINK_MODELS=logistic`` (a part of the model's name),
+``HEC_BENCH_LINK_PATHS=coordinator`` (a part of the path's name), ``HEC_BENCH_LINK_OUT=link-gate`` (the file).
 """
 
 from __future__ import annotations
