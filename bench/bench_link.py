@@ -16,7 +16,12 @@ default, what he_compute ships); CKKS logistic regression and CKKS ReLU MLP 30-1
 SEAL's seeded symmetric ciphertexts and zstd are computed in the same run from the same ciphertexts
 (``bench/_wire_sizes.py``).
 
+A third path, "coordinator + gate", runs a second coordinator with ``--gate`` and its ``hec coordinator gate``
+(the worker's blobs go through the gate, not the coordinator process).
+
 Run: ``python -m bench link`` (root, iproute2; ``make bench`` installs it). Writes bench/results/link.md.
+Narrower runs: ``HEC_BENCH_LINK_RATES=100``, ``HEC_BENCH_LINK_MODELS=logistic`` (a part of the model's name),
+``HEC_BENCH_LINK_PATHS=coordinator`` (a part of the path's name), ``HEC_BENCH_LINK_OUT=link-gate`` (the file).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ RTT_MS = 40
 PY = sys.executable
 PASSWORD = "bench-link"
 ONLY = os.environ.get("HEC_BENCH_LINK_ONLY", "")  # "tfhe" or "ckks": one scheme's models (results: link-SCHEME.md)
+# Narrower runs: link speeds ("100"), model names containing ("logistic"), paths containing ("coordinator").
+RATES = tuple(int(r) for r in os.environ.get("HEC_BENCH_LINK_RATES", "").split(",") if r) or PROFILES
+MODELS = os.environ.get("HEC_BENCH_LINK_MODELS", "")
+PATHS = os.environ.get("HEC_BENCH_LINK_PATHS", "")
+OUT = os.environ.get("HEC_BENCH_LINK_OUT", "")  # the results file's name (default link or link-SCHEME)
 
 
 def _models(tmp: Path):
@@ -110,7 +120,7 @@ class Services:
     def _coordinator(self) -> None:
         import trustme
 
-        from bench.bench_coordinator import _wait
+        from bench.bench_coordinator import _port
 
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", self.link.c_addr)
@@ -119,33 +129,51 @@ class Services:
         with open(self.d / "cert.pem", "wb") as fh:
             for pem in cert.cert_chain_pems:
                 fh.write(pem.bytes())
-        self.coord = subprocess.Popen([PY, "-m", "he_compute", "coordinator", "--listen", f"127.0.0.1:{self.coord_port}",
-                                       "--data", str(self.d / "coord"), "--queue", f"{self.local}/2", "--blobs",
-                                       f"file://{self.d / 'coord-blobs'}", "--tls-cert", str(self.d / "cert.pem"),
-                                       "--tls-key", str(self.d / "key.pem")],
-                                      stdout=subprocess.DEVNULL, stderr=open(self.d / "coord.log", "ab"))
-        _wait(lambda: (self.d / "coord" / "client.token").exists() and (self.d / "coord" / "enroll.token").exists(),
+        self.coord = self._serve("coord", 2)
+        self.gate_port = _port()
+        self.gated = self._serve("coord-gated", 3, gate=f"https://{self.link.c_addr}:{self.gate_port + 1}")
+        self.gate = subprocess.Popen([PY, "-m", "he_compute", "coordinator", "gate", "--listen",
+                                      f"127.0.0.1:{self.gate_port}", "--data", str(self.d / "coord-gated"),
+                                      "--tls-cert", str(self.d / "cert.pem"), "--tls-key", str(self.d / "key.pem")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.d / "gate.log", "ab"))
+        time.sleep(2)
+        self.relays.append(self.link.relay(self.gate_port + 1, self.gate_port))
+        os.environ["HEC_CHECKPOINTS"] = str(self.d / "checkpoints.json")
+
+    def _serve(self, name: str, db: int, gate: str = "") -> subprocess.Popen:
+        """A coordinator (its own data, queue db and file store) relayed onto the link at its port + 1."""
+        from bench.bench_coordinator import _port, _wait
+
+        port = _port()
+        setattr(self, f"{name.replace('-', '_')}_port", port)
+        proc = subprocess.Popen([PY, "-m", "he_compute", "coordinator", "--listen", f"127.0.0.1:{port}",
+                                 "--data", str(self.d / name), "--queue", f"{self.local}/{db}", "--blobs",
+                                 f"file://{self.d / (name + '-blobs')}", "--tls-cert", str(self.d / "cert.pem"),
+                                 "--tls-key", str(self.d / "key.pem"), *(["--gate", gate] if gate else [])],
+                                stdout=subprocess.DEVNULL, stderr=open(self.d / f"{name}.log", "ab"))
+        _wait(lambda: (self.d / name / "client.token").exists() and (self.d / name / "enroll.token").exists(),
               60, "coordinator")
         time.sleep(2)
-        self.relays.append(self.link.relay(self.coord_port + 1, self.coord_port))
-        os.environ["HEC_CHECKPOINTS"] = str(self.d / "checkpoints.json")
+        self.relays.append(self.link.relay(port + 1, port))
+        return proc
 
     def paths(self) -> dict:
         """For each path: (client queue, client blobs, worker arguments)."""
         from he_compute.transport.remote import open_tenant
 
-        q, store = open_tenant(f"https://127.0.0.1:{self.coord_port}", ca_file=str(self.d / "ca.pem"),
-                               token=(self.d / "coord" / "client.token").read_text().strip())
-        return {
-            "direct (Redis)": (f"{self.local}/0", f"{self.local}/1",
-                               ["--queue", f"{self.remote}/0", "--blobs", f"{self.remote}/1"]),
-            "coordinator": (q, store, ["--coordinator", f"https://{self.link.c_addr}:{self.coord_port + 1}",
-                                       "--token-file", str(self.d / "coord" / "enroll.token"),
-                                       "--ca-file", str(self.d / "ca.pem")]),
-        }
+        out = {"direct (Redis)": (f"{self.local}/0", f"{self.local}/1",
+                                  ["--queue", f"{self.remote}/0", "--blobs", f"{self.remote}/1"])}
+        for how, name in (("coordinator", "coord"), ("coordinator + gate", "coord-gated")):
+            port = getattr(self, f"{name.replace('-', '_')}_port")
+            q, store = open_tenant(f"https://127.0.0.1:{port}", ca_file=str(self.d / "ca.pem"),
+                                   token=(self.d / name / "client.token").read_text().strip())
+            out[how] = (q, store, ["--coordinator", f"https://{self.link.c_addr}:{port + 1}",
+                                   "--token-file", str(self.d / name / "enroll.token"), "--ca-file",
+                                   str(self.d / "ca.pem")])
+        return {k: v for k, v in out.items() if not PATHS or any(p in k for p in PATHS.split(","))}
 
     def close(self) -> None:
-        for p in (*self.relays, self.coord, self.redis):
+        for p in (*self.relays, self.gate, self.gated, self.coord, self.redis):
             p.terminate()
             try:
                 p.wait(20)
@@ -202,10 +230,10 @@ def inner(link: Link) -> None:
         models = _models(d)
         sizes = [ckks_sizes(m[1], m[5], m[2]) for m in models if m[1].scheme == "ckks"]
         svc = Services(link, d)
-        for rate in PROFILES:
+        for rate in RATES:
             link.shape(rate)
             for how, (queue, blobs, args) in svc.paths().items():
-                for model in models:
+                for model in [m for m in models if not MODELS or MODELS in m[0]]:
                     n += 1
                     r = _one(link, svc, how, args, queue, blobs, model, n)
                     rows.append({**r, "profile": rate})
@@ -223,7 +251,7 @@ def _report(rows, sizes, load) -> None:
     body = [[r["model"], r["path"], f"{r['profile']} Mbit/s", mb(int(r["down"])), mb(int(r["up"])),
              mb(int(r["input_payload"])), mb(r["evk"]), mb(r["first_down"]), f"{r['ttfr']:.1f} s",
              f"{r['rate']:.3g}" if r["rate"] < 10 else f"{r['rate']:,.0f}", f"{r['agree']:.1%}"] for r in rows]
-    text = [f"# Over a link (python -m bench link): {', '.join(f'{p} Mbit/s' for p in PROFILES)}, {RTT_MS} ms RTT",
+    text = [f"# Over a link (python -m bench link): {', '.join(f'{p} Mbit/s' for p in RATES)}, {RTT_MS} ms RTT",
             "", f"Load average at the end: {load[0]:.2f}. One `hec worker` (1 core) in its own network namespace per "
             "row, started fresh; the client, Redis and the coordinator (TLS) in the other. Bytes are the worker "
             "end's veth counters (headers and protocol included).", "", table(head, body), ""]
@@ -243,7 +271,7 @@ def _report(rows, sizes, load) -> None:
     if sizes:
         text += ["", "## CKKS: what SEAL's seeded symmetric ciphertexts and zstd save (same ciphertexts, this run)", ""]
         text += sizes
-    write(f"link-{ONLY}" if ONLY else "link", "\n".join(text))
+    write(OUT or (f"link-{ONLY}" if ONLY else "link"), "\n".join(text))
 
 
 def main() -> None:

@@ -51,10 +51,12 @@ def _emit(token: str, output: Path | None, what: str) -> None:
               help="Seconds a worker's claim lasts without heartbeat (default 30).")
 @click.option("--worker-rate", default=None, metavar="RATE", help="Requests per worker key, e.g. 200/second.")
 @click.option("--max-result-mb", type=click.IntRange(1), default=None, help="Largest result blob a worker uploads.")
+@click.option("--gate", default=None, metavar="URL",
+              help="Send workers' blob reads to the blob gate at URL (hec coordinator gate), off this process.")
 @click.pass_context
 def coordinator(ctx: click.Context, listen: str, data: str, queue_url: str | None, blobs_url: str | None,
                 tls_cert: str | None, tls_key: str | None, lease: float | None, worker_rate: str | None,
-                max_result_mb: int | None) -> None:
+                max_result_mb: int | None, gate: str | None) -> None:
     """Serve the coordinator: the only party that holds the queue and blob store.
 
     Workers and clients get narrow, authenticated access over HTTPS. On first start DIR
@@ -74,11 +76,34 @@ def coordinator(ctx: click.Context, listen: str, data: str, queue_url: str | Non
         raise HECError(f"refusing to serve tokens in the clear on {host}: pass --tls-cert and --tls-key "
                        "(or listen on 127.0.0.1 behind a TLS proxy)")
     settings = Settings.load(data, queue=queue_url, blobs=blobs_url, lease_s=lease, worker_rate=worker_rate,
-                             max_result_mb=max_result_mb)
+                             max_result_mb=max_result_mb, gate=gate)
     scheme = "https" if tls_cert else "http"
     click.echo(f"hec coordinator: serving {scheme}://{host}:{port} (queue {settings.queue.split('://')[0]}, "
                f"blobs {settings.blobs.split('://')[0]}); tokens in {data}", err=True)
     serve(settings, host, port, certfile=tls_cert, keyfile=tls_key)
+
+@coordinator.command("gate")
+@click.option("--listen", default="127.0.0.1:8444", show_default=True, metavar="HOST:PORT", help="Address to serve on.")
+@click.option("--data", default=".hec-coordinator", show_default=True, metavar="DIR", help=_DATA_HELP)
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False, exists=True), help="TLS certificate (PEM).")
+@click.option("--tls-key", default=None, type=click.Path(dir_okay=False, exists=True), help="TLS private key (PEM).")
+def gate(listen: str, data: str, tls_cert: str | None, tls_key: str | None) -> None:
+    """Serve the blob gate: workers' lease blobs on URLs the coordinator signs, so its process carries no bytes.
+
+    Runs over the coordinator's data directory (same queue, blob store and records); start the
+    coordinator with --gate pointing here.
+
+    Example: hec coordinator gate --listen 0.0.0.0:8444 --data /srv/hec --tls-cert cert.pem --tls-key key.pem
+    """
+    from ..coordinator.gate import serve_gate
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("pass --tls-cert and --tls-key together")
+    host, port = _listen(listen)
+    if tls_cert is None and host not in ("127.0.0.1", "localhost", "::1"):
+        raise HECError(f"refusing to serve blobs in the clear on {host}: pass --tls-cert and --tls-key")
+    serve_gate(_open(data), host, port, certfile=tls_cert, keyfile=tls_key)
+
 
 @coordinator.command("add-tenant")
 @click.argument("name")

@@ -79,8 +79,7 @@ class EncryptedJob:
         if self._queue is None or not self._job_ids:
             return 1.0 if self._future.done() and self._future.exception() is None else 0.0
         done = 0
-        for job_id in self._job_ids:
-            job = self._queue.status(job_id)
+        for job in self._queue.statuses(self._job_ids).values():  # one round trip for every job
             done += sum(job.spec["counts"]) if job.state is JobState.DONE else int(job.progress.get("done", 0))
         return min(1.0, done / max(1, self.n_samples))
 

@@ -48,6 +48,7 @@ class Settings:
     long_polls_per_worker: int = 4   # claims one worker key may hold waiting at once (more answer at once, empty)
     long_polls_per_operator: int = 64  # the same for all keys of one operator, per coordinator process
     header_timeout_s: float = 10.0   # a connection must send a request's headers within this (slowloris)
+    gate: str = ""                   # URL of a blob gate (hec coordinator gate) serving lease blobs; "": none
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ class KV(Protocol):
 
     def hget(self, key: str, field: str) -> str | None: ...
     def hgetall(self, key: str) -> dict[str, str]: ...
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]: ...
     def hset(self, key: str, mapping: dict[str, str]) -> None: ...
     def hsetnx(self, key: str, field: str, value: str) -> bool: ...
     def hincrby(self, key: str, field: str, n: int = 1) -> int: ...
@@ -81,6 +82,15 @@ class SqliteKV:
 
     def hgetall(self, key: str) -> dict[str, str]:
         return dict(self._run("SELECT field, value FROM kv WHERE key = ?", (key,))[0])
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        found: dict[str, str] = {}
+        for i in range(0, len(fields), 500):  # SQLite's bound-parameter limit
+            part = fields[i : i + 500]
+            rows, _ = self._run(f"SELECT field, value FROM kv WHERE key = ? AND field IN ({', '.join('?' * len(part))})",
+                                (key, *part))
+            found.update(dict(rows))
+        return [found.get(f) for f in fields]
 
     def hset(self, key: str, mapping: dict[str, str]) -> None:
         for field, value in mapping.items():
@@ -146,6 +156,9 @@ class RedisKV:
 
     def hgetall(self, key: str) -> dict[str, str]:
         return self._call(self._r.hgetall, coordinator_key(key))
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        return list(self._call(self._r.hmget, coordinator_key(key), fields)) if fields else []
 
     def hset(self, key: str, mapping: dict[str, str]) -> None:
         self._call(self._r.hset, coordinator_key(key), mapping={k: str(v) for k, v in mapping.items()})

@@ -20,6 +20,7 @@ from ..transport.queue import DEFAULT_MAX_ATTEMPTS, JobState
 from ..transport.remote.wire import API, H_IDEMPOTENCY, job_to_wire
 from . import auth
 from .auth import SignedWorker
+from .service import MAX_STATUS_IDS
 from .state import Tenant, WorkerRecord
 
 clients = APIRouter(prefix=API)
@@ -32,6 +33,10 @@ class Submit(BaseModel):
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     group: str | None = Field(None, max_length=128)
     run: str | None = Field(None, max_length=128)
+
+
+class Statuses(BaseModel):
+    ids: list[str] = Field(max_length=MAX_STATUS_IDS)
 
 
 class Size(BaseModel):
@@ -124,6 +129,14 @@ async def list_jobs(request: Request, state: str | None = None, limit: int = 100
                     since: float | None = None, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
     found = await _call(_coord(request).jobs, tenant, JobState(state) if state else None, max(0, limit), run, since)
     return {"jobs": [job_to_wire(j) for j in found]}
+
+
+@clients.post("/jobs/statuses")
+async def job_statuses(request: Request, tenant: Tenant = Depends(auth.tenant)) -> dict[str, Any]:
+    """The tenant's jobs among ``ids`` in one request (a verifier's poll); other ids are simply absent."""
+    body = Statuses.model_validate_json(await auth.body_of(request))
+    found = await _call(_coord(request).statuses, tenant, body.ids)
+    return {"jobs": {i: job_to_wire(j) for i, j in found.items()}}
 
 
 @clients.get("/jobs/{job_id}")
@@ -249,14 +262,22 @@ async def enroll(request: Request, who: tuple[str, bytes, str] = Depends(auth.en
 async def hello(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
     coord = _coord(request)
     return {"worker": me.record.worker_id, "operator": me.record.operator, "lease_s": coord.settings.lease_s,
-            "presigned": coord.blobs.presigned}
+            "presigned": coord.blobs.presigned, "gate": bool(coord.settings.gate) and not coord.blobs.presigned}
 
 
 @workers.post("/worker/claim")
 async def claim(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
     body = Claim.model_validate_json(me.body)
-    lease = await _coord(request).long_poll(me.record, body.devices, body.block_s)
-    return {"lease": None if lease is None else {"job": job_to_wire(lease.job), "token": lease.token}}
+    coord = _coord(request)
+    lease = await coord.long_poll(me.record, body.devices, body.block_s)
+    if lease is None:
+        return {"lease": None}
+    out = {"job": job_to_wire(lease.job), "token": lease.token}
+    if coord.settings.gate and not coord.blobs.presigned:  # the job's reads go straight to the gate
+        from .gate import gate_urls
+
+        out["gate"] = await _call(gate_urls, coord, me.record.worker_id, lease.job)
+    return {"lease": out}
 
 
 @workers.post("/worker/jobs/{job_id}/heartbeat")
@@ -290,6 +311,10 @@ async def worker_download(request: Request, job_id: str, digest: str,
                           me: SignedWorker = Depends(auth.worker)) -> Response:
     coord = _coord(request)
     await _call(coord.readable, me.record, job_id, digest)
+    if coord.settings.gate and not coord.blobs.presigned:  # the gate carries the bytes, not this process
+        from .gate import gate_url
+
+        return RedirectResponse(await _call(gate_url, coord, me.record.worker_id, job_id, digest), status_code=303)
     return await _call(_send, coord, digest)
 
 
@@ -306,6 +331,11 @@ async def worker_begin_upload(request: Request, job_id: str, digest: str,
         raise LimitExceeded(f"a result blob of {size} bytes is over what job {job_id} may still produce ({cap})")
     if coord.blobs.presigned:
         return await _call(coord.blobs.stage, f"lease:{job_id}:{me.record.worker_id}", digest, size)
+    if coord.settings.gate:  # the result goes to the gate, not through this process
+        from .gate import gate_url
+
+        url = await _call(gate_url, coord, me.record.worker_id, job_id, digest, size=size)
+        return {"gate": url, "headers": {"content-length": str(size)}}
     return {"put": f"{API}/worker/jobs/{job_id}/outputs/{digest}"}
 
 

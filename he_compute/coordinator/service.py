@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import AuthError, BlobNotFound, FormatError, QueueError
+from ..errors import AuthError, BlobNotFound, FormatError, LimitExceeded, QueueError
 from ..formats.task import Result
 from ..transport import blobs as blob_stores
 from ..transport import queue as queues
@@ -59,6 +59,9 @@ def _job_id(job_id: str) -> str:
 class NotYourLease(AuthError):
     """A worker touched a job that does not run under its key (never was, or was handed to another)."""
 
+
+MAX_STATUS_IDS = 500
+"""Job ids one batch-status request may name (a verifier asks in pages of this many)."""
 
 POLL_S = 0.5
 """How often a waiting claim looks at the queue again (a long poll's added latency at most)."""
@@ -160,6 +163,20 @@ class Coordinator(Storage):
         if self.state.job_owner(_job_id(job_id)) != tenant.name:
             raise NoSuchJob(f"no job {job_id}: list your jobs with hec jobs")
         return self._view(tenant, self.q.status(job_id))
+
+    def statuses(self, tenant: Tenant, job_ids: list[str]) -> dict[str, Job]:
+        """Those of ``job_ids`` that are the tenant's jobs, read in one batch; any other id (another tenant's,
+        absent or malformed) is left out, so the answer says nothing about jobs the tenant does not own."""
+        if len(job_ids) > MAX_STATUS_IDS:
+            raise LimitExceeded(f"{len(job_ids)} job ids in one status request, over {MAX_STATUS_IDS}: ask in pages")
+        valid = []
+        for job_id in job_ids:
+            try:
+                valid.append(_job_id(job_id))
+            except NoSuchJob:
+                continue
+        mine = [j for j, owner in zip(valid, self.state.job_owners(valid)) if owner == tenant.name]
+        return {i: self._view(tenant, job) for i, job in self.q.statuses(mine).items()}
 
     def jobs(self, tenant: Tenant, state: JobState | None, limit: int, run: str | None,
              since: float | None) -> list[Job]:

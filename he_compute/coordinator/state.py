@@ -242,6 +242,10 @@ class State:
         """The tenant that submitted ``job_id``."""
         return self.kv.hget("owner", job_id)
 
+    def job_owners(self, job_ids: list[str]) -> list[str | None]:
+        """The tenant that submitted each of ``job_ids`` (one read)."""
+        return self.kv.hmget("owner", job_ids)
+
     def tenant_jobs(self, tenant: str, since: float | None, limit: int) -> list[str]:
         """The tenant's job ids, oldest first, created at or after ``since``."""
         return self.kv.zrange(f"jobs:{tenant}", float("-inf") if since is None else since, limit)

@@ -176,20 +176,24 @@ class Supervisor:
 
     def _adopt(self, g: Group, job_ids: list[str]) -> None:
         """Take over jobs of an earlier attempt that finished or are still alive; the rest are resubmitted."""
+        try:
+            found = self.q.statuses(job_ids) if job_ids else {}
+        except QueueError:  # an id that is not one (a damaged run record): its jobs are submitted afresh
+            found = {}
         for job_id in job_ids:
-            try:
-                state = self.q.status(job_id).state
-            except QueueError:
-                continue
-            if state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE):
+            if job_id in found and found[job_id].state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE):
                 g.pending.add(job_id)
                 self.jobs[job_id] = g
                 g.submitted += 1
 
     def _poll(self) -> None:
-        """Look at every pending job once: take finished ones, redirect stale routed ones, stop on failures."""
-        for job_id in [j for g in self.groups for j in list(g.pending)]:
-            job = self.q.status(job_id)
+        """Look at every pending job once, all in one batch-status call: take finished ones, redirect stale
+        routed ones, stop on failures."""
+        pending = [j for g in self.groups for j in list(g.pending)]
+        found = self.q.statuses(pending) if pending else {}
+        for job_id in pending:
+            # A job the queue no longer knows: asked alone, so the error names it as before.
+            job = found[job_id] if job_id in found else self.q.status(job_id)
             if job.state is JobState.QUEUED and job_id in self.targeted:
                 target, since = self.targeted[job_id]
                 if time.monotonic() - since > TARGET_WAIT_S and self.q.cancel(job_id):

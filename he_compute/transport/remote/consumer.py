@@ -21,7 +21,7 @@ import base64
 import threading
 from typing import Any, Iterable
 
-from ...errors import AuthError, FormatError, LimitExceeded, StoreError
+from ...errors import AuthError, FormatError, LimitExceeded, StoreError, TransportError
 from ...formats.digests import check_digest, digest_of
 from ...formats.receipt import Signer
 from .._closing import Closing
@@ -54,7 +54,9 @@ class RemoteConsumer(Closing):
         hello = session.json("GET", f"{API}/worker/hello")
         self.url, self.lease_s = session.url, float(hello["lease_s"])
         self.operator, self.presigned = str(hello["operator"]), bool(hello["presigned"])
+        self.gate = bool(hello.get("gate"))  # results go to the coordinator's blob gate
         self.held: dict[str, Lease] = {}
+        self.gate_urls: dict[str, dict[str, str]] = {}  # job id -> blob -> the gate's signed read URL
         self._lock = threading.Lock()
 
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
@@ -70,13 +72,17 @@ class RemoteConsumer(Closing):
         except (FormatError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the coordinator sent an unreadable lease ({exc})") from None
         lease = Lease(job=job, token=str(out["lease"]["token"]), worker=self.session.signer.worker_id)  # type: ignore[union-attr]
+        urls = out["lease"].get("gate")
         with self._lock:
             self.held[job.id] = lease
+            if isinstance(urls, dict):
+                self.gate_urls[job.id] = {str(d): str(u) for d, u in urls.items()}
         return lease
 
     def _drop(self, lease: Lease) -> None:
         with self._lock:
             self.held.pop(lease.job.id, None)
+            self.gate_urls.pop(lease.job.id, None)
 
     def _post(self, lease: Lease, what: str, body: dict[str, Any]) -> Any:
         return self.session.json("POST", f"{API}/worker/jobs/{lease.job.id}/{what}",
@@ -187,13 +193,24 @@ class LeaseBlobs(Closing):
         lease = self.consumer.lease_naming(digest)
         if lease is None:
             raise AuthError(f"blob {digest[:19]} is not named by any lease this worker holds")
+        url = self.consumer.gate_urls.get(lease.job.id, {}).get(digest)
+        if url is not None:
+            try:
+                return read_stream(self.session.get_plain(url), digest, "the blob gate")
+            except TransportError:
+                pass  # expired (a long job) or refused: the coordinator signs a fresh URL below
         return fetch(self.session, f"{API}/worker/jobs/{lease.job.id}/blobs/{digest}", digest)
 
     def put(self, data: bytes) -> str:
-        """Upload a result blob for the current lease (streamed, or to a presigned URL); returns its digest."""
+        """Upload a result blob for the current lease (streamed, or to the gate or a presigned URL); returns its
+        digest."""
         digest = digest_of(data)
         job = self.consumer.current().job.id
         path = f"{API}/worker/jobs/{job}/outputs/{digest}"
+        if self.consumer.gate:
+            ticket = self.session.json("POST", f"{path}/upload", json_body={"size": len(data)})
+            self.session.put_plain(str(ticket["gate"]), bytes(data), ticket.get("headers", {}))
+            return digest
         if not self.consumer.presigned:
             self.session.request("PUT", path, content=chunks_of(data), body_sha256=digest.split(":", 1)[1],
                                  headers={"content-length": str(len(data))}).close()

@@ -31,8 +31,10 @@ from .session import Session
 from .wire import API, H_IDEMPOTENCY, job_from_wire
 
 STATUS_TTL_S = 0.2
-COUNT_LIMIT = 1_000_000  # jobs a count over a coordinator looks at
 """How stale a job's status may be when it comes from a refresh of its whole run."""
+COUNT_LIMIT = 1_000_000  # jobs a count over a coordinator looks at
+STATUS_PAGE = 500
+"""Job ids per batch-status request (the coordinator's ``MAX_STATUS_IDS``)."""
 
 
 def _job(obj: Any) -> Job:
@@ -84,13 +86,18 @@ class RemoteProducer(Closing):
         return job
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, Job]:
-        """Those of ``job_ids`` that exist, each through :meth:`status` (one request refreshes a whole run)."""
+        """Those of ``job_ids`` that are this tenant's jobs, one request per :data:`STATUS_PAGE` ids (another
+        tenant's job reads as absent)."""
+        ids = list(dict.fromkeys(job_ids))
         out: dict[str, Job] = {}
-        for job_id in job_ids:
-            try:
-                out[job_id] = self.status(job_id)
-            except QueueError:  # absent, or another tenant's (which reads as absent)
-                continue
+        for i in range(0, len(ids), STATUS_PAGE):
+            page = ids[i : i + STATUS_PAGE]
+            found = self.session.json("POST", f"{API}/jobs/statuses", json_body={"ids": page}).get("jobs")
+            if not isinstance(found, dict):
+                raise QueueError("the coordinator sent an unreadable batch status (no 'jobs' map)")
+            for job_id in page:  # only ids asked for: a coordinator cannot slip in records of its choosing
+                if job_id in found:
+                    out[job_id] = _job(found[job_id])
         return out
 
     def counts(self, *, run: str | None = None) -> dict[JobState, int]:
@@ -106,7 +113,10 @@ class RemoteProducer(Closing):
         params = {"state": JobState(state).value if state else None, "limit": int(limit), "run": run, "since": since}
         return [_job(j) for j in self.session.json("GET", f"{API}/jobs", params=params)["jobs"]]
 
-    wait = sleep_wait  # the coordinator is polled, not subscribed to
+    def wait(self, timeout_s: float) -> None:
+        """Sleep at least :data:`STATUS_TTL_S`: the coordinator is polled, not subscribed to, so a verifier's
+        loop asks it at most a few times a second (one batch-status request each) however short its tick."""
+        sleep_wait(self, max(timeout_s, STATUS_TTL_S))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel one of this tenant's jobs."""

@@ -106,7 +106,12 @@ class Session:
         self.token, self.signer, self._i = token, signer, 0
         timeout = httpx.Timeout(timeout_s, connect=5.0)
         self._http = httpx.Client(verify=_ssl_context(ca), timeout=timeout, follow_redirects=False)
-        self._plain = httpx.Client(timeout=timeout)  # presigned URLs: no credentials of ours ever go there
+        # Presigned and gate URLs: no credentials of ours ever go there.  They trust the coordinator's CA as
+        # well as the system's, since a blob gate (hec coordinator gate) is served under the coordinator's.
+        plain = ssl.create_default_context()
+        if cafile := ca or settings.get(CA_ENV) or None:
+            plain.load_verify_locations(cafile=cafile)
+        self._plain = httpx.Client(timeout=timeout, verify=plain)
 
     @property
     def url(self) -> str:
