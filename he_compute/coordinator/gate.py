@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 from urllib.parse import urlencode
@@ -50,9 +51,24 @@ def gate_key(coord: Coordinator) -> bytes:
     return bytes.fromhex(coord.kv.hget("secret", "gate") or "")
 
 
-def _mac(key: bytes, verb: str, digest: str, job: str, worker: str, attempt: int, exp: int, size: int) -> str:
-    fields = ["hec-gate-v1", verb, digest, job, worker, str(int(attempt)), str(int(exp)), str(int(size))]
-    return hmac.new(key, "\n".join(fields).encode(), sha256).hexdigest()
+@dataclass(frozen=True)
+class GateUrl:
+    """What one gate URL grants: ``verb`` (GET a blob, PUT a result of ``size`` bytes) on ``digest`` for
+    ``worker``'s lease of ``job`` at ``attempt``, until ``exp`` (Unix seconds)."""
+
+    verb: str
+    digest: str
+    job: str
+    worker: str
+    attempt: int
+    exp: int
+    size: int
+
+    def mac(self, key: bytes) -> str:
+        """The coordinator's HMAC over every field: change one and the URL is refused."""
+        fields = ["hec-gate-v1", self.verb, self.digest, self.job, self.worker, str(int(self.attempt)),
+                  str(int(self.exp)), str(int(self.size))]
+        return hmac.new(key, "\n".join(fields).encode(), sha256).hexdigest()
 
 
 def gate_url(coord: Coordinator, worker_id: str, job_id: str, digest: str, *, size: int | None = None) -> str:
@@ -74,15 +90,15 @@ def _signed(coord: Coordinator, key: bytes, verb: str, digest: str, job_id: str,
             size: int) -> str:
     exp = int(time.time() + min(GATE_TTL_S, coord.settings.lease_s))
     query = {"job": job_id, "worker": worker_id, "attempt": attempt, "exp": exp, "size": size,
-             "sig": _mac(key, verb, digest, job_id, worker_id, attempt, exp, size)}
+             "sig": GateUrl(verb, digest, job_id, worker_id, attempt, exp, size).mac(key)}
     return f"{coord.settings.gate.rstrip('/')}{API}/gate/{digest}?{urlencode(query)}"
 
 
-def check(coord: Coordinator, key: bytes, verb: str, digest: str, job: str, worker: str, attempt: int, exp: int,
-          size: int, sig: str) -> None:
+def check(coord: Coordinator, key: bytes, url: GateUrl, sig: str) -> None:
     """Refuse unless the URL is the coordinator's for this verb, unexpired, and its lease still runs."""
+    verb, digest, job, worker, attempt, exp = url.verb, url.digest, url.job, url.worker, url.attempt, url.exp
     check_digest(digest)
-    if not hmac.compare_digest(str(sig), _mac(key, verb, digest, job, worker, attempt, exp, size)):
+    if not hmac.compare_digest(str(sig), url.mac(key)):
         raise BadGateUrl("this gate URL was not signed by the coordinator for this blob: ask the coordinator")
     if time.time() > exp:
         raise BadGateUrl("this gate URL has expired: ask the coordinator for the blob again")
@@ -112,7 +128,8 @@ def create_gate(coord: Coordinator) -> FastAPI:
 
     @app.get(f"{API}/gate/{{digest}}")
     async def gate(digest: str, job: str, worker: str, attempt: int, exp: int, sig: str, size: int = 0) -> Response:
-        await run_in_threadpool(check, coord, key, "GET", digest, job[:64], worker[:64], attempt, exp, size, sig[:64])
+        await run_in_threadpool(check, coord, key, GateUrl("GET", digest, job[:64], worker[:64], attempt, exp, size),
+                                sig[:64])
         kind, what = await run_in_threadpool(coord.blobs.read, digest)
         if kind == "path":
             return FileResponse(what, media_type="application/octet-stream")
@@ -121,7 +138,8 @@ def create_gate(coord: Coordinator) -> FastAPI:
     @app.put(f"{API}/gate/{{digest}}")
     async def upload(request: Request, digest: str, job: str, worker: str, attempt: int, exp: int, size: int,
                      sig: str) -> dict[str, Any]:
-        await run_in_threadpool(check, coord, key, "PUT", digest, job[:64], worker[:64], attempt, exp, size, sig[:64])
+        await run_in_threadpool(check, coord, key, GateUrl("PUT", digest, job[:64], worker[:64], attempt, exp, size),
+                                sig[:64])
         if request.headers.get("content-length") != str(size):
             raise LimitExceeded(f"this URL takes exactly {size} bytes, with that Content-Length")
         record = await run_in_threadpool(coord.state.worker, worker)
