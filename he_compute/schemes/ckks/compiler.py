@@ -300,7 +300,8 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     model, X_calib, onnx_ml = as_sklearn(model, X_calib, "ckks")  # skl2onnx graph -> scikit-learn model
     if relu not in ("auto", "poly", "composite"):
         raise InputError(f"relu must be 'auto', 'poly' or 'composite', not {relu!r}")
-    options = {"activation_degree": activation_degree, "max_error": max_error, "range_margin": range_margin}
+    options: dict[str, Any] = {"activation_degree": activation_degree, "max_error": max_error,
+                               "range_margin": range_margin}
     try:
         plan, weight_sections, info = build_plan(model, X_calib, **options,
                                                  relu="composite" if relu == "composite" else "poly")
