@@ -35,6 +35,10 @@ from .plan import LINEAR_OPS, affine_matrix, feature_groups
 # Rounding and encryption noise per level relative to the scale, for the smallest scale the parameter
 # choice allows (2**-26, params.MIN_AUTO_SCALE_BITS) and the largest ring (sqrt(32768) ~ 181), 16x over.
 NOISE = 16 * 181 * 2.0**-26
+# A composite ReLU is deep enough that the chain holding it has N=32768; the compiler refuses a composite
+# plan whose scale would fall below this, so its stages' noise is predicted at this scale (see composite.fit).
+COMPOSITE_SCALE_BITS = 30
+COMPOSITE_NOISE = 16 * 181 * 2.0**-COMPOSITE_SCALE_BITS
 CANDIDATES = (3, 7, 15, 31, 63)
 CALIBRATION_FACTOR = 1.5
 
@@ -55,7 +59,9 @@ def predict(layers: list[dict[str, Any]], weights: dict[str, np.ndarray], fits: 
             e = (np.abs(matrix) @ e if fit_errors else np.sqrt(matrix**2 @ e**2)) + NOISE
         elif op == "poly":
             groups = feature_groups(layer)
-            e = fits[i]["slopes"][groups] * e + (fits[i]["errors"][groups] if fit_errors else 0.0) + NOISE
+            # A composite's own rounding noise (``noise``, amplified through its stages) is in its errors too.
+            own = fits[i]["errors"][groups] if fit_errors else fits[i].get("noise", 0.0)
+            e = fits[i]["slopes"][groups] * e + own + NOISE
         elif op == "square":
             e = 2.0 * peaks[i] * e + e * e + NOISE
     return float(e.max())
@@ -72,15 +78,18 @@ def estimate(layers: list[dict[str, Any]], weights: dict[str, np.ndarray], fits:
 
 def choose_degrees(layers: list[dict[str, Any]], weights: dict[str, np.ndarray], fit_at: Any,
                    peaks: dict[int, np.ndarray], max_error: float, forced: int | None,
-                   max_degree: int, calibration_error: Any) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
+                   max_degree: int, calibration_error: Any, ladder: list[Any] | None = None,
+                   ladder_name: str | None = None) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
     """Pick a degree per poly layer (cheapest that meets ``max_error``); return the fits and the predictions.
 
     ``fit_at(i, degree)`` fits poly layer ``i`` at a degree (cached by the caller);
     ``calibration_error(fits)`` is the plan's error on the calibration data with
     those fits.  With ``forced`` every layer gets that degree and the error is only reported.
+    ``ladder`` replaces the degrees by other rungs ``fit_at`` understands, cheapest first (``ladder_name``
+    says what they are in the refusal).
     """
     poly = [i for i, layer in enumerate(layers) if layer["op"] == "poly"]
-    candidates = [d for d in CANDIDATES if d <= max_degree]
+    candidates = list(ladder) if ladder is not None else [d for d in CANDIDATES if d <= max_degree]
     level = {i: (candidates.index(forced) if forced in candidates else 0) for i in poly}
     if forced is not None and forced not in candidates:
         fits = {i: fit_at(i, forced) for i in poly}
@@ -102,7 +111,7 @@ def choose_degrees(layers: list[dict[str, Any]], weights: dict[str, np.ndarray],
                     best, best_bound = i, b
         if best is None:
             raise UnsupportedModelError(
-                f"max_error {max_error:g} cannot be met: the best reachable bound is {bound:.3g} with activation "
-                f"degrees up to {candidates[-1]}; loosen max_error or use square activations"
+                f"max_error {max_error:g} cannot be met: the best reachable bound is {bound:.3g} with "
+                f"{ladder_name or f'activation degrees up to {candidates[-1]}'}; loosen max_error or use square activations"
             )
         level[best] += 1

@@ -15,7 +15,7 @@ from .. import library_versions
 from .._onnx import is_onnx, is_torch, model_type
 from .._onnx_ml import as_sklearn
 from .._task import decide
-from . import accuracy, approx, frontend, limits, params
+from . import accuracy, approx, composite, frontend, limits, params
 from .plan import LINEAR_OPS, PLAN_VERSION, check_plan, needs_relin, npy_bytes, one_product, plan_depth, run_layer, run_plan
 
 # Unless max_error is given, the compiler aims for a worst-case output error of this fraction of the
@@ -46,13 +46,16 @@ def _next_linear(raw: list[dict[str, Any]], i: int) -> str | None:
 
 def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None = None,
                max_error: float | None = None, range_margin: float = approx.DEFAULT_MARGIN,
-               max_degree: int = approx.MAX_DEGREE) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
+               max_degree: int = approx.MAX_DEGREE, relu: str = "poly") -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]:
     """Return (plan, weight sections, info) for ``model``; ``info`` holds post-processing, fits and error bounds.
 
     Each non-polynomial activation gets, per neuron (per channel after a conv),
     the affine map of its calibration range onto [-1, 1] folded into the layer
     before it and its output scale folded into the layer after it; the degree
     of its minimax polynomial is the cheapest meeting ``max_error`` on the outputs.
+    ``relu="composite"``: each ReLU after a Linear/Conv layer is scaled by its
+    calibration peak instead (symmetric about 0) and becomes a composite
+    (:mod:`.composite`), the cheapest rung of its ladder meeting ``max_error``.
     """
     X = np.asarray(X_calib, dtype=np.float64)
     input_shape, raw, post, task = _read_model(model, X)
@@ -87,6 +90,11 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
             groups = approx.groups_of(shape)
             mid, half = approx.ranges(x, shape, range_margin)
             prev = layers[-1] if layers and layers[-1]["op"] in ("linear", "conv2d") else None
+            sign = relu == "composite" and prev is not None and r["expr"] == ("relu", approx.X)
+            if sign:  # relu(x) / R = relu(x / R): scaled by the peak, the kink stays at 0 for the sign stages
+                peak = np.abs(x.reshape(x.shape[0], -1)).max(axis=0)
+                half = np.maximum(np.array([peak[groups == g].max() for g in range(half.size)]), 1e-6) * composite.HEADROOM
+                mid = np.zeros_like(half)
             if prev is not None:  # fold u = (x - mid) / half into the previous layer
                 pw = weights[prev["weight"]]
                 weights[prev["weight"]] = pw / half.reshape(-1, *([1] * (pw.ndim - 1)))
@@ -97,7 +105,8 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
             folds = nxt == "linear" or (nxt == "conv2d" and len(shape) == 3)
             u = (x.reshape(x.shape[0], -1) - mid[groups]) / half[groups]
             scale = half if folds else np.ones_like(half)
-            acts[len(layers)] = {"expr": r["expr"], "mid": mid, "half": half, "fold": folds, "u_peak": np.abs(u).max()}
+            acts[len(layers)] = {"expr": r["expr"], "mid": mid, "half": half, "fold": folds, "u_peak": np.abs(u).max(),
+                                 "composite": sign}
             y = (approx.evaluate(r["expr"], x.reshape(x.shape[0], -1)) / scale[groups]).reshape(x.shape)
             if folds:
                 fold = (half[groups], half)
@@ -111,13 +120,21 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
         x = y
     if not any(layer["op"] in ("linear", "conv2d") for layer in layers):
         raise UnsupportedModelError("the model has no Linear or Conv layer: nothing to compute")
+    if relu == "composite" and not any(a["composite"] for a in acts.values()):
+        raise UnsupportedModelError("no ReLU after a Linear or Conv layer: nothing for composite polynomials")
     cache: dict[tuple[int, int], dict[str, Any]] = {}
+    degrees = [d for d in accuracy.CANDIDATES if d <= max_degree]
 
-    def fit_at(idx: int, degree: int) -> dict[str, Any]:
-        if (idx, degree) not in cache:
+    def fit_at(idx: int, key: int) -> dict[str, Any]:
+        if (idx, key) not in cache:
             a = acts[idx]
-            cache[idx, degree] = approx.fit_layer(a["expr"], a["mid"], a["half"], degree, a["fold"])
-        return cache[idx, degree]
+            if a["composite"]:  # key: a rung of the composite ladder
+                bits = composite.EPS_BITS[min(key, len(composite.EPS_BITS) - 1)]
+                cache[idx, key] = composite.fit(a["half"], bits, a["fold"], accuracy.COMPOSITE_NOISE)
+            else:  # key: a degree, or in composite mode a rung of the degrees
+                degree = degrees[min(key, len(degrees) - 1)] if relu == "composite" else key
+                cache[idx, key] = approx.fit_layer(a["expr"], a["mid"], a["half"], degree, a["fold"])
+        return cache[idx, key]
 
     exact = x.reshape(x.shape[0], -1)
     if max_error is None:
@@ -125,17 +142,20 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
     X_plan = X.reshape(X.shape[0], *input_shape)
 
     def calibration_error(fits: dict[int, dict[str, Any]]) -> float:
-        trial = [dict(layer, coeffs=fits[i]["coeffs"]) if i in fits else layer for i, layer in enumerate(layers)]
+        trial = [_with_fit(layer, fits[i]) if i in fits else layer for i, layer in enumerate(layers)]
         return float(np.abs(run_plan({"layers": trial}, weights, X_plan) - exact).max())
 
+    ladder = list(range(len(composite.EPS_BITS))) if relu == "composite" else None
     fits, errors = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree, max_degree,
-                                           calibration_error)
+                                           calibration_error, ladder,
+                                           f"composite ReLU down to eps 2**-{composite.EPS_BITS[-1]}" if ladder else None)
     records = []
     for idx, f in fits.items():
-        layers[idx]["coeffs"] = f["coeffs"]
-        degree = len(f["coeffs"][0]) - 1
-        records.append({"layer": layers[idx]["name"], "activation": layers[idx]["activation"], "degree": degree,
-                        "depth": approx.depth_of_degree(degree), "groups": len(f["coeffs"]),
+        layers[idx] = _with_fit(layers[idx], f)
+        degree = max(f["degrees"]) if "stages" in f else len(f["coeffs"][0]) - 1
+        extra = {"composite": f["degrees"], "eps": 2.0 ** -f["bits"]} if "stages" in f else {}
+        records.append({"layer": layers[idx]["name"], "activation": layers[idx]["activation"], "degree": degree, **extra,
+                        "depth": f.get("depth", approx.depth_of_degree(degree)), "groups": int(acts[idx]["half"].size),
                         "range": [float((acts[idx]["mid"] - acts[idx]["half"]).min()),
                                   float((acts[idx]["mid"] + acts[idx]["half"]).max())],
                         "max_fit_error": float(f["errors"].max())})
@@ -150,6 +170,37 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
             "worst_case_bound": errors["worst_case_bound"], "max_error": max_error,
             "calibration_max_error": errors["calibration"], "output_peak": peak}
     return plan, {k: npy_bytes(v) for k, v in weights.items()}, info
+
+
+def _with_fit(layer: dict[str, Any], fit: dict[str, Any]) -> dict[str, Any]:
+    """A poly layer with a fit's coefficients, or turned into the composite a composite fit describes."""
+    if "stages" in fit:
+        return {k: v for k, v in layer.items() if k != "coeffs"} | composite.layer_fields(fit)
+    return dict(layer, coeffs=fit["coeffs"])
+
+
+def _choose_params(plan: dict[str, Any], depth: int, **options: Any) -> dict[str, Any]:
+    """:func:`.params.choose`; a composite plan must also keep the scale its noise was predicted at."""
+    if not any(layer["op"] == composite.OP for layer in plan["layers"]):
+        return params.choose(depth, **options)
+    need = accuracy.COMPOSITE_SCALE_BITS
+    ckks = None
+    # The smallest ring whose scale stays at or above ``need`` (params.choose alone stops at 26 bits).
+    given = options.pop("poly_modulus_degree", None)
+    rings = [given] if given else list(params.DEGREES)
+    for n in rings:
+        try:
+            ckks = params.choose(depth, poly_modulus_degree=n, **options)
+        except UnsupportedModelError:
+            continue
+        if ckks["scale_bits"] >= need:
+            break
+    if ckks is None or ckks["scale_bits"] < need:
+        raise UnsupportedModelError(
+            f"composite ReLU for this max_error needs multiplicative depth {depth}, more than one 128-bit modulus "
+            f"chain holds at a {need}-bit scale (N=32768 holds about {params.MAX_COEFF_BITS_128[32768] // need - 2}): "
+            f"loosen max_error (deeper plans need a bootstrapped engine, not available yet)")
+    return ckks
 
 
 def input_box(X_calib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,6 +274,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     scale_bits: int | None = None,
     coeff_mod_bit_sizes: list[int] | None = None,
     task: str | None = None,
+    relu: str = "auto",
 ) -> Bundle:
     """Compile ``model`` for CKKS (SEAL through TenSEAL) and return its bundle.
 
@@ -239,12 +291,25 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     Scikit-learn classifiers decrypt to ``predict_proba``-like probabilities
     (computed on the client from the decrypted decision scores); a torch/ONNX
     graph ending in Sigmoid/Softmax gets that op applied on the client too.
+    ``relu``: ``"auto"`` fits one minimax polynomial per ReLU and turns to
+    composite sign polynomials (:mod:`.composite`) only when no single degree
+    meets ``max_error``; ``"poly"`` or ``"composite"`` asks for one of them.
     """
     if max_error is not None and not float(max_error) > 0:
         raise InputError(f"max_error must be positive, not {max_error!r}")
     model, X_calib, onnx_ml = as_sklearn(model, X_calib, "ckks")  # skl2onnx graph -> scikit-learn model
-    plan, weight_sections, info = build_plan(model, X_calib, activation_degree=activation_degree, max_error=max_error,
-                                             range_margin=range_margin)
+    if relu not in ("auto", "poly", "composite"):
+        raise InputError(f"relu must be 'auto', 'poly' or 'composite', not {relu!r}")
+    options: dict[str, Any] = {"activation_degree": activation_degree, "max_error": max_error,
+                               "range_margin": range_margin}
+    try:
+        plan, weight_sections, info = build_plan(model, X_calib, **options,
+                                                 relu="composite" if relu == "composite" else "poly")
+    except UnsupportedModelError as exc:
+        # One polynomial per ReLU cannot meet the target: composite sign polynomials can, deeper.
+        if relu != "auto" or activation_degree is not None or "cannot be met" not in str(exc):
+            raise
+        plan, weight_sections, info = build_plan(model, X_calib, **options, relu="composite")
     target = info["max_error"]
     from .plan import load_npy
 
@@ -257,8 +322,8 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         # A linear plan's outputs are bounded over the whole clip box: every slot then stays below what the
         # first prime holds, so one outlier cannot wrap its slot and, through decoding, spread to every other.
         int_bits = max(int_bits, int(np.ceil(np.log2(box_peak + 1))) + 2)
-    ckks = params.choose(depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
-                         coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
+    ckks = _choose_params(plan, depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
+                          coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
     automatic = poly_modulus_degree is None and coeff_mod_bit_sizes is None and scale_bits is None
     if chosen == "batch" and automatic and one_product(plan):  # a linear model: one prime, half the bytes

@@ -116,6 +116,28 @@ def poly(eng: Any, x: Any, coeffs: np.ndarray, relin: Any, expand: Callable[[np.
     return eng.add_const(ct, expand(c0))
 
 
+def composite_relu(eng: Any, x: Any, shared: list[np.ndarray], last: np.ndarray, relin: Any,
+                   expand: Callable[[np.ndarray], Any], lazy: bool = False) -> Any:
+    """``x * q(p_(K-1)(... p_1(x)))``: the shared stages (one coefficient column each), then the last stage
+    (rows ``last``, one column per group, ``out_scale`` folded in), then ONE product with ``x``.
+
+    The last stage is evaluated at the scale that makes its product with ``x``
+    land exactly on the canonical scale of the level below, so the next kernel
+    sees what it would after :func:`poly`.
+    """
+    v = x
+    for c in shared:
+        v = poly(eng, v, c, relin, lambda row: float(row[0]))
+    degree = last.shape[0] - 1
+    level = eng.level(v) + max(1, int(np.ceil(np.log2(degree + 1))))
+    target = eng.scales[level + 1] * eng.dropped[level] / x.scale
+    ct, c0 = Chebyshev(eng, v, relin, degree, expand)(last, level, target)
+    if ct is None:  # a constant last stage (a stranger's plan): carry v at 2**-20 so the product is not transparent
+        ct = eng.to_level(eng.mul_const(v, expand(np.full(last.shape[1], 2.0**-20)), target), level)
+    q = eng.add_const(ct, expand(c0))
+    return eng.mul(eng.to_level(x, level), q, None if lazy else relin, eng.scales[level + 1])
+
+
 # ---- single packing: diagonal method with baby-step / giant-step rotations ------------------------------
 
 

@@ -27,6 +27,7 @@ class Limits:
     max_weight_entries: int = 1 << 22  # values in one .npy weight section
     max_kernel: int = 16  # conv / pool kernel side, stride and padding
     max_degree: int = 63  # activation polynomial degree
+    max_stages: int = 8  # polynomials composed in one composite activation (relu_composite)
     max_depth: int = 40  # multiplicative depth of the whole plan
     max_ciphertexts: int = 65536  # ciphertexts in one payload
     max_samples: int = 1 << 16  # samples in one payload (never above the slot count either)

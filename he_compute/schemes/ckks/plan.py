@@ -12,6 +12,8 @@ layer has ``op``, ``name``, ``in_shape`` and ``out_shape`` (per sample) and, by 
                (G = 1: all features; G = features; or G = channels of a (C, H, W) input), optional
                ``domain``: G pairs (mid, half) mapping x to (x - mid) / half first (one more level),
                plus the ``activation`` it approximates
+``relu_composite`` ``stages`` (Chebyshev coefficient lists, composed) and ``out_scale`` (one per group):
+               ReLU as ``x * q(x)`` with ``q ~ (1 + sign x) / 2`` (see :mod:`.composite`)
 
 Weights are ``.npy`` sections read with ``allow_pickle=False`` after their header
 is checked against the limits.  Every size a plan implies is bounded by
@@ -31,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, UnsafeArtifactError
+from . import composite as _composite
 from . import limits as _limits
 
 PLAN_VERSION = 2
 LINEAR_OPS = ("linear", "conv2d", "avgpool2d")
-OPS = (*LINEAR_OPS, "reshape", "square", "poly")
+OPS = (*LINEAR_OPS, "reshape", "square", "poly", _composite.OP)
 _WEIGHT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}\.npy$")
 
 
@@ -89,6 +92,8 @@ def depth_of(layer: dict[str, Any]) -> int:
     if op == "poly":
         degree = max(len(c) for c in layer["coeffs"]) - 1
         return max(1, math.ceil(math.log2(degree + 1))) + (1 if layer.get("domain") else 0)
+    if op == _composite.OP:
+        return _composite.depth_of(layer)
     return 0
 
 
@@ -107,7 +112,7 @@ def one_product(plan: dict[str, Any]) -> bool:
 
 def needs_relin(plan: dict[str, Any]) -> bool:
     """Whether the plan multiplies ciphertexts together (and so needs relinearization keys)."""
-    return any(layer["op"] == "square" or (layer["op"] == "poly" and max(len(c) for c in layer["coeffs"]) > 2)
+    return any(layer["op"] in ("square", _composite.OP) or (layer["op"] == "poly" and max(len(c) for c in layer["coeffs"]) > 2)
                for layer in plan["layers"])
 
 
@@ -141,8 +146,8 @@ def _avgpool(x: np.ndarray, layer: dict[str, Any]) -> np.ndarray:
 
 
 def feature_groups(layer: dict[str, Any]) -> np.ndarray:
-    """For a poly layer: the group (index into ``coeffs``) of each feature, in C order."""
-    shape, g = layer["in_shape"], len(layer["coeffs"])
+    """For a poly or composite layer: the group (index into ``coeffs`` / ``out_scale``) of each feature, in C order."""
+    shape, g = layer["in_shape"], len(layer["coeffs"] if "coeffs" in layer else layer["out_scale"])
     size = math.prod(shape)
     if g == 1:
         return np.zeros(size, dtype=np.int64)
@@ -185,6 +190,8 @@ def run_layer(layer: dict[str, Any], x: np.ndarray, weights: dict[str, np.ndarra
         return x * x
     if op == "poly":
         return poly_apply(layer, x)
+    if op == _composite.OP:
+        return _composite.apply(layer, x, feature_groups(layer))
     raise FormatError(f"unknown plan op {op!r}")
 
 
@@ -248,7 +255,7 @@ def _shape(value: Any, what: str, length: int | None = None, lim: _limits.Limits
 def expected_out_shape(layer: dict[str, Any], weights: dict[str, np.ndarray], lim: _limits.Limits) -> list[int]:
     """The output shape a layer must declare, computed from its input shape and parameters."""
     op, name = layer["op"], layer["name"]
-    if op in ("reshape", "square", "poly"):
+    if op in ("reshape", "square", "poly", _composite.OP):
         return list(layer["out_shape"]) if op == "reshape" else list(layer["in_shape"])
     if op == "linear":
         return [int(weights[layer["weight"]].shape[0])]
@@ -327,6 +334,8 @@ def check_plan(plan: Any, weights: dict[str, np.ndarray], limits: _limits.Limits
             raise FormatError(f"plan: reshape {layer['name']} changes the number of features")
         elif op == "poly":
             _check_poly(layer, shape, lim)
+        elif op == _composite.OP:
+            _composite.check(layer, shape, lim)
         if out != expected_out_shape(layer, weights, lim):
             raise FormatError(f"plan: layer {layer['name']} declares output {out}, its parameters give another shape")
         if op in LINEAR_OPS:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, KeyMismatchError, UnsafeArtifactError
-from . import kernels, params
+from . import composite, kernels, params
 from .payload import Payload, check_output, pack, unpack
 from .plan import LINEAR_OPS, affine_matrix, check_sections, feature_groups, needs_relin, one_product, plan_depth
 from .seal import Engine, load
@@ -54,6 +54,12 @@ def build_steps(plan: dict[str, Any], weights: dict[str, np.ndarray], packing: s
                 steps.append(("poly", coeffs, groups, dom))
             else:  # one slot vector per coefficient: every feature gets its group's value
                 steps.append(("poly", coeffs[:, groups], None, None if dom is None else dom[:, groups]))
+        elif op == composite.OP:
+            shared = [np.asarray(c, dtype=np.float64)[:, None] for c in layer["stages"][:-1]]
+            last = np.outer(layer["stages"][-1], layer["out_scale"])  # out_scale folded into the last stage
+            groups = feature_groups(layer)
+            steps.append(("composite", shared, last, groups) if packing == "batch" else
+                         ("composite", shared, last[:, groups], None))
     return steps
 
 
@@ -91,6 +97,14 @@ def run(eng: Any, steps: list[tuple], xs: list[Any], keys: Any, packing: str, bl
 
                 xs = [kernels.poly(eng, xs[0], coeffs, relin, expand,
                                    None if dom is None else (expand(dom[0]), expand(dom[1])))]
+        elif kind == "composite":
+            shared, last, groups = step[1:]
+            if packing == "batch":
+                xs = [kernels.composite_relu(eng, x, shared, last[:, [groups[f]]], relin, lambda row: float(row[0]), lazy)
+                      for f, x in enumerate(xs)]
+            else:
+                xs = [kernels.composite_relu(eng, xs[0], shared, last, relin,
+                                             lambda row: block_vector(row, block, slots))]
     return [eng.relinearize(x, relin) for x in xs] if relin is not None else xs
 
 
