@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     AuthError,
@@ -94,6 +95,12 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     async def _value(request: Request, exc: ValueError) -> Any:
         return JSONResponse({"error": f"malformed request: {str(exc)[:200]}", "code": "malformed"}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Any:
+        # The peer left (or its too-slow body was cut by the guard): nothing to answer, and nothing to log, so a
+        # stream of cut connections cannot flood the log with tracebacks.
+        return JSONResponse({"error": "client disconnected", "code": "gone"}, status_code=408)
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Any:
         log.exception("internal error on %s %s", request.method, request.url.path)
@@ -148,7 +155,8 @@ def serve(settings: Settings, host: str, port: int, *, certfile: str | None = No
         anyio.to_thread.current_default_thread_limiter().total_tokens = 200
 
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
-                            http=guarded_protocol(settings.header_timeout_s),
+                            http=guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
+                                                 settings.min_body_rate, settings.request_timeout_s),
                             log_level=log_level, access_log=False, server_header=False, date_header=False,
                             timeout_keep_alive=30, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
