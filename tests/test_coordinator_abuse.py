@@ -249,3 +249,33 @@ def test_rate_limits_hold_across_coordinator_processes(redis_url, tmp_path, tls)
     finally:
         a.stop()
         b.stop()
+
+
+def test_long_poll_caps_hold_across_coordinator_processes(redis_url, tmp_path, tls):  # noqa: F811
+    blobs = f"file://{tmp_path / 'blobs'}"
+    a = CoordinatorProc(_configured(tmp_path / "a", long_polls_per_worker=4), tls, queue=redis_url, blobs=blobs).start()
+    b = CoordinatorProc(_configured(tmp_path / "b", long_polls_per_worker=4), tls, queue=redis_url, blobs=blobs).start()
+    try:
+        me = _enrol(a, tmp_path, "two-door poller", a.token("enroll.token"))
+        took: list[float] = []
+        answers: list[str] = []
+        body = json.dumps({"devices": ["nothing_there"], "block_s": 4}).encode()
+
+        def poll(c):
+            t0 = time.monotonic()
+            r = _signed(c, me, "POST", f"{API}/worker/claim", body)
+            answers.append(f"{r.status_code} {r.text[:200]}")
+            if r.status_code == 200 and r.json()["lease"] is None:
+                took.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=poll, args=((a, b)[i % 2],)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        held = [s for s in took if s >= 2.0]
+        assert len(took) == 12, answers
+        assert len(held) <= 4, f"one key held {len(held)} long polls through two coordinators"
+    finally:
+        a.stop()
+        b.stop()
