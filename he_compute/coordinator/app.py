@@ -11,6 +11,8 @@ every route is authenticated, and a schema is no one's business but the code's.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,23 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return 500, "internal"
 
 
-def create_app(coordinator: Coordinator) -> FastAPI:
-    """The coordinator's app over an opened :class:`Coordinator` (closed when the app shuts down)."""
-    app = FastAPI(title="he_compute coordinator", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(coordinator: Coordinator, *, threads: int | None = None) -> FastAPI:
+    """The coordinator's app over an opened :class:`Coordinator` (closed when the app shuts down); ``threads``
+    sets the size of the thread pool that blocking store calls run in, once the server's loop runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if threads is not None:
+            import anyio
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        try:
+            yield
+        finally:
+            coordinator.close()
+
+    app = FastAPI(title="he_compute coordinator", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.coordinator = coordinator
     coordinator.limits = RateLimits(coordinator.settings.rate_storage, coordinator.settings.worker_rate,
                                     coordinator.settings.tenant_rate)
@@ -107,10 +123,6 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         return JSONResponse({"error": "internal error (see the coordinator's log)", "code": "internal"},
                             status_code=500)
 
-    @app.on_event("shutdown")
-    def _close() -> None:
-        coordinator.close()
-
     return app
 
 
@@ -142,17 +154,12 @@ def first_start(settings: Settings) -> list[Path]:
 def serve(settings: Settings, host: str, port: int, *, certfile: str | None = None, keyfile: str | None = None,
           log_level: str = "warning") -> None:
     """Run the coordinator until interrupted (uvicorn; TLS when ``certfile`` and ``keyfile`` are given)."""
-    import anyio
     import uvicorn
 
     first_start(settings)
     coordinator = Coordinator(settings)
-    app = create_app(coordinator)
-
-    @app.on_event("startup")
-    async def _threads() -> None:
-        # Claims wait for work in threads (long polls): allow many at once.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 200
+    # Store calls (claims, uploads, Redis) run in threads; long polls wait on the event loop, not in them.
+    app = create_app(coordinator, threads=200)
 
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
                             http=guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
