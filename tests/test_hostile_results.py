@@ -414,6 +414,7 @@ def test_a_worker_failing_jobs_for_good_through_a_coordinator_cannot_abort_a_ver
     import httpx
 
     from coordinator_support import CoordinatorProc, stop_all, worker_proc
+    from queue_support import wait_for
     from he_compute.transport.remote import RemoteBlobs, RemoteProducer, Session, enroll
     from he_compute.worker.identity import WorkerIdentity
     from tests.test_coordinator_attacks import _hec
@@ -426,6 +427,7 @@ def test_a_worker_failing_jobs_for_good_through_a_coordinator_cannot_abort_a_ver
     for operator in ("lab-bad", "lab-a", "lab-b"):  # three operators: replicas need two honest ones
         tokens[operator] = tmp_path / f"{operator}.token"
         tokens[operator].write_text(_hec(coord, "enroll-token", "--operator", operator).stdout.strip() + "\n")
+        tokens[operator].chmod(0o600)
     bad = WorkerIdentity.load_or_create(tmp_path / "bad")
     session = Session(coord.url, signer=bad, ca=str(coord.tls[0]))
     enroll(session, bad, tokens["lab-bad"].read_text().strip())
@@ -435,14 +437,21 @@ def test_a_worker_failing_jobs_for_good_through_a_coordinator_cannot_abort_a_ver
               for op in ("lab-a", "lab-b")]
     monkeypatch.setenv("HEC_CHECKPOINTS", str(tmp_path / "checkpoints.json"))
     q = RemoteProducer(Session(coord.url, token=coord.token(), ca=str(coord.tls[0])))
+
+    def operator_status():
+        with httpx.Client(verify=str(coord.tls[0])) as h:
+            return h.get(f"{coord.url}/v1/operator/status",
+                         headers={"authorization": f"Bearer {coord.token('operator.token')}"}).json()
+
     try:
+        # The run counts votes by the operators the coordinator vouches for when it starts: both honest
+        # workers must be enrolled by then.
+        wait_for(lambda: len(operator_status()["workers"]) == 3, timeout=120, what="three enrolled workers")
         report = run(c.client.encrypt(X), c.bundle.server_part(),
                      he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
                      queue=q, blobs=RemoteBlobs(q.session), samples_per_job=1, show_progress=False, resume=False,
                      timeout=400, policy=Policy(replicas=2, canaries=0.3, known_answers=known))
-        with httpx.Client(verify=str(coord.tls[0])) as h:
-            status = h.get(f"{coord.url}/v1/operator/status",
-                           headers={"authorization": f"Bearer {coord.token('operator.token')}"}).json()
+        status = operator_status()
     finally:
         failer.stopping.set()
         failer.join(10)
