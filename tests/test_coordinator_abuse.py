@@ -29,7 +29,8 @@ def _configured(data, **settings):
 
 @pytest.fixture(scope="module")
 def coord(tmp_path_factory, tls):  # noqa: F811
-    data = _configured(tmp_path_factory.mktemp("abuse") / "data", long_polls_per_worker=4, header_timeout_s=2.0)
+    data = _configured(tmp_path_factory.mktemp("abuse") / "data", long_polls_per_worker=4, header_timeout_s=2.0,
+                      body_timeout_s=2.0, min_body_rate=1024, request_timeout_s=9.0)
     c = CoordinatorProc(data, tls).start()
     yield c
     c.stop()
@@ -104,6 +105,65 @@ def test_slowloris_connections_are_closed_before_they_send_headers(coord):
     assert len(closed) == len(socks), f"{len(socks) - len(closed)} slow connections still open after {elapsed:.0f}s"
     q, _ = _tenant(coord)
     assert q.tenant()["tenant"] == "default"  # honest requests still served
+
+
+def _trickle(coord, n, per_second, seconds, length=1_000_000):
+    """``n`` pre-authentication worker claims whose bodies arrive ``per_second`` bytes a second for up to ``seconds``;
+    returns, per connection, what the coordinator answered before closing it (``None``: still open at the end)."""
+    ctx = ssl.create_default_context(cafile=str(coord.tls[0]))
+    socks = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", coord.port), timeout=5),
+                             server_hostname="127.0.0.1") for _ in range(n)]
+    head = (f"POST {API}/worker/claim HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {length}\r\n\r\n").encode()
+    answers: dict[int, bytes] = {}
+    for s in socks:
+        s.sendall(head)
+    start = time.monotonic()
+    while time.monotonic() - start < seconds and len(answers) < n:
+        for i, s in enumerate(socks):
+            if i in answers:
+                continue
+            try:
+                s.sendall(b"x" * per_second)
+                s.settimeout(0.01)
+                got = s.recv(4096)
+                while got and not got.endswith(b"}"):  # the whole one-line answer, then the close
+                    got += s.recv(4096)
+                answers[i] = got
+            except (TimeoutError, ssl.SSLWantReadError, socket.timeout):
+                pass
+            except OSError:
+                answers[i] = b""
+        time.sleep(1.0)
+    for s in socks:
+        s.close()
+    return [answers.get(i) for i in range(n)], time.monotonic() - start
+
+
+def test_a_body_trickled_one_byte_a_second_is_answered_408_and_closed(coord):
+    answers, elapsed = _trickle(coord, 20, 1, 12)
+    assert None not in answers, f"{answers.count(None)} trickling bodies still open after {elapsed:.0f}s"
+    assert elapsed < 8, elapsed  # a 2 s window at 1 KiB/s: the first window below the rate ends it
+    first = answers[0].split(b"\r\n")
+    assert first[0] == b"HTTP/1.1 408 Request Timeout", answers[0]
+    body = json.loads(answers[0].split(b"\r\n\r\n", 1)[1])
+    assert body["code"] == "timeout" and "1024 bytes a second" in body["error"]
+    q, _ = _tenant(coord)
+    assert q.tenant()["tenant"] == "default"  # honest requests still served
+
+
+def test_a_body_sent_just_fast_enough_still_ends_at_the_request_deadline(coord):
+    answers, elapsed = _trickle(coord, 3, 4096, 20)  # over the body rate, for ever: only the total bound ends it
+    assert None not in answers, f"{answers.count(None)} endless bodies still open after {elapsed:.0f}s"
+    assert 8 <= elapsed < 13, elapsed
+    assert answers[0].startswith(b"HTTP/1.1 408 "), answers[0]
+    assert "within 9 s" in json.loads(answers[0].split(b"\r\n\r\n", 1)[1])["error"]
+
+
+def test_an_honest_upload_slower_than_the_window_is_not_cut(coord):
+    q, store = _tenant(coord)
+    data = bytes(range(256)) * 20_000  # 5 MB streamed in chunks: a body that keeps coming is never cut
+    assert store.get(store.put(data)) == data
 
 
 def test_rerunning_add_tenant_revokes_the_old_token(coord):
@@ -186,6 +246,36 @@ def test_rate_limits_hold_across_coordinator_processes(redis_url, tmp_path, tls)
         me = _enrol(a, tmp_path, "fast", a.token("enroll.token"))  # the signed enrolment is the first of six
         codes = [_signed(c, me, "GET", f"{API}/worker/hello").status_code for c in (a, b) * 4]
         assert codes == [200] * 5 + [429] * 3, codes
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_long_poll_caps_hold_across_coordinator_processes(redis_url, tmp_path, tls):  # noqa: F811
+    blobs = f"file://{tmp_path / 'blobs'}"
+    a = CoordinatorProc(_configured(tmp_path / "a", long_polls_per_worker=4), tls, queue=redis_url, blobs=blobs).start()
+    b = CoordinatorProc(_configured(tmp_path / "b", long_polls_per_worker=4), tls, queue=redis_url, blobs=blobs).start()
+    try:
+        me = _enrol(a, tmp_path, "two-door poller", a.token("enroll.token"))
+        took: list[float] = []
+        answers: list[str] = []
+        body = json.dumps({"devices": ["nothing_there"], "block_s": 4}).encode()
+
+        def poll(c):
+            t0 = time.monotonic()
+            r = _signed(c, me, "POST", f"{API}/worker/claim", body)
+            answers.append(f"{r.status_code} {r.text[:200]}")
+            if r.status_code == 200 and r.json()["lease"] is None:
+                took.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=poll, args=((a, b)[i % 2],)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        held = [s for s in took if s >= 2.0]
+        assert len(took) == 12, answers
+        assert len(held) <= 4, f"one key held {len(held)} long polls through two coordinators"
     finally:
         a.stop()
         b.stop()

@@ -387,3 +387,80 @@ def test_a_workers_error_text_and_name_reach_the_terminal_escaped(compiled, canc
     assert "\\x1b]0;owned" in shown[2]
     for text in shown:
         assert not any(ch in text for ch in RAW), [ch for ch in RAW if ch in text]
+
+
+# -- the same worker, through a coordinator -----------------------------------------------------------------
+
+class RemoteFailer(threading.Thread):
+    """An enrolled worker of its own operator that claims every job it can over the coordinator's signed API and
+    fails it at once with ``retry=False``."""
+
+    def __init__(self, session):
+        from he_compute.transport.remote import RemoteConsumer
+
+        super().__init__(daemon=True)
+        self.consumer, self.failed, self.stopping = RemoteConsumer(session), 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            lease = self.consumer.claim("failer", devices=["cpu"], block_s=0.2)
+            if lease is not None:
+                self.consumer.fail(lease, "this job cannot be done", retry=False)
+                self.failed += 1
+
+
+def test_a_worker_failing_jobs_for_good_through_a_coordinator_cannot_abort_a_verified_run(
+        compiled, cancer, tmp_path, tls, monkeypatch):
+    import httpx
+
+    from coordinator_support import CoordinatorProc, stop_all, worker_proc
+    from queue_support import wait_for
+    from he_compute.transport.remote import RemoteBlobs, RemoteProducer, Session, enroll
+    from he_compute.worker.identity import WorkerIdentity
+    from tests.test_coordinator_attacks import _hec
+
+    c = compiled("linear")
+    X, X_known = cancer[1][:3], cancer[0][:40]
+    known = KnownAnswers(c.client, X_known, c.model.predict_proba(X_known, fhe="disable"))
+    coord = CoordinatorProc(tmp_path / "data", tls).start()
+    tokens = {}
+    for operator in ("lab-bad", "lab-a", "lab-b"):  # three operators: replicas need two honest ones
+        tokens[operator] = tmp_path / f"{operator}.token"
+        tokens[operator].write_text(_hec(coord, "enroll-token", "--operator", operator).stdout.strip() + "\n")
+        tokens[operator].chmod(0o600)
+    bad = WorkerIdentity.load_or_create(tmp_path / "bad")
+    session = Session(coord.url, signer=bad, ca=str(coord.tls[0]))
+    enroll(session, bad, tokens["lab-bad"].read_text().strip())
+    failer = RemoteFailer(session)
+    failer.start()
+    honest = [worker_proc(coord, tmp_path / op, token_file=tokens[op], log=tmp_path / "workers.log")
+              for op in ("lab-a", "lab-b")]
+    monkeypatch.setenv("HEC_CHECKPOINTS", str(tmp_path / "checkpoints.json"))
+    q = RemoteProducer(Session(coord.url, token=coord.token(), ca=str(coord.tls[0])))
+
+    def operator_status():
+        with httpx.Client(verify=str(coord.tls[0])) as h:
+            return h.get(f"{coord.url}/v1/operator/status",
+                         headers={"authorization": f"Bearer {coord.token('operator.token')}"}).json()
+
+    try:
+        # The run counts votes by the operators the coordinator vouches for when it starts: both honest
+        # workers must be enrolled by then.
+        wait_for(lambda: len(operator_status()["workers"]) == 3, timeout=120, what="three enrolled workers")
+        report = run(c.client.encrypt(X), c.bundle.server_part(),
+                     he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
+                     queue=q, blobs=RemoteBlobs(q.session), samples_per_job=1, show_progress=False, resume=False,
+                     timeout=400, policy=Policy(replicas=2, canaries=0.3, known_answers=known))
+        status = operator_status()
+    finally:
+        failer.stopping.set()
+        failer.join(10)
+        stop_all(honest)
+        coord.stop()
+    assert failer.failed > 0, "the failing worker never got a job: the test proved nothing"
+    counts = {w["worker"]: (w["operator"], w["done"], w["failed"]) for w in status["workers"]}
+    assert counts[bad.worker_id] == ("lab-bad", 0, failer.failed), counts  # each failure counts against it
+    assert all(failed == 0 for op, _, failed in counts.values() if op != "lab-bad"), counts
+    assert report.verification["flagged"] == {}, report.verification
+    np.testing.assert_allclose(c.client.decrypt(report.result), c.model.predict_proba(X, fhe="disable"),
+                               rtol=0, atol=1e-9)

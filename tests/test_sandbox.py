@@ -123,6 +123,26 @@ def test_the_child_holds_no_credential_has_limits_and_no_network(env, compiled, 
     assert child.proc.poll() is not None
 
 
+@pytest.mark.parametrize("kind", ["linear", "tree"])
+def test_a_child_running_as_nobody_still_evaluates_real_jobs_correctly(env, compiled, cancer, kind):
+    q, store = env
+    c = compiled(kind)
+    X = cancer[1][:3]
+    ids, _ = submit_samples(q, store, c, X)
+    sandbox = Sandbox(Limits(memory=8 << 30))
+    worker = Worker(q, store, executor=sandbox, log=lambda m: None)
+    worker.stopping.set()
+    for _ in ids:
+        worker.run_one(q.claim("nobody-check"))
+    (child,) = sandbox._children.values()
+    uid_line = next(line for line in open(f"/proc/{child.proc.pid}/status") if line.startswith("Uid:"))
+    sandbox.close()
+    if os.geteuid() == 0:
+        assert uid_line.split()[1:] == ["65534"] * 4, uid_line
+    assert all(q.status(j).state == JobState.DONE for j in ids)
+    np.testing.assert_allclose(decrypt_jobs(q, store, c, ids), c.model.predict_proba(X, fhe="disable"), atol=1e-9)
+
+
 def test_a_child_out_of_memory_fails_the_job_and_the_worker_goes_on(env, compiled, cancer):
     q, store = env
     c = compiled("linear")

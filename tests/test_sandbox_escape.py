@@ -39,6 +39,9 @@ def read(path):
     with open(path, "rb") as f:
         f.read(1)
 
+report["uid"] = f"{os.getuid()}:{os.getgid()}:{sorted(os.getgroups())}"
+# A root-only file on a path the child must read (its import path): only the uid keeps it out.
+attempt("read a 0600 root file on its import path", lambda: read(args["lib_secret"]))
 attempt("read worker.key", lambda: read(args["worker_key"]))
 attempt("read ~/.hec/client.key", lambda: read(args["client_key"]))
 attempt("read the worker's /proc/PID/environ", lambda: read(f"/proc/{os.getppid()}/environ"))
@@ -82,7 +85,7 @@ def temp_dir():
     os.unlink("scratch")
 attempt("use its own temp dir", temp_dir)
 '''
-ESCAPES = ["read worker.key", "read ~/.hec/client.key", "read the worker's /proc/PID/environ",
+ESCAPES = ["read a 0600 root file on its import path", "read worker.key", "read ~/.hec/client.key", "read the worker's /proc/PID/environ",
            "list the worker's key directory", "write outside its temp dir", "exec a program", "execve",
            "fork", "ptrace another process", "signal a process outside", "create a user namespace",
            "create a mount namespace", "connect to a Unix socket", "open a TCP socket"]
@@ -107,8 +110,12 @@ def targets(tmp_path):
     server.bind(str(tmp_path / "s.sock"))
     server.listen(4)
     victim = subprocess.Popen(["sleep", "60"])
+    lib = tmp_path / "lib"  # put on the child's PYTHONPATH: Landlock lets it read there
+    lib.mkdir(mode=0o755)
+    (lib / "secret.txt").write_bytes(b"root only")
+    (lib / "secret.txt").chmod(0o600)
     shm = Path(f"/dev/shm/hec-probe-{os.getpid()}-{tmp_path.name}")
-    yield {"shm": shm.name,"worker_key": str(keys / "worker.key"), "client_key": str(hec / "client.key"),
+    yield {"lib": str(lib), "lib_secret": str(lib / "secret.txt"), "shm": shm.name,"worker_key": str(keys / "worker.key"), "client_key": str(hec / "client.key"),
            "outside": str(tmp_path / "escaped"), "unix": str(tmp_path / "s.sock"), "victim": victim.pid}
     victim.kill()
     victim.wait()
@@ -117,7 +124,8 @@ def targets(tmp_path):
 
 
 def _run_probe(control: bool, args: dict, log=None) -> tuple[list[str], dict[str, str]]:
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), args["lib"],
+                                                        os.environ.get("PYTHONPATH")]))}
     limits = Limits(memory=4 << 30, env=env, warm=())
     child = _Probe(limits, log, extra={"probe_control": control})
     try:
@@ -149,6 +157,19 @@ def test_code_in_the_sandbox_child_reaches_nothing_the_worker_holds(targets):
     text = " | ".join(protections)
     for measure in ("no capabilities", "no new privileges", "Landlock", "seccomp"):
         assert measure in text, protections
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid change is what a worker running as root does")
+def test_a_child_started_by_root_runs_as_nobody_and_cannot_read_roots_files(targets):
+    _, control = _run_probe(True, targets)
+    assert control["uid"] == "0:0:[0]" or control["uid"].startswith("0:0:"), control
+    assert control["read a 0600 root file on its import path"] == "ok"  # what the uid change takes away
+    protections, report = _run_probe(False, targets)
+    assert report["uid"] == "65534:65534:[]", report
+    assert report["read a 0600 root file on its import path"] == "refused: PermissionError 13", report
+    assert "uid 65534, gid 65534" in " | ".join(protections), protections
+    # The child's view of root's closed home (pyenv's interpreter lives there) holds only what it must read.
+    assert any("closed directories covered" in p for p in protections) or not os.path.exists("/root/.hec")
 
 
 if __name__ == "__main__":  # pragma: no cover

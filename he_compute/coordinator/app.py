@@ -11,12 +11,15 @@ every route is authenticated, and a schema is no one's business but the code's.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     AuthError,
@@ -60,9 +63,23 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return 500, "internal"
 
 
-def create_app(coordinator: Coordinator) -> FastAPI:
-    """The coordinator's app over an opened :class:`Coordinator` (closed when the app shuts down)."""
-    app = FastAPI(title="he_compute coordinator", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(coordinator: Coordinator, *, threads: int | None = None) -> FastAPI:
+    """The coordinator's app over an opened :class:`Coordinator` (closed when the app shuts down); ``threads``
+    sets the size of the thread pool that blocking store calls run in, once the server's loop runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if threads is not None:
+            import anyio
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        try:
+            yield
+        finally:
+            coordinator.close()
+
+    app = FastAPI(title="he_compute coordinator", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.coordinator = coordinator
     coordinator.limits = RateLimits(coordinator.settings.rate_storage, coordinator.settings.worker_rate,
                                     coordinator.settings.tenant_rate)
@@ -94,15 +111,17 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     async def _value(request: Request, exc: ValueError) -> Any:
         return JSONResponse({"error": f"malformed request: {str(exc)[:200]}", "code": "malformed"}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Any:
+        # The peer left (or its too-slow body was cut by the guard): nothing to answer, and nothing to log, so a
+        # stream of cut connections cannot flood the log with tracebacks.
+        return JSONResponse({"error": "client disconnected", "code": "gone"}, status_code=408)
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Any:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error (see the coordinator's log)", "code": "internal"},
                             status_code=500)
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        coordinator.close()
 
     return app
 
@@ -135,20 +154,16 @@ def first_start(settings: Settings) -> list[Path]:
 def serve(settings: Settings, host: str, port: int, *, certfile: str | None = None, keyfile: str | None = None,
           log_level: str = "warning") -> None:
     """Run the coordinator until interrupted (uvicorn; TLS when ``certfile`` and ``keyfile`` are given)."""
-    import anyio
     import uvicorn
 
     first_start(settings)
     coordinator = Coordinator(settings)
-    app = create_app(coordinator)
-
-    @app.on_event("startup")
-    async def _threads() -> None:
-        # Claims wait for work in threads (long polls): allow many at once.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 200
+    # Store calls (claims, uploads, Redis) run in threads; long polls wait on the event loop, not in them.
+    app = create_app(coordinator, threads=200)
 
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
-                            http=guarded_protocol(settings.header_timeout_s),
+                            http=guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
+                                                 settings.min_body_rate, settings.request_timeout_s),
                             log_level=log_level, access_log=False, server_header=False, date_header=False,
                             timeout_keep_alive=30, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()

@@ -46,9 +46,12 @@ class Settings:
     tenant_rate: str = "500/second"  # per tenant token
     max_block_s: float = 10.0        # the longest a claim may wait for work
     long_polls_per_worker: int = 4   # claims one worker key may hold waiting at once (more answer at once, empty)
-    long_polls_per_operator: int = 64  # the same for all keys of one operator, per coordinator process
+    long_polls_per_operator: int = 64  # the same for all keys of one operator (shared by processes over one Redis)
     header_timeout_s: float = 10.0   # a connection must send a request's headers within this (slowloris)
     gate: str = ""                   # URL of a blob gate (hec coordinator gate) serving lease blobs; "": none
+    body_timeout_s: float = 10.0     # the window over which a request body must keep up min_body_rate
+    min_body_rate: int = 1024        # bytes a second a request body must arrive at, per window (else 408)
+    request_timeout_s: float = 3600.0  # one request, first byte to the end of its answer (else 408 or closed)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

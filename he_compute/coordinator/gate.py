@@ -21,9 +21,10 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
@@ -118,7 +119,14 @@ def create_gate(coord: Coordinator) -> FastAPI:
     with the signed query."""
     from .app import status_of
 
-    app = FastAPI(title="he_compute blob gate", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            coord.close()
+
+    app = FastAPI(title="he_compute blob gate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     key = gate_key(coord)
 
     @app.exception_handler(HECError)
@@ -154,10 +162,6 @@ def create_gate(coord: Coordinator) -> FastAPI:
         await run_in_threadpool(lambda: coord.state.add_blob(tenant, digest, got, reserved=size, job=job))
         return {"size": got}
 
-    @app.on_event("shutdown")
-    def _close() -> None:
-        coord.close()
-
     return app
 
 
@@ -168,6 +172,8 @@ def serve_gate(coord: Coordinator, host: str, port: int, *, certfile: str | None
     from .guard import guarded_protocol
 
     config = uvicorn.Config(create_gate(coord), host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
-                            http=guarded_protocol(coord.settings.header_timeout_s), log_level="warning",
+                            http=guarded_protocol(coord.settings.header_timeout_s, coord.settings.body_timeout_s,
+                                                 coord.settings.min_body_rate, coord.settings.request_timeout_s),
+                            log_level="warning",
                             access_log=False, server_header=False, date_header=False, timeout_keep_alive=30)
     uvicorn.Server(config).run()

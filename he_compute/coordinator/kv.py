@@ -39,6 +39,7 @@ class KV(Protocol):
     def zrem(self, key: str, member: str) -> bool: ...
     def zcard(self, key: str) -> int: ...
     def zrange(self, key: str, low: float, limit: int) -> list[str]: ...
+    def zprune(self, key: str, below: float) -> None: ...
     def setnx(self, key: str, ttl_s: float) -> bool: ...
     def close(self) -> None: ...
 
@@ -123,6 +124,10 @@ class SqliteKV:
                             (key, float(low), int(limit)))
         return [r[0] for r in rows]
 
+    def zprune(self, key: str, below: float) -> None:
+        """Drop the members scored below ``below``."""
+        self._run("DELETE FROM kv WHERE key = ? AND score < ?", (key, float(below)))
+
     def setnx(self, key: str, ttl_s: float) -> bool:
         now = time.time()
         with self._lock:
@@ -183,6 +188,10 @@ class RedisKV:
 
     def zrange(self, key: str, low: float, limit: int) -> list[str]:
         return list(self._call(self._r.zrangebyscore, coordinator_key(key), float(low), "+inf", start=0, num=int(limit)))
+
+    def zprune(self, key: str, below: float) -> None:
+        """Drop the members scored below ``below``."""
+        self._call(self._r.zremrangebyscore, coordinator_key(key), "-inf", f"({float(below)!r}")
 
     def setnx(self, key: str, ttl_s: float) -> bool:
         return bool(self._call(self._r.set, coordinator_key(key), "1", nx=True, px=max(1, int(ttl_s * 1000))))

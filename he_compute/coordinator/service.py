@@ -68,29 +68,37 @@ POLL_S = 0.5
 
 
 class LongPolls:
-    """Waiting claims per worker key and per operator in this process, each capped: a key cannot hold many.
+    """Waiting claims per worker key and per operator, each capped: a key cannot hold many.
 
-    Only the event loop touches it (from :meth:`Coordinator.long_poll`), so it needs no lock."""
+    The slots live in the coordinator's store (a sorted set per key, each slot scored by when it lapses), so
+    several coordinator processes over one Redis hold a key to one cap, not one each; a slot whose process
+    died lapses on its own.  A slot is taken first and counted after, so two claims racing for the last
+    slot may both be refused, never both admitted."""
 
-    def __init__(self, per_worker: int, per_operator: int):
+    GRACE_S = 30.0
+
+    def __init__(self, kv: Any, per_worker: int, per_operator: int):
+        self.kv = kv
         self.caps = {"w": per_worker, "o": per_operator}
-        self.held: dict[tuple[str, str], int] = {}
 
-    def enter(self, worker: WorkerRecord) -> bool:
-        """Take one waiting slot for ``worker`` (and its operator); ``False`` when either is full."""
-        keys = [("w", worker.worker_id), ("o", worker.operator)]
-        if any(self.held.get(k, 0) >= self.caps[k[0]] for k in keys):
-            return False
-        for k in keys:
-            self.held[k] = self.held.get(k, 0) + 1
-        return True
+    def enter(self, worker: WorkerRecord, hold_s: float) -> str | None:
+        """Take one waiting slot for ``worker`` (and its operator) for ``hold_s``; ``None`` when either is full."""
+        slot, now, taken = secrets.token_hex(8), time.time(), []
+        for kind, who in (("w", worker.worker_id), ("o", worker.operator)):
+            key = f"polls:{kind}:{who}"
+            self.kv.zprune(key, now)
+            self.kv.zadd(key, slot, now + hold_s + self.GRACE_S)
+            taken.append(key)
+            if len(self.kv.zrange(key, now, self.caps[kind] + 1)) > self.caps[kind]:
+                for k in taken:
+                    self.kv.zrem(k, slot)
+                return None
+        return slot
 
-    def leave(self, worker: WorkerRecord) -> None:
+    def leave(self, worker: WorkerRecord, slot: str) -> None:
         """Give the slot back."""
-        for k in [("w", worker.worker_id), ("o", worker.operator)]:
-            self.held[k] -= 1
-            if not self.held[k]:
-                del self.held[k]
+        for kind, who in (("w", worker.worker_id), ("o", worker.operator)):
+            self.kv.zrem(f"polls:{kind}:{who}", slot)
 
 
 class Coordinator(Storage):
@@ -106,7 +114,7 @@ class Coordinator(Storage):
         incoming = (Path(store.root) / ".incoming") if hasattr(store, "root") else Path(settings.data) / "incoming"
         self.blobs = Blobs(store, incoming, self.kv)
         self._audit: dict[str, AuditLog] = {}
-        self._polls = LongPolls(settings.long_polls_per_worker, settings.long_polls_per_operator)
+        self._polls = LongPolls(self.kv, settings.long_polls_per_worker, settings.long_polls_per_operator)
         self.kv.hsetnx("secret", "labels", secrets.token_hex(32))  # keys the operator labels tenants see
         self._label_key = bytes.fromhex(self.kv.hget("secret", "labels") or "")
         self.limits: Any = None  # request rates (set by the app: see auth.RateLimits)
@@ -231,15 +239,19 @@ class Coordinator(Storage):
         (``long_polls_per_worker`` / ``_per_operator``) gets an immediate answer, empty if nothing is queued."""
         lease = await to_thread.run_sync(self.claim, worker, devices, 0.0)
         wait = max(0.0, min(float(block_s), self.settings.max_block_s))
-        if lease is not None or wait <= 0 or not self._polls.enter(worker):
+        if lease is not None or wait <= 0:
             return lease
+        slot = await to_thread.run_sync(self._polls.enter, worker, wait)
+        if slot is None:
+            return None
         try:
             deadline = time.monotonic() + wait
             while lease is None and (left := deadline - time.monotonic()) > 0:
                 await asyncio.sleep(min(POLL_S, left))
                 lease = await to_thread.run_sync(self.claim, worker, devices, 0.0, False)
         finally:
-            self._polls.leave(worker)
+            # In the loop, not a thread: an await here could be cancelled with the request and leak the slot.
+            self._polls.leave(worker, slot)
         return lease
 
     def claim(self, worker: WorkerRecord, devices: Iterable[str], block_s: float, seen: bool = True) -> Lease | None:

@@ -14,6 +14,7 @@ Records (keys of the KV; under ``hec:coord:`` in Redis)::
     blobjob:<tenant>  digest -> job id (a worker's result, charged to the tenant and listed with its job)
     flags             job id -> the worker a tenant flagged for it (one flag per job)
     done              unix minute -> jobs completed (throughput on the status page)
+    polls:w:<worker> / polls:o:<operator>   waiting claims' slots, scored by when each lapses (service.LongPolls)
 
 Tokens are random (256 bits) and only their sha256 is kept, so a copy of the
 state (or of Redis) does not hand anyone a working token.

@@ -56,8 +56,18 @@ def lock_down(limits: dict[str, Any]) -> tuple[list[str], list[str]]:
         missing.append("own network namespace: " + os.strerror(ctypes.get_errno()))
     shm = confine.private_shm()  # before the capabilities go, too
     (applied if shm else missing).append("own /dev/shm (mount namespace)")
-    problem = confine.drop_capabilities()
-    (missing if problem else applied).append(problem or f"no capabilities (uid {os.getuid()})")
+    if os.getuid() == 0:  # root's closed home out of sight, the interpreter within reach of uid nobody
+        unhidden, hidden = confine.unhide_for_others(confine.readable_paths(os.getcwd()))
+        applied += [unhidden] if unhidden else []
+        missing += [hidden] if hidden else []
+    uid_problem: list[str] = []
+    problem = confine.drop_capabilities(lambda: uid_problem.append(confine.become_nobody(os.getcwd())))
+    if os.getuid() == confine.NOBODY and libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(1)  # a uid change clears the parent-death signal: without it again, an orphan could linger
+    if os.getppid() == 1:
+        os._exit(1)
+    missing += [p for p in uid_problem if p]
+    (missing if problem else applied).append(problem or f"no capabilities (uid {os.getuid()}, gid {os.getgid()})")
     if confine.no_new_privileges():
         applied.append("no new privileges")
     else:

@@ -1,8 +1,12 @@
 """What the evaluation child (:mod:`.child`) takes away from itself before it reads a stranger's bytes.
 
 A worker usually runs as root, and the interpreter and its packages often live under root's own 0700 home
-(pyenv), where another uid could not even import the standard library.  So the child keeps uid 0 but
-gives up what makes uid 0 dangerous, each measure reported only when the kernel accepted it:
+(pyenv), where another uid could not even import the standard library.  So in its own mount namespace the
+child covers each such directory with an empty tmpfs and binds back, read-only and at the same paths, only
+what it must read (:func:`unhide_for_others`: the secrets beside them are gone from its view), then becomes
+``nobody`` (uid and gid 65534, no supplementary groups: :func:`become_nobody`).  Where that cannot be done
+(no mount namespace, and the interpreter out of other uids' reach) it keeps uid 0 and says so.  It also gives
+up what makes any uid dangerous, each measure reported only when the kernel accepted it:
 
 * every capability (bounding set, ambient, effective, permitted, inheritable) and, with
   ``PR_SET_NO_NEW_PRIVS``, any way to regain one through a set-uid or file-capability program;
@@ -28,6 +32,7 @@ import errno
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 try:  # now, before Landlock: pyseccomp finds libseccomp by running ldconfig, which Landlock then forbids
@@ -69,8 +74,12 @@ def _failed(what: str) -> str:
     return f"{what}: {os.strerror(err) if err else 'refused'}"
 
 
-def drop_capabilities() -> str:
-    """Give up every capability for good; return what was not possible ('' when all went well)."""
+def drop_capabilities(become: Callable[[], None] = lambda: None) -> str:
+    """Give up every capability for good; return what was not possible ('' when all went well).
+
+    ``become`` runs between emptying the bounding set and clearing the process's own capabilities: the
+    moment to change uid (:func:`become_nobody`), which still needs CAP_SETUID.
+    """
     libc = _libc()
     try:
         last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -80,10 +89,103 @@ def drop_capabilities() -> str:
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
             return _failed("capability bounding set")
     libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    become()
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable for two 32-bit words: all zero
     if libc.capset(header, data) != 0:
         return _failed("capset")
+    return ""
+
+
+NOBODY = 65534
+"""The uid and gid the child runs as when it starts as root (``nobody``/``nogroup`` on Debian and Red Hat)."""
+
+
+def _others_may_enter(path: str) -> bool:
+    """Whether a uid with no relation to the owners may walk to ``path`` (every directory on the way o+x)."""
+    p = Path(path)
+    for d in [*reversed(p.parents), p] if p.is_dir() else reversed(p.parents):
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The highest directory on the way to ``path`` that other uids may not enter (``None``: all open)."""
+    for d in reversed(Path(path).parents):
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return str(d)
+        except OSError:
+            return None
+    return None
+
+
+def unhide_for_others(paths: list[str]) -> tuple[str, str]:
+    """Make ``paths`` reachable by another uid, in this process's own mount namespace (needs CAP_SYS_ADMIN).
+
+    Each closed directory above a path (root's 0700 home) is covered by an empty tmpfs, and the paths under
+    it are bound back read-only at the same place: the interpreter stays importable, while what else lived
+    in that directory (keys, tokens, other projects) is no longer there at all.  Returns (done, problem).
+    """
+    covers: dict[str, list[str]] = {}
+    for p in paths:
+        top = _closed_ancestor(p)
+        if top is not None:
+            covers.setdefault(top, []).append(p)
+    if not covers:
+        return "", ""
+    libc = _libc()
+    # A mount namespace of this process's own, first: the covers must never reach the machine's mounts.
+    if libc.unshare(0x00020000) != 0 or libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None) != 0:
+        return "", _failed("own mount namespace")
+    ms_rdonly, ms_bind, ms_remount, ms_rec = 1, 4096, 32, 1 << 14
+    for top in sorted(covers):
+        if any(top.startswith(other + "/") for other in covers if other != top):
+            continue  # inside a cover already made: its paths are bound with the outer one's
+        inner = sorted(p for other in covers if other == top or other.startswith(top + "/") for p in covers[other])
+        keep = [p for p in inner if not any(p.startswith(q + "/") for q in inner if q != p)]
+        fds = {p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p in keep}  # before the tmpfs hides them
+        try:
+            if libc.mount(b"tmpfs", top.encode(), b"tmpfs", 2 | 4, b"size=1m,mode=0755") != 0:
+                return "", _failed(f"cover {top}")
+            for p, fd in fds.items():
+                if os.path.isdir(f"/proc/self/fd/{fd}"):
+                    os.makedirs(p, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(p), exist_ok=True)
+                    open(p, "ab").close()
+                source = f"/proc/self/fd/{fd}".encode()
+                if libc.mount(source, p.encode(), None, ms_bind | ms_rec, None) != 0 or libc.mount(
+                        None, p.encode(), None, ms_remount | ms_bind | ms_rdonly, None) != 0:
+                    return "", _failed(f"bind {p}")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    return f"closed directories covered, only the interpreter and packages bound back: {', '.join(sorted(covers))}", ""
+
+
+def become_nobody(tmp: str) -> str:
+    """Switch to uid and gid :data:`NOBODY` for good (own temp dir handed over); return the problem or ''.
+
+    Called with the capability bounding set already empty but the effective capabilities still held
+    (changing uid needs CAP_SETUID); a uid change from 0 clears them all.
+    """
+    if os.getuid() != 0:
+        return ""
+    closed = [p for p in readable_paths(tmp) if p != tmp and not _others_may_enter(p)]  # as this namespace shows
+    if closed:
+        return f"unprivileged uid: other uids may not reach {closed[0]} (and no mount namespace to bind it)"
+    try:
+        os.chown(tmp, NOBODY, NOBODY)  # its own temp dir (0700): the one place it writes
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+    except OSError as exc:
+        return f"unprivileged uid: {exc}"
     return ""
 
 
