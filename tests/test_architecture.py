@@ -102,7 +102,7 @@ MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 8
 """A function a reader can hold in mind: at most 60 lines and 8 parameters (``self`` not counted)."""
 
 LONG_FUNCTIONS_LEFT = {
-    "client/run/runner.py:run", "client/run/runner.py:_prepare", "client/run/supervisor.py:__init__",
+    "client/run/runner.py:run", "client/run/runner.py:_prepare",
     "client/api.py:__init__", "cli/jobs.py:run_cmd", "transport/remote/session.py:request",
 }
 """Functions still over a limit, to be split: the set only shrinks (the test below fails on a name that

@@ -1,4 +1,5 @@
-"""One job group of a run: its chunks, the answers its voters gave, and its failures (the Supervisor's record)."""
+"""The Supervisor's records: what a run demands of results (:class:`Verification`) and, per job group, its chunks,
+the answers its voters gave, and its failures (:class:`Group`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import VerificationError
+from ...transport.queue import DEFAULT_MAX_ATTEMPTS
+from .allowlist import AllowList
+from .checks import OutputCheck
+from .votes import Meaning, Voters
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What a run demands of results before it accepts them: ``replicas`` agreeing answers from distinct
+    ``voters`` (operators), workers from ``allowed`` only (``None``: any worker with a valid receipt), at most
+    ``max_attempts`` per job, each result passing ``check_output``; ``meaning`` compares disagreeing replicas
+    by their decrypted values."""
+
+    replicas: int = 1
+    allowed: AllowList | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    voters: Voters | None = None
+    meaning: Meaning | None = None
+    check_output: OutputCheck | None = None
 
 
 @dataclass

@@ -46,7 +46,7 @@ from .connection import Connection
 from .local import LocalWorkers
 from .local import local_workers as start_local_workers
 from .record import RunRecord, run_key
-from .supervisor import Group, Supervisor
+from .supervisor import Group, Supervisor, Verification
 from .votes import Meaning, Voters
 
 MAX_JOBS_AUTO = 64
@@ -203,11 +203,11 @@ def run(
 
         t1 = time.perf_counter()
         with progress("run", sum(counts), enabled=show_progress) as advance, conn.audit_log(policy.audit) as log:
-            sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
-                             audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part),
-                             run_id=record.run_id, on_submitted=record.add_job, decoys=frozenset(record.decoys),
-                             voters=_voters(policy, local.known(), vouched),
-                             meaning=_meaning(policy, conn, ciphertexts))
+            rules = Verification(replicas=policy.replicas, allowed=policy.allowed, max_attempts=policy.max_attempts,
+                                 voters=_voters(policy, local.known(), vouched),
+                                 meaning=_meaning(policy, conn, ciphertexts), check_output=_output_check(server_part))
+            sup = Supervisor(conn.q, conn.store, rules, device=device, audit=log, run_id=record.run_id,
+                             on_submitted=record.add_job, decoys=frozenset(record.decoys))
             report.run_id = sup.run_id
             known = policy.known_answers  # canaries are made only from known answers
             check = (canary_check(known, canaries, plan.canary_positions(tasks), conn.store)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from ... import settings
 from ...errors import warn
-from .group import Group
+from .group import Group, Verification
 from ...errors import (
     AuthError,
     BadOutput,
@@ -45,10 +45,9 @@ from ...formats.text import printable
 from ...transport.audit import AuditLog
 from ...transport.blobs import BlobStore
 from ...transport.queue import Job, JobState, Producer, routed_device
-from .allowlist import AllowList
-from .checks import OutputCheck, check_result, loggable
+from .checks import check_result, loggable
 from .redundancy import result_digest, tally
-from .votes import Meaning, Voters, voter_name, who
+from .votes import Voters, voter_name, who
 
 POLL_S = 0.05
 FAILED_WAIT_S = 60.0
@@ -70,10 +69,11 @@ CanaryCheck = Callable[["Supervisor"], bool]
 class Supervisor:
     """Runs one verified evaluation through a queue; see the module docstring."""
 
-    def __init__(self, q: Producer, store: BlobStore, *, device: str, replicas: int, allowed: AllowList | None,
-                 audit: AuditLog | None, max_attempts: int, run_id: str | None = None,
-                 check_output: OutputCheck | None = None, on_submitted: Callable[[int, str], None] | None = None,
-                 voters: Voters | None = None, meaning: Meaning | None = None, decoys: frozenset[int] = frozenset()):
+    def __init__(self, q: Producer, store: BlobStore, rules: Verification, *, device: str, audit: AuditLog | None,
+                 run_id: str | None = None, on_submitted: Callable[[int, str], None] | None = None,
+                 decoys: frozenset[int] = frozenset()):
+        replicas, allowed, max_attempts = rules.replicas, rules.allowed, rules.max_attempts
+        check_output, voters, meaning = rules.check_output, rules.voters, rules.meaning
         if replicas < 1:
             raise ConfigError("replicas (--replicas) must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
