@@ -87,6 +87,14 @@ def create_app(coordinator: Coordinator, *, threads: int | None = None) -> FastA
     app.include_router(workers)
     app.include_router(status_router)
 
+    _answer_errors(app)
+    return app
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error as one JSON line with a status and a code; a backing store's failure and anything unexpected
+    are logged here and answered without detail."""
+
     @app.exception_handler(HECError)
     async def _hec(request: Request, exc: HECError) -> Any:
         status, code = status_of(exc)
@@ -122,8 +130,6 @@ def create_app(coordinator: Coordinator, *, threads: int | None = None) -> FastA
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error (see the coordinator's log)", "code": "internal"},
                             status_code=500)
-
-    return app
 
 
 def first_start(settings: Settings) -> list[Path]:

@@ -25,7 +25,7 @@ activation layer that contributes most until the bound meets the target.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -76,20 +76,30 @@ def estimate(layers: list[dict[str, Any]], weights: dict[str, np.ndarray], fits:
     return {"predicted": min(bound, empirical), "worst_case_bound": bound, "calibration": observed}
 
 
-def choose_degrees(layers: list[dict[str, Any]], weights: dict[str, np.ndarray], fit_at: Any,
-                   peaks: dict[int, np.ndarray], max_error: float, forced: int | None,
-                   max_degree: int, calibration_error: Any, ladder: list[Any] | None = None,
-                   ladder_name: str | None = None) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
-    """Pick a degree per poly layer (cheapest that meets ``max_error``); return the fits and the predictions.
+class Ladder(NamedTuple):
+    """The rungs ``fit_at`` understands, cheapest first, and what they are called in a refusal."""
 
-    ``fit_at(i, degree)`` fits poly layer ``i`` at a degree (cached by the caller);
-    ``calibration_error(fits)`` is the plan's error on the calibration data with
-    those fits.  With ``forced`` every layer gets that degree and the error is only reported.
-    ``ladder`` replaces the degrees by other rungs ``fit_at`` understands, cheapest first (``ladder_name``
-    says what they are in the refusal).
+    rungs: list[Any]
+    name: str
+
+    @classmethod
+    def degrees(cls, max_degree: int) -> Ladder:
+        """One polynomial per activation, of the candidate degrees up to ``max_degree``."""
+        rungs = [d for d in CANDIDATES if d <= max_degree]
+        return cls(rungs, f"activation degrees up to {rungs[-1] if rungs else max_degree}")
+
+
+def choose_degrees(layers: list[dict[str, Any]], weights: dict[str, np.ndarray], fit_at: Any,
+                   peaks: dict[int, np.ndarray], max_error: float, forced: int | None, calibration_error: Any,
+                   ladder: Ladder) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
+    """Pick a rung per poly layer (cheapest that meets ``max_error``); return the fits and the predictions.
+
+    ``fit_at(i, rung)`` fits poly layer ``i`` at a rung of ``ladder`` (a degree, or a composite ReLU's
+    resolution; cached by the caller); ``calibration_error(fits)`` is the plan's error on the calibration data
+    with those fits.  With ``forced`` every layer gets that rung and the error is only reported.
     """
     poly = [i for i, layer in enumerate(layers) if layer["op"] == "poly"]
-    candidates = list(ladder) if ladder is not None else [d for d in CANDIDATES if d <= max_degree]
+    candidates = list(ladder.rungs)
     level = {i: (candidates.index(forced) if forced in candidates else 0) for i in poly}
     if forced is not None and forced not in candidates:
         fits = {i: fit_at(i, forced) for i in poly}
@@ -112,6 +122,6 @@ def choose_degrees(layers: list[dict[str, Any]], weights: dict[str, np.ndarray],
         if best is None:
             raise UnsupportedModelError(
                 f"max_error {max_error:g} cannot be met: the best reachable bound is {bound:.3g} with "
-                f"{ladder_name or f'activation degrees up to {candidates[-1]}'}; loosen max_error or use square activations"
+                f"{ladder.name}; loosen max_error or use square activations"
             )
         level[best] += 1

@@ -145,10 +145,10 @@ def build_plan(model: Any, X_calib: np.ndarray, *, activation_degree: int | None
         trial = [_with_fit(layer, fits[i]) if i in fits else layer for i, layer in enumerate(layers)]
         return float(np.abs(run_plan({"layers": trial}, weights, X_plan) - exact).max())
 
-    ladder = list(range(len(composite.EPS_BITS))) if relu == "composite" else None
-    fits, errors = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree, max_degree,
-                                           calibration_error, ladder,
-                                           f"composite ReLU down to eps 2**-{composite.EPS_BITS[-1]}" if ladder else None)
+    ladder = (accuracy.Ladder(list(range(len(composite.EPS_BITS))), f"composite ReLU down to eps 2**-{composite.EPS_BITS[-1]}")
+              if relu == "composite" else accuracy.Ladder.degrees(max_degree))
+    fits, errors = accuracy.choose_degrees(layers, weights, fit_at, peaks, max_error, activation_degree,
+                                           calibration_error, ladder)
     records = []
     for idx, f in fits.items():
         layers[idx] = _with_fit(layers[idx], f)
