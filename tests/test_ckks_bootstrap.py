@@ -1,0 +1,153 @@
+"""The bootstrapping CKKS engine (OpenFHE): deep models that one SEAL chain cannot hold run end to end.
+
+The model is the issue's own: a 6-hidden-layer ReLU MLP (30 -> 16 x 6 -> 2) on sklearn's breast cancer data,
+which the TenSEAL engine accepted at depth 29 and then failed on every attempt ("result ciphertext is
+transparent").  Tests use the engine's small test ring (``HEC_CKKS_INSECURE_TEST_PARAMS=1``: N=2**12, no
+security), which bootstraps in seconds; the 128-bit path is measured by ``python -m bench ckks_boot``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import he_compute
+from he_compute.errors import HECError, SecurityError
+from he_compute.formats.ciphertexts import chunk_name
+from he_compute.formats.task import Task
+from he_compute.schemes.ckks import ofhe
+from he_compute.transport import blobs, queue
+from he_compute.transport.queue import JobState
+from he_compute.worker.loop import Worker
+from he_compute.worker.sandbox import Sandbox
+from torch_support import clear, standardized_cancer, train
+
+try:
+    ofhe.interpreter()
+    _MISSING = ""
+except HECError as exc:
+    _MISSING = str(exc)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(_MISSING), reason=_MISSING)]
+
+
+@pytest.fixture(scope="module")
+def test_params():
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HEC_CKKS_INSECURE_TEST_PARAMS", "1")
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def deep(test_params, tmp_path_factory):
+    X_tr, X_te, y_tr, _ = standardized_cancer()
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    width = 30
+    for _ in range(6):
+        layers += [torch.nn.Linear(width, 16), torch.nn.ReLU()]
+        width = 16
+    net = train(torch.nn.Sequential(*layers, torch.nn.Linear(16, 2)), X_tr, y_tr, epochs=150)
+    bundle = he_compute.compile(net, X_tr, scheme="ckks", activation_degree=15)
+    client = he_compute.Client.keygen(bundle, tmp_path_factory.mktemp("boot") / "keys")
+    return net, bundle, client, X_te
+
+
+def _run_in_sandbox(tmp_path, bundle, client, X, tamper=None):
+    """Upload, submit one job per chunk, let a sandboxed worker run them; return (queue, store, job ids)."""
+    q = queue.connect(f"sqlite://{tmp_path / 'queue.db'}", lease_s=600)
+    store = blobs.connect(f"file://{tmp_path / 'blobs'}")
+    enc = client.encrypt(X)
+    evk = he_compute.read_evaluation_keys(client.evaluation_keys_path)
+    part = bundle.server_part()
+    server, keys = store.put(part.to_bytes()), store.put(evk.to_bytes())
+    ids = []
+    for i, count in enumerate(enc.meta["chunks"]):
+        data = enc.sections[chunk_name(i)]
+        data = tamper(data) if tamper else data
+        task = Task("ckks", part.meta["model_id"], server, keys, evk.meta["key_id"], (store.put(data),), (count,))
+        ids.append(q.submit(task.to_json(), max_attempts=1))
+    Worker(q, store, executor=Sandbox(), log=lambda m: None).run(burst=True)
+    return q, store, ids
+
+
+def test_the_deep_relu_mlp_that_failed_on_tenseal_runs_in_a_sandboxed_worker(deep, tmp_path):
+    net, bundle, client, X_te = deep
+    ckks = bundle.manifest["ckks"]
+    assert ckks["engine"] == "openfhe-bootstrap"  # chosen automatically: depth 28 is past one good SEAL chain
+    assert ckks["bootstraps_per_ciphertext"] >= 4 and bundle.manifest["security_level"] == "none (test parameters)"
+    X = X_te[:4]  # one ciphertext: the test ring holds four samples
+    q, store, ids = _run_in_sandbox(tmp_path, bundle, client, X)
+    job = q.status(ids[0])
+    assert job.state is JobState.DONE, job.error
+    assert ckks["postprocess"] is None  # the net ends in its logits: they come back as they are
+    y = client._backend.decrypt(store.get(job.result["outputs"][0]), 4)
+    sim = he_compute.simulate(bundle, X)
+    assert np.abs(y - sim).max() < 0.05  # CKKS noise and the bootstraps, on top of the plan's polynomials
+    assert np.abs(y - clear(net, X)).max() <= ckks["predicted_max_error"]  # the compiler's predicted bound
+    assert (y.argmax(1) == sim.argmax(1)).all()
+
+
+def test_the_worker_never_receives_the_secret_key(deep, tmp_path):
+    _, bundle, client, X_te = deep
+    secret = next(p for p in client.key_dir.iterdir() if "secret" in p.name).read_bytes()
+    from he_compute.schemes.ckks.payload import unpack
+
+    sk = unpack(secret, role="keys").ciphertexts[1]  # [context, secret key]
+    assert len(sk) > 1000
+    evk = he_compute.read_evaluation_keys(client.evaluation_keys_path).to_bytes()
+    assert sk[64:1064] not in evk  # a 1,000-byte window of the serialized secret key
+    for part in unpack(he_compute.read_evaluation_keys(client.evaluation_keys_path).sections["keys"],
+                       role="keys").ciphertexts:
+        assert sk[64:1064] not in part
+
+
+def test_a_worker_refuses_test_parameters_without_the_test_setting(deep, monkeypatch):
+    _, bundle, _, _ = deep
+    monkeypatch.delenv("HEC_CKKS_INSECURE_TEST_PARAMS")
+    with pytest.raises(SecurityError, match="WITHOUT 128-bit security"):
+        he_compute.Evaluator(bundle.server_part())
+
+
+def _flip(data: bytes) -> bytes:
+    b = bytearray(data)
+    for i in range(len(b) // 3, len(b) // 3 + 64):
+        b[i] ^= 0xFF
+    return bytes(b)
+
+
+@pytest.mark.parametrize("tamper", [lambda d: d[: len(d) // 2], _flip], ids=["truncated", "flipped"])
+def test_hostile_ciphertexts_end_in_one_line_errors_inside_the_sandbox(deep, tmp_path, tamper):
+    _, bundle, client, X_te = deep
+    start = time.monotonic()
+    q, _, ids = _run_in_sandbox(tmp_path, bundle, client, X_te[:4], tamper)
+    job = q.status(ids[0])
+    assert job.state is JobState.FAILED and "\n" not in job.error and job.error, job.error
+    assert time.monotonic() - start < 120
+
+
+@pytest.mark.parametrize("what", ["truncated", "flipped", "oversized"])
+def test_hostile_evaluation_keys_end_in_one_line_errors(deep, what):
+    from he_compute.schemes.ckks.boot import BootServer
+    from he_compute.schemes.ckks.payload import Payload, pack, unpack
+
+    _, bundle, client, _ = deep
+    keys = unpack(he_compute.read_evaluation_keys(client.evaluation_keys_path).sections["keys"], role="keys")
+    parts = list(keys.ciphertexts)
+    if what == "truncated":
+        parts[2] = parts[2][: len(parts[2]) // 2]
+    elif what == "flipped":
+        parts[0] = _flip(parts[0])
+    else:
+        parts[1] = parts[1][:8] + b"\xff" * 8 + parts[1][16:]  # a length field claiming 2**64 bytes
+    server = BootServer(bundle.manifest, bundle.server)
+    start = time.monotonic()
+    try:
+        with pytest.raises(HECError) as err:
+            server.load_keys(pack(Payload("keys", "single", 1, parts, keys.extra)))
+    finally:
+        server.proc.close()
+    assert "\n" not in str(err.value) and time.monotonic() - start < 60
