@@ -29,12 +29,16 @@ class Refused(Exception):
     """A request this process refuses (its message goes back to the parent as one line)."""
 
 
+class Closed(Exception):
+    """The parent closed its pipe: this process ends."""
+
+
 def _read_exact(fd, n):
     parts, left = [], n
     while left:
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
-            raise EOFError
+            raise Closed
         parts.append(chunk)
         left -= len(chunk)
     return b"".join(parts)
@@ -337,7 +341,7 @@ def main(argv):
     while True:
         try:
             header, blobs = read_frame(fd_in, max_bytes)
-        except EOFError:
+        except Closed:
             return 0
         except Refused as exc:
             write_frame(fd_out, {"error": str(exc)[:500]})
