@@ -44,8 +44,7 @@ def interpreter() -> Path:
 def _env() -> dict[str, str]:
     # OpenFHE's OpenMP threads busy-wait by default, which on a shared machine costs 5x (research notes).
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_WAIT_POLICY": "passive",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HOME": os.environ.get("TMPDIR", "/tmp"),
-            **({"HEC_OFHE_DEBUG": "1"} if os.environ.get("HEC_OFHE_DEBUG") else {})}
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HOME": os.environ.get("TMPDIR", "/tmp")}
 
 
 class Process:
@@ -59,8 +58,7 @@ class Process:
             self.proc = subprocess.Popen(
                 [str(interpreter()), "-I", str(CHILD), str(to_child_r), str(from_child_w), str(max_bytes)],
                 env=_env(), pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=None if os.environ.get("HEC_OFHE_DEBUG") else subprocess.DEVNULL,
-                start_new_session=True)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise UnsupportedModelError(f"cannot start the OpenFHE environment's python: {exc}") from None
         finally:

@@ -258,12 +258,8 @@ class Engine:
         for blob in blobs:
             ct = self._ciphertext(blob)
             for step, vecs in self.steps:
-                before = self._levels(ct)
                 ct = self._boot(ct, self._need(step))
-                mid = self._levels(ct)
                 ct = _DISPATCH[step[0]](self, ct, step, vecs)
-                if os.environ.get("HEC_OFHE_DEBUG"):
-                    print(step[0], self._need(step), before, mid, self._levels(ct), ct.GetLevel(), ct.GetNoiseScaleDeg(), file=sys.stderr, flush=True)
             outs.append(o.Serialize(ct, o.BINARY))
         return {"ok": True, "bootstraps": self.bootstraps}, outs
 
