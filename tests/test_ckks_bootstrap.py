@@ -169,3 +169,25 @@ def test_hostile_evaluation_keys_end_in_one_line_errors(deep, what):
     finally:
         server.proc.close()
     assert "\n" not in str(err.value) and time.monotonic() - start < 60
+
+
+def test_hec_compile_asks_for_the_bootstrapping_engine_and_the_bundle_says_so(test_params, tmp_path):
+    from click.testing import CliRunner
+
+    from he_compute.cli import main
+
+    X_tr, _, y_tr, _ = standardized_cancer()
+    torch.manual_seed(0)
+    net = train(torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), X_tr, y_tr, 30)
+    torch.onnx.export(net, torch.zeros(1, 30), tmp_path / "mlp.onnx", input_names=["x"], output_names=["y"])
+    np.save(tmp_path / "calib.npy", X_tr)
+    args = ["compile", tmp_path / "mlp.onnx", "--scheme", "ckks", "--calibration", tmp_path / "calib.npy",
+            "-o", tmp_path / "m.hec", "--no-accuracy", "--activation-degree", "7"]
+    shallow = CliRunner().invoke(main, [str(a) for a in args])
+    assert shallow.exit_code == 0, shallow.output
+    assert "engine" not in he_compute.load_bundle(tmp_path / "m.hec").manifest["ckks"]  # TenSEAL stays the default
+    deep = CliRunner().invoke(main, [str(a) for a in [*args, "--engine", "bootstrap"]])
+    assert deep.exit_code == 0, deep.output
+    assert "bootstrap(s) per ciphertext" in deep.output and "none (test parameters)" in deep.output
+    manifest = he_compute.load_bundle(tmp_path / "m.hec").manifest
+    assert manifest["ckks"]["engine"] == "openfhe-bootstrap" and manifest["security_level"] == "none (test parameters)"

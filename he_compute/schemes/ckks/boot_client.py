@@ -28,7 +28,9 @@ def wanted(engine: str, depth: int, int_bits: int) -> bool:
     if engine != "auto":
         return engine == "bootstrap"
     try:
-        return int(params.choose(depth, int_bits=int_bits)["scale_bits"]) < MIN_SEAL_SCALE_BITS
+        # The largest ring gives the largest scale a SEAL chain of this depth can have.
+        largest = params.DEGREES[-1]
+        return int(params.choose(depth, poly_modulus_degree=largest, int_bits=int_bits)["scale_bits"]) < MIN_SEAL_SCALE_BITS
     except UnsupportedModelError:
         return True
 

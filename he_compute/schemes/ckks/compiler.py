@@ -262,7 +262,8 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         int_bits = max(int_bits, int(np.ceil(np.log2(box_peak + 1))) + 2)
     from . import boot_client
 
-    if boot_client.wanted(engine, depth, int_bits):
+    explicit = poly_modulus_degree is not None or coeff_mod_bit_sizes is not None or scale_bits is not None
+    if boot_client.wanted("tenseal" if explicit and engine == "auto" else engine, depth, int_bits):
         return boot_client.bundle(model, plan, weights, weight_sections, info, task, onnx_ml, (lo, hi), CLIP_MARGIN)
     ckks = params.choose(depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
                          coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
