@@ -191,3 +191,25 @@ def test_hec_compile_asks_for_the_bootstrapping_engine_and_the_bundle_says_so(te
     assert "bootstrap(s) per ciphertext" in deep.output and "none (test parameters)" in deep.output
     manifest = he_compute.load_bundle(tmp_path / "m.hec").manifest
     assert manifest["ckks"]["engine"] == "openfhe-bootstrap" and manifest["security_level"] == "none (test parameters)"
+
+
+def test_a_worker_without_the_openfhe_environment_says_so_in_one_line(deep, monkeypatch, tmp_path):
+    _, bundle, _, _ = deep
+    monkeypatch.setenv("HEC_OPENFHE_PYTHON", str(tmp_path / "no-such-python"))
+    with pytest.raises(HECError, match=r"^this machine has no OpenFHE environment .* run `make openfhe-env`") as err:
+        he_compute.Evaluator(bundle.server_part())
+    assert "\n" not in str(err.value)
+
+
+def test_the_sandbox_lets_the_openfhe_interpreter_run_and_nothing_more(tmp_path):
+    """Landlock's exec allow-list gains exactly the OpenFHE interpreter; reads gain its environment and base
+    installation, never a home directory or the root as a whole."""
+    from pathlib import Path
+
+    from he_compute.worker import confine
+
+    programs, dirs = confine.openfhe_environment()
+    python = str(ofhe.interpreter().resolve())
+    assert programs == [python] and python in confine.executables()
+    assert all(Path(d) not in (Path("/"), Path.home(), Path("/root")) for d in dirs)
+    assert set(dirs) <= set(confine.readable_paths(str(tmp_path)))
