@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench redis browser iproute2 clean
+.PHONY: install demo test test-fast lint bench redis browser iproute2 clean openfhe-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) openfhe-env
+
+# The bootstrapping CKKS engine: OpenFHE's wheel imports only on CPython 3.10, so it gets an environment of
+# its own, which he_compute starts as a child process (schemes/ckks/ofhe.py).  PYTHON310 names the interpreter.
+PYTHON310 ?= $(shell ls "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.10*/bin/python 2>/dev/null | tail -1)
+OPENFHE_STAMP := .venv-openfhe/.installed
+
+$(OPENFHE_STAMP):
+	@test -n "$(PYTHON310)" || { echo "Error: no CPython 3.10 found for the OpenFHE engine: install one (pyenv install 3.10) or set PYTHON310" >&2; exit 1; }
+	$(PYTHON310) -m venv .venv-openfhe
+	.venv-openfhe/bin/pip install --quiet openfhe==1.6.1.0.22.4 numpy
+	touch $(OPENFHE_STAMP)
+
+openfhe-env: $(OPENFHE_STAMP)
 
 # Redis for the scale-out queue tests: Debian's redis-server, started by the tests themselves.
 redis:
@@ -54,4 +67,4 @@ bench: install redis iproute2
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .hec demo-out
+	rm -rf $(VENV) .venv-openfhe .hec demo-out

@@ -75,6 +75,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEC_ENCRYPT_PROCESSES", "text", None, "1: CKKS batch encryption stays in one process"),
     Setting("HEC_WORKER_CHILD", "text", None, "1 in the children of hec worker --concurrency N (set by it: "
             "the parent alone prints devices, identity and admission)"),
+    Setting("HEC_OPENFHE_PYTHON", "path", None, "the CPython 3.10 of the OpenFHE environment (the bootstrapping "
+            "CKKS engine)", shown="./.venv-openfhe/bin/python"),
+    Setting("HEC_CKKS_INSECURE_TEST_PARAMS", "choice", "0", "TEST ONLY: 1 lets a worker accept the bootstrapping "
+            "engine's small test rings, which have NO security", choices=("0", "1")),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -145,7 +145,10 @@ def test_four_hidden_layer_mlp_compiles_runs_and_too_deep_a_model_is_refused_wit
 
     X_tr, X_te, y_tr, _ = cancer
     with pytest.raises(UnsupportedModelError, match=r"needs multiplicative depth 43, more than 128-bit"):
-        he_compute.compile(deep_mlp(7, X_tr, y_tr), X_tr, scheme="ckks", activation_degree=31)
+        he_compute.compile(deep_mlp(7, X_tr, y_tr), X_tr, scheme="ckks", activation_degree=31, engine="tenseal")
+    from he_compute.schemes.ckks.boot_client import wanted
+
+    assert wanted("auto", 43, 8)  # without engine="tenseal" it goes to the bootstrapping engine instead
     net = deep_mlp(4, X_tr, y_tr)
     ref = clear(net, X_te)
     span = np.maximum(np.ptp(X_tr, 0), np.median(np.ptp(X_tr, 0)))

@@ -58,6 +58,10 @@ KNOBS = (
          "calibration data). 30-16-2 ReLU MLP: bound 2.09 at degree 3 (7,189 samples/s on one core), 0.49 at "
          "31 (558/s), 0.12 at 63 (392/s); below that each ReLU becomes a composite sign polynomial (0.03: bound 0.0225, "
          "observed 0.0092, depth 14, N=32768); refused in one line if 128-bit parameters cannot hold the depth."),
+    Knob("--engine", "engine", "ckks", click.Choice(["auto", "tenseal", "bootstrap"]),
+         "tenseal: SEAL, one modulus chain; bootstrap: OpenFHE with bootstrapping (deep models; its own CPython "
+         "3.10 environment, `make openfhe-env`); auto (default) picks bootstrap only when one chain cannot hold "
+         "the plan. 6-hidden-layer ReLU MLP: 5 bootstraps per ciphertext."),
     Knob("--activation-degree", "activation_degree", "ckks", click.IntRange(2, 63),
          "Force the degree of every activation polynomial instead of choosing it from --max-error (the "
          "predicted error is still reported, with a warning when it misses the target)."),
@@ -143,7 +147,10 @@ def compile_cmd(model: Path, scheme: str, calibration: Path, output: Path, task:
     if not no_accuracy:
         _echo(accuracy_line(model, bundle, read_input(validation) if validation else X,
                             "validation" if validation else "calibration"))
-    if not no_estimate:
+    if not no_estimate and bundle.manifest.get("ckks", {}).get("engine"):
+        _echo(f"no pre-flight estimate for the bootstrapping engine: "
+              f"{bundle.manifest['ckks']['bootstraps_per_ciphertext']} bootstrap(s) per ciphertext")
+    elif not no_estimate:
         from ..client.estimate import estimate
         from ._render import render
         from .info import estimate_lines

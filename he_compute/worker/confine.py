@@ -204,7 +204,31 @@ def readable_paths(tmp: str) -> list[str]:
     # sys.path entries name where imports come from (a checkout on PYTHONPATH, the venv's site-packages);
     # the root and the temp dir's parent are never granted whole.
     paths |= {p for p in sys.path if p and p != "/" and os.path.isdir(p) and Path(tmp).parent != Path(p)}
+    paths |= set(openfhe_environment()[1])
     return sorted(p for p in paths if os.path.exists(p))
+
+
+def openfhe_environment() -> tuple[list[str], list[str]]:
+    """(programs, directories) of the OpenFHE environment, if this machine has one: the bootstrapping CKKS
+    engine runs OpenFHE under that CPython 3.10 (schemes/ckks/ofhe.py), started while a model is opened and
+    so before :func:`no_exec`.  That interpreter may then be executed and its environment and base
+    installation read; the child it starts inherits every limit of this one (Landlock, seccomp, rlimits)."""
+    from ..errors import HECError
+    from ..schemes.ckks.ofhe import interpreter
+
+    try:
+        python = interpreter()
+    except HECError:
+        return [], []
+    venv = python.parent.parent
+    dirs = {str(venv.resolve()), str(python.resolve().parent.parent)}
+    try:
+        home = next(line.split("=", 1)[1].strip() for line in (venv / "pyvenv.cfg").read_text().splitlines()
+                    if line.startswith("home"))
+        dirs.add(str(Path(home).resolve().parent))
+    except (OSError, StopIteration):
+        pass
+    return [str(python.resolve())], sorted(dirs)
 
 
 def private_shm() -> bool:
@@ -299,4 +323,5 @@ def executables() -> list[str]:
     found = {shutil.which(name) for name in ("sh", "ld", "ar")}
     found |= {str(p) for pattern in ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/*/ld-linux*.so*")
               for p in Path("/").glob(pattern.lstrip("/"))}
+    found |= set(openfhe_environment()[0])
     return sorted({str(Path(p).resolve()) for p in found if p})

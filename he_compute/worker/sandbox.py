@@ -74,6 +74,9 @@ class _Child:
         self._from_child, from_child_w = os.pipe()
         env = {"PATH": "/usr/bin:/bin", "HOME": self.tmp, "TMPDIR": self.tmp, "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": str(limits.threads), **limits.env}
+        for name in ("HEC_OPENFHE_PYTHON", "HEC_CKKS_INSECURE_TEST_PARAMS"):  # the bootstrapping engine's
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         if os.environ.get("PYTHONPATH"):  # where this he_compute comes from (a checkout), not a credential
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(limits).items() if k != "env"}

@@ -86,6 +86,12 @@ def estimate(bundle: Bundle, say: Say | None = None) -> Estimate:
         from . import ckks
 
         c = bundle.manifest["ckks"]
+        if c.get("engine"):
+            from ...errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"no cost estimate for the bootstrapping CKKS engine yet: it runs "
+                                        f"{c.get('bootstraps_per_ciphertext')} bootstrap(s) per ciphertext of "
+                                        f"{c.get('samples_per_ciphertext')} samples (bench/results/ckks_boot.md)")
         params = {k: c[k] for k in ("poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits")}
         key = "ckks:" + json.dumps(params, sort_keys=True, separators=(",", ":"))
         figures = ckks.estimate(bundle, measured(key, ["ckks", json.dumps(params)], say))

@@ -248,6 +248,12 @@ class CKKSClientScheme:
 
     def open_client(self, manifest: dict[str, Any], sections: dict[str, bytes], secret: bytes | None) -> CKKSClient:
         """Encoding, post-processing and (if given) the secret key."""
+        from .boot import bootstrapping as _bootstrapping
+
+        if _bootstrapping(manifest):
+            from .boot_client import BootClient
+
+            return BootClient(manifest, sections, secret)  # type: ignore[return-value]
         return CKKSClient(manifest, sections, secret)
 
     def simulate(self, manifest: dict[str, Any], client: dict[str, bytes], server: dict[str, bytes],
@@ -256,7 +262,8 @@ class CKKSClientScheme:
         folded weights) on the clipped inputs, post-processed; it differs only by CKKS noise."""
         from .plan import check_sections, run_plan
 
-        c = CKKSClient(manifest, client, None)
+        c = self.open_client(manifest, client, None)
+        c = getattr(c, "seal", c)  # the bootstrapping engine's client keeps the encoding in its .seal
         plan, weights = check_sections(server)
         flat = c.clip_inputs(np.asarray(X, dtype=np.float64).reshape(len(X), -1))
         y = run_plan(plan, weights, flat.reshape(len(X), *plan["input_shape"]))

@@ -275,6 +275,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     coeff_mod_bit_sizes: list[int] | None = None,
     task: str | None = None,
     relu: str = "auto",
+    engine: str = "auto",
 ) -> Bundle:
     """Compile ``model`` for CKKS (SEAL through TenSEAL) and return its bundle.
 
@@ -288,6 +289,8 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     samples, rotations) or ``"auto"`` (the cheaper for ``batch_size`` expected
     samples per request; batch when it is not given); the reason is recorded.
     Encryption parameters are chosen from the plan's depth unless given.
+    ``engine``: ``"tenseal"`` (SEAL, one modulus chain), ``"bootstrap"`` (OpenFHE with bootstrapping, see
+    :mod:`.boot`) or ``"auto"`` (the bootstrapping engine only when one SEAL chain cannot hold the plan well).
     Scikit-learn classifiers decrypt to ``predict_proba``-like probabilities
     (computed on the client from the decrypted decision scores); a torch/ONNX
     graph ending in Sigmoid/Softmax gets that op applied on the client too.
@@ -322,6 +325,15 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         # A linear plan's outputs are bounded over the whole clip box: every slot then stays below what the
         # first prime holds, so one outlier cannot wrap its slot and, through decoding, spread to every other.
         int_bits = max(int_bits, int(np.ceil(np.log2(box_peak + 1))) + 2)
+    from . import boot_client
+
+    explicit = poly_modulus_degree is not None or coeff_mod_bit_sizes is not None or scale_bits is not None
+    has_composite = any(layer["op"] == composite.OP for layer in plan["layers"])
+    if has_composite and engine == "bootstrap":
+        raise UnsupportedModelError("the bootstrapping engine does not evaluate composite ReLU yet: pass "
+                                    "relu='poly' (--relu poly) or engine='tenseal'")
+    if not has_composite and boot_client.wanted("tenseal" if explicit and engine == "auto" else engine, depth, int_bits):
+        return boot_client.bundle(model, plan, weights, weight_sections, info, task, onnx_ml, (lo, hi), CLIP_MARGIN)
     ckks = _choose_params(plan, depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
                           coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])

@@ -23,6 +23,7 @@ from ...errors import FormatError, KeyMismatchError, UnsafeArtifactError
 from . import composite, kernels, params
 from .payload import Payload, check_output, pack, unpack
 from .plan import LINEAR_OPS, affine_matrix, check_sections, feature_groups, needs_relin, one_product, plan_depth
+from .boot import bootstrapping as _bootstrapping
 from .seal import Engine, load
 
 # SEAL's messages for keys that lack a rotation or do not belong to these parameters.
@@ -186,11 +187,21 @@ class CKKSServerScheme:
 
     def check_server_part(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> None:
         """Refuse a server part that is not a valid plan with plain numeric ``.npy`` weights and secure parameters."""
+        if _bootstrapping(manifest):
+            from .boot import check_params
+
+            check_params(manifest["ckks"])
+            check_sections(sections)
+            return
         params.validate(manifest.get("ckks", {}))
         check_sections(sections)
 
     def open_server(self, manifest: dict[str, Any], sections: dict[str, bytes]) -> CKKSServer:
         """The checked plan, its layers turned into kernels (workers cache it by server-part digest)."""
+        if _bootstrapping(manifest):
+            from .boot import BootServer
+
+            return BootServer(manifest, sections)  # type: ignore[return-value]
         params.validate(manifest.get("ckks", {}))
         return CKKSServer(manifest, sections)
 
@@ -201,6 +212,11 @@ class CKKSServerScheme:
             n_outputs = int(json.loads(sections["plan.json"])["output_shape"][0])
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise FormatError(f"plan.json names no output size ({exc}): re-compile the bundle") from exc
+        if _bootstrapping(manifest):
+            from .boot import check_output as boot_check
+
+            boot_check(payload, manifest["ckks"], n_samples)
+            return
         check_output(payload, manifest["ckks"], n_outputs, n_samples)
 
 
