@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import he_compute
 
-    console = Console()
+    from .formats.text import color_system
+
+    console = Console(color_system=color_system())  # none at all under NO_COLOR
     out = a.out
     if out.exists():
         shutil.rmtree(out)

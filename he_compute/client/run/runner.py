@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ... import schemes
-from ...errors import AuditError, FormatError, InputError, KeyMismatchError
+from ...errors import AuditError, FormatError, InputError, KeyMismatchError, warn
 from ...formats.bundle import from_container
 from ...formats.ciphertexts import check_inputs_match, chunk_name, inputs_digest, results_container
 from ...formats.container import Container
@@ -185,6 +185,7 @@ def run(
         local_workers = len(local.procs)
         vouched = _coordinator_operators(conn)
         policy.check_operators(local_workers, vouched is not None)
+        _check_enough_operators(policy, local_workers, vouched, conn.queue_url)
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
         per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
         key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
@@ -262,6 +263,27 @@ def _coordinator_operators(conn: Connection) -> dict[str, str] | None:
     """The operators a coordinator vouches for (worker id -> name), or ``None`` for a plain queue."""
     operators = getattr(conn.q, "operators", None)
     return operators() if callable(operators) else None
+
+
+def _check_enough_operators(policy: Policy, local_workers: int, vouched: dict[str, str] | None, where: str) -> None:
+    """Refuse replicas that the allow-list's operators can never supply; warn, in one line, when a coordinator
+    has admitted too few operators so far (more may enrol: the run waits for them, and stays resumable)."""
+    n = policy.replicas
+    if n == 1 or local_workers or (policy.allowed is None and vouched is None):
+        return
+    voters = _voters(policy, AllowList(), vouched)
+    candidates = policy.allowed.worker_ids if policy.allowed is not None else sorted(vouched or {})
+    found = {v for w in candidates if (v := voters.voter(w))}
+    if len(found) >= n:
+        return
+    need = f"--replicas {n} needs workers of {n} distinct operators"
+    if policy.allowed is not None and (vouched is None or all(voters.voter(w) for w in candidates)):
+        raise InputError(f"{need}, and the allow-list's workers answer to {len(found)}: add workers of other "
+                         "operators to it (operator=NAME on each line) or pass a lower --replicas")
+    more = "a second operator" if n - len(found) == 1 and found else f"{n - len(found)} more operator(s)"
+    warn(f"waiting for {more}: {need}, and the coordinator at {where} has admitted workers of {len(found)} so far; enrol "
+         f"another operator's workers (hec coordinator enroll-token --operator NAME), or press Ctrl-C: "
+         f"the same command resumes this run")
 
 
 def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None) -> Voters:
