@@ -20,6 +20,8 @@ import nbclient
 import nbformat
 
 NOTEBOOKS = Path(__file__).resolve().parent
+# Where this checkout lies means nothing to a reader: a warning's location shows as he_compute/....
+_CHECKOUT = str(NOTEBOOKS.parent) + "/"
 
 # Terminal control sequences (colours, cursor moves) mean nothing in a stored notebook.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -27,7 +29,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def _clean_text(text: str) -> str:
     """Drop escape codes, and keep only what a terminal would finally show of a line redrawn with ``\\r``."""
-    text = _ANSI.sub("", text).replace("\r\n", "\n")  # `!cmd` output comes through a terminal: CRLF
+    text = _ANSI.sub("", text).replace("\r\n", "\n").replace(_CHECKOUT, "")  # `!cmd` output: CRLF
     return "".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r\n") else line
                    for line in text.splitlines(keepends=True))
 

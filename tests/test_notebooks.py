@@ -48,6 +48,7 @@ _TIMING_COLUMN = re.compile(r"\bs\b|\(s\)|/s\b|\bms\b|seconds")
 # Names that differ from run to run: scratch directories, ports, process ids, digests and ids.
 _VOLATILE = [
     (re.compile(r"\S*hec-tutorial-[\w]+"), "<scratch>"),
+    (re.compile(r"\S+\.py:\d+(?=: \w*Warning: )"), "<source>"),  # where a warning was raised moves with the code
     (re.compile(r"(127\.0\.0\.1|localhost):\d+"), "<host:port>"),
     (re.compile(r"\b[\w.-]+-\d+-[0-9a-f]{4}\b"), "<worker>"),  # host-pid-random, as hec worker names itself
     (re.compile(r"redis-server \d[\d.]*"), "redis-server <version>"),
@@ -144,6 +145,8 @@ def test_shape_masks_ids_and_timings_but_keeps_figures():
     assert [n for _, n in _shape(table, True)] == [[], [(0, False), (1, False), (0.32, False)], [],
                                                    [(0, False), (0.051, True)]]
     assert _shape("job j3fa9c0d1e2 by vm-2873-da8f", False)[0][0] == "job <id> by <worker>"
+    assert _shape("he_compute/client/api.py:202: HECWarning: 1 input value(s) outside", False)[0] == (
+        "<source>: HECWarning: # input value(s) outside", [(1, False)])
     assert _shape('"worker": "fv-az12-3.x-2873-da8f",', False)[0][0] == '"worker": "<worker>",'
     table = "          job        worker  finished after (s)\n0  j7634e886c  vm-2873-da8f           72.959400\n"
     assert _shape(table, True)[1] == ("# <id> <worker> #", [(0, False), (72.9594, True)])
