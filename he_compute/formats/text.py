@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from typing import Literal
 
 MAX_CHARS = 4000
 """The longest text shown from a stranger; the rest is cut with an ellipsis."""
@@ -42,7 +43,7 @@ def printable(text: object, limit: int = MAX_CHARS) -> str:
     return "".join(out)
 
 
-def color_system() -> str | None:
+def color_system() -> Literal["auto"] | None:
     """The ``color_system`` for a rich console: ``None`` (no escape codes at all) when ``NO_COLOR`` is set.
 
     rich obeys ``FORCE_COLOR`` (Jupyter sets it for every child process) and under ``NO_COLOR`` still
