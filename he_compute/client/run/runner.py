@@ -207,7 +207,8 @@ def run(
             sup = Supervisor(conn.q, conn.store, device=device, replicas=policy.replicas, allowed=policy.allowed,
                              audit=log, max_attempts=policy.max_attempts, check_output=_output_check(server_part),
                              run_id=record.run_id, on_submitted=record.add_job, decoys=frozenset(record.decoys),
-                             voters=_voters(policy, local.known(), vouched),
+                             voters=_voters(policy, local.known(), vouched,
+                                            getattr(conn.q, "operators", None) if vouched is not None else None),
                              meaning=_meaning(policy, conn, ciphertexts))
             report.run_id = sup.run_id
             known = policy.known_answers  # canaries are made only from known answers
@@ -286,11 +287,12 @@ def _check_enough_operators(policy: Policy, local_workers: int, vouched: dict[st
          f"the same command resumes this run")
 
 
-def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None) -> Voters:
+def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None,
+            refresh: Callable[[], dict[str, str]] | None = None) -> Voters:
     """Who votes: operators from the coordinator, the allow-list and the run's own local workers; keys only
     if the policy lets them."""
     operators = Voters.mapping(vouched, policy.allowed, local)
-    return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk)
+    return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk, refresh=refresh)
 
 
 def _meaning(policy: Policy, conn: Connection, ciphertexts: Container) -> Meaning | None:
