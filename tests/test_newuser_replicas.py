@@ -102,3 +102,21 @@ def test_replicas_the_allow_list_cannot_supply_are_refused_before_upload(ckks_li
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert "needs workers of 2 distinct operators" in out.stderr and "answer to 1" in out.stderr, out.stderr
     assert not (tmp_path / "y.enc").exists()
+
+
+def test_a_worker_admitted_after_the_run_started_votes_as_its_operator_and_unknown_ids_ask_once_each():
+    from he_compute.client.run.votes import Voters
+
+    admitted = {"wa": "default"}
+    asked = []
+
+    def operators():
+        asked.append(1)
+        return dict(admitted)
+
+    voters = Voters({"wa": "default"}, keys_vote=False, refresh=operators)
+    admitted["wb"] = "lab-b"  # enrolled while the run waited
+    assert voters.voter("wb") == "op:lab-b" and len(asked) == 1
+    assert voters.voter("wa") == "op:default" and len(asked) == 1  # known ones never ask
+    # A stranger's ids: each asks once, then stays unattributed without asking again.
+    assert [voters.voter("x") for _ in range(5)] == [None] * 5 and len(asked) == 2
