@@ -38,6 +38,7 @@ def ckks_linear(cancer, tmp_path_factory):
     return SimpleNamespace(model=model, bundle_path=root / "model.hec", client=client)
 
 
+@pytest.mark.slow
 def test_replicas_with_one_operator_say_what_they_wait_for_then_finish_when_a_second_enrols(
         ckks_linear, cancer, tls, tmp_path):
     c = ckks_linear
