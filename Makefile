@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench redis browser iproute2 clean openfhe-env
+.PHONY: install demo test test-fast lint bench notebooks redis browser iproute2 clean openfhe-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ test-fast: install redis lint
 
 bench: install redis iproute2
 	$(BIN)/python -m bench
+
+# Re-executes the five tutorials in place, so that the stored notebooks show this code's outputs
+# (minutes: notebooks 1 and 3 compile TFHE circuits); tests/test_notebooks.py checks they are current.
+notebooks: install redis
+	$(BIN)/python notebooks/execute.py
 
 clean:
 	rm -rf $(VENV) .venv-openfhe .hec demo-out

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
-    console = Console()
+    from .formats.text import color_system
+
+    console = Console(color_system=color_system())  # none at all under NO_COLOR
     out = a.out
     if out.exists():
         shutil.rmtree(out)

@@ -21,9 +21,13 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _hec_lines() -> list[str]:
     text = README.read_text()
-    blocks = re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
+    # Fences are matched line by line (indented ones in numbered steps too), so that a ```python block
+    # cannot pair one block's closing fence with the next one's opening.
+    blocks = re.findall(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", text, flags=re.S | re.M)
     lines = []
-    for block in blocks:
+    for lang, block in blocks:
+        if lang not in ("", "bash"):
+            continue
         for line in block.splitlines():
             line = line.split("#", 1)[0].strip()
             if line.startswith("hec "):

@@ -18,7 +18,7 @@ import click
 
 from ..errors import HECError
 from ..transport.queue import JobState
-from ..formats.text import printable
+from ..formats.text import color_system, printable
 from ._util import BLOBS_HELP as _BLOBS_HELP
 from ._util import Duration, coordinator_options, open_producer, remote_settings
 from ._util import echo as _echo
@@ -241,7 +241,7 @@ def jobs_cmd(queue_url: str | None, state: str | None, run_id: str | None, since
         table.add_row(*(Text(printable(cell, 60)) for cell in (
             j.id, j.run or "-", j.state.value, f"{j.attempts}/{j.max_attempts}", _progress(j), j.device,
             _when(j.updated), j.error or "")))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    Console(width=None if sys.stdout.isatty() else 160, color_system=color_system()).print(table)
 
 @click.command("cancel")
 @click.argument("job_id", metavar="JOB")

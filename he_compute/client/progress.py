@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from .. import settings
+from ..formats.text import color_system
 
 PLAIN_EVERY_S = 5.0
 """Least seconds between two plain progress lines (a log gets a few lines, not one per sample)."""
@@ -26,10 +27,11 @@ def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callab
         yield lambda n: None
         return
     if mode != "plain" and os.environ.get("TERM") != "dumb" and sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), transient=False) as bar:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=False, console=Console(color_system=color_system())) as bar:
             task = bar.add_task(label, total=total)
             yield lambda n: bar.advance(task, n)
         return
@@ -60,7 +62,7 @@ def working(label: str) -> Iterator[None]:
     if mode != "plain" and os.environ.get("TERM") != "dumb" and sys.stderr.isatty():
         from rich.console import Console
 
-        with Console(stderr=True).status(f"{label} ..."):
+        with Console(stderr=True, color_system=color_system()).status(f"{label} ..."):
             yield
         return
     print(f"{label} ...", file=sys.stderr, flush=True)

@@ -10,7 +10,9 @@ through it (the CLI's error line, ``hec jobs`` and ``hec status``, the worker's 
 
 from __future__ import annotations
 
+import os
 import unicodedata
+from typing import Literal
 
 MAX_CHARS = 4000
 """The longest text shown from a stranger; the rest is cut with an ellipsis."""
@@ -39,3 +41,12 @@ def printable(text: object, limit: int = MAX_CHARS) -> str:
         out.append(piece)
         size += len(piece)
     return "".join(out)
+
+
+def color_system() -> Literal["auto"] | None:
+    """The ``color_system`` for a rich console: ``None`` (no escape codes at all) when ``NO_COLOR`` is set.
+
+    rich obeys ``FORCE_COLOR`` (Jupyter sets it for every child process) and under ``NO_COLOR`` still
+    writes bold and underline codes; per no-color.org a non-empty ``NO_COLOR`` wins over everything else.
+    """
+    return None if os.environ.get("NO_COLOR") else "auto"

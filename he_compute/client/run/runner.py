@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ... import schemes
-from ...errors import AuditError, FormatError, InputError, KeyMismatchError
+from ...errors import AuditError, FormatError, InputError, KeyMismatchError, warn
 from ...formats.bundle import from_container
 from ...formats.ciphertexts import check_inputs_match, chunk_name, inputs_digest, results_container
 from ...formats.container import Container
@@ -185,6 +185,7 @@ def run(
         local_workers = len(local.procs)
         vouched = _coordinator_operators(conn)
         policy.check_operators(local_workers, vouched is not None)
+        _check_enough_operators(policy, local_workers, vouched, conn.queue_url)
         counts = [int(c) for c in ciphertexts.meta["chunks"]]
         per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
         key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
@@ -204,7 +205,8 @@ def run(
         t1 = time.perf_counter()
         with progress("run", sum(counts), enabled=show_progress) as advance, conn.audit_log(policy.audit) as log:
             rules = Verification(replicas=policy.replicas, allowed=policy.allowed, max_attempts=policy.max_attempts,
-                                 voters=_voters(policy, local.known(), vouched),
+                                 voters=_voters(policy, local.known(), vouched,
+                                                getattr(conn.q, "operators", None) if vouched is not None else None),
                                  meaning=_meaning(policy, conn, ciphertexts), check_output=_output_check(server_part))
             sup = Supervisor(conn.q, conn.store, rules, device=device, audit=log, run_id=record.run_id,
                              on_submitted=record.add_job, decoys=frozenset(record.decoys))
@@ -264,11 +266,33 @@ def _coordinator_operators(conn: Connection) -> dict[str, str] | None:
     return operators() if callable(operators) else None
 
 
-def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None) -> Voters:
+def _check_enough_operators(policy: Policy, local_workers: int, vouched: dict[str, str] | None, where: str) -> None:
+    """Refuse replicas that the allow-list's operators can never supply; warn, in one line, when a coordinator
+    has admitted too few operators so far (more may enrol: the run waits for them, and stays resumable)."""
+    n = policy.replicas
+    if n == 1 or local_workers or (policy.allowed is None and vouched is None):
+        return
+    voters = _voters(policy, AllowList(), vouched)
+    candidates = policy.allowed.worker_ids if policy.allowed is not None else sorted(vouched or {})
+    found = {v for w in candidates if (v := voters.voter(w))}
+    if len(found) >= n:
+        return
+    need = f"--replicas {n} needs workers of {n} distinct operators"
+    if policy.allowed is not None and (vouched is None or all(voters.voter(w) for w in candidates)):
+        raise InputError(f"{need}, and the allow-list's workers answer to {len(found)}: add workers of other "
+                         "operators to it (operator=NAME on each line) or pass a lower --replicas")
+    more = "a second operator" if n - len(found) == 1 and found else f"{n - len(found)} more operator(s)"
+    warn(f"waiting for {more}: {need}, and the coordinator at {where} has admitted workers of {len(found)} so far; enrol "
+         f"another operator's workers (hec coordinator enroll-token --operator NAME), or press Ctrl-C: "
+         f"the same command resumes this run")
+
+
+def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None,
+            refresh: Callable[[], dict[str, str]] | None = None) -> Voters:
     """Who votes: operators from the coordinator, the allow-list and the run's own local workers; keys only
     if the policy lets them."""
     operators = Voters.mapping(vouched, policy.allowed, local)
-    return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk)
+    return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk, refresh=refresh)
 
 
 def _meaning(policy: Policy, conn: Connection, ciphertexts: Container) -> Meaning | None:

@@ -31,9 +31,13 @@ Decrypt = Callable[[bytes, int], "np.ndarray"]
 class Voters:
     """Maps a worker id to the voter it counts as (``operators``: worker id -> operator name)."""
 
-    def __init__(self, operators: Mapping[str, str] | None, *, keys_vote: bool):
+    def __init__(self, operators: Mapping[str, str] | None, *, keys_vote: bool,
+                 refresh: Callable[[], Mapping[str, str]] | None = None):
         self.operators = dict(operators or {})
         self.keys_vote = keys_vote
+        # A coordinator admits workers while a run waits for them: their operators are asked for again, once
+        # per worker id that answered (so a stream of unknown ids cannot make the client poll without end).
+        self._refresh, self._asked = refresh, set[str]()
 
     @staticmethod
     def mapping(*sources: AllowList | Mapping[str, str] | None) -> dict[str, str]:
@@ -49,6 +53,13 @@ class Voters:
     def voter(self, worker_id: str) -> str | None:
         """``"op:NAME"`` for a known operator, the worker id when keys vote, else ``None`` (does not count)."""
         operator = self.operators.get(worker_id)
+        if not operator and self._refresh is not None and worker_id not in self._asked:
+            self._asked.add(worker_id)
+            try:
+                self.operators = {**self._refresh(), **self.operators}  # what the run knew first still wins
+            except HECError:  # the coordinator unreachable for a moment: this worker's next answer asks again
+                self._asked.discard(worker_id)
+            operator = self.operators.get(worker_id)
         if operator:
             return f"op:{operator}"
         return worker_id if self.keys_vote else None
