@@ -199,7 +199,7 @@ def _choose_params(plan: dict[str, Any], depth: int, **options: Any) -> dict[str
         raise UnsupportedModelError(
             f"composite ReLU for this max_error needs multiplicative depth {depth}, more than one 128-bit modulus "
             f"chain holds at a {need}-bit scale (N=32768 holds about {params.MAX_COEFF_BITS_128[32768] // need - 2}): "
-            f"loosen max_error (deeper plans need a bootstrapped engine, not available yet)")
+            f"loosen max_error (the bootstrapping engine does not evaluate composite ReLU yet)")
     return ckks
 
 
@@ -305,6 +305,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         raise InputError(f"relu must be 'auto', 'poly' or 'composite', not {relu!r}")
     options: dict[str, Any] = {"activation_degree": activation_degree, "max_error": max_error,
                                "range_margin": range_margin}
+    unmet: UnsupportedModelError | None = None  # why one polynomial per ReLU could not do, if it could not
     try:
         plan, weight_sections, info = build_plan(model, X_calib, **options,
                                                  relu="composite" if relu == "composite" else "poly")
@@ -312,7 +313,11 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         # One polynomial per ReLU cannot meet the target: composite sign polynomials can, deeper.
         if relu != "auto" or activation_degree is not None or "cannot be met" not in str(exc):
             raise
-        plan, weight_sections, info = build_plan(model, X_calib, **options, relu="composite")
+        unmet = exc
+        try:
+            plan, weight_sections, info = build_plan(model, X_calib, **options, relu="composite")
+        except UnsupportedModelError:
+            raise unmet from None  # no ReLU to compose, or no rung meets it either: the first refusal says why
     target = info["max_error"]
     from .plan import load_npy
 
@@ -334,8 +339,14 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
                                     "relu='poly' (--relu poly) or engine='tenseal'")
     if not has_composite and boot_client.wanted("tenseal" if explicit and engine == "auto" else engine, depth, int_bits):
         return boot_client.bundle(model, plan, weights, weight_sections, info, task, onnx_ml, (lo, hi), CLIP_MARGIN)
-    ckks = _choose_params(plan, depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
-                          coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
+    try:
+        ckks = _choose_params(plan, depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
+                              coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)
+    except UnsupportedModelError:
+        if unmet is None:
+            raise
+        raise UnsupportedModelError(f"{unmet} (composite ReLU polynomials would need multiplicative depth {depth}, "
+                                    "more than one 128-bit modulus chain holds)") from None
     chosen, reason = choose_packing(packing, plan, weights, batch_size, ckks["slots"])
     automatic = poly_modulus_degree is None and coeff_mod_bit_sizes is None and scale_bits is None
     if chosen == "batch" and automatic and one_product(plan):  # a linear model: one prime, half the bytes
