@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,15 +57,21 @@ def point(net, X_tr, X, ref, target, tmp: Path, runs: int = 2) -> dict:
             "rate": ck["slots"] / secs}
 
 
-def composite_point() -> None:
-    """Only the composite-ReLU point, beside Orion's: written to ckks_tradeoff_composite.md."""
-    from bench.common import table, write
-
+def _setup() -> tuple[Any, Any, Any, Any, Any, Any]:
+    """The load average now, the training split, the trained ReLU MLP, 8,192 test rows (the split tiled) and
+    the clear model's outputs on them."""
     load = os.getloadavg()
     X_tr, X_te, y_tr, _ = cancer()
     net = relu_mlp(X_tr, y_tr)
     X = np.resize(X_te, (8192, 30))
-    ref = clear(net, X)
+    return load, X_tr, y_tr, net, X, clear(net, X)
+
+
+def composite_point() -> None:
+    """Only the composite-ReLU point, beside Orion's: written to ckks_tradeoff_composite.md."""
+    from bench.common import table, write
+
+    load, X_tr, y_tr, net, X, ref = _setup()
     with tempfile.TemporaryDirectory(prefix="hec-tradeoff-") as d:
         p = point(net, X_tr, X, ref, COMPOSITE, Path(d), runs=1)
     rows = [[p["target"], p["degree"], p["depth"], p["N"], f"{p['predicted']:.3g}", f"{p['err']:.3g}",
@@ -82,11 +89,7 @@ def main() -> None:
     """Sweep the targets, write the table and the plot."""
     from bench.common import table, write
 
-    load = os.getloadavg()
-    X_tr, X_te, y_tr, _ = cancer()
-    net = relu_mlp(X_tr, y_tr)
-    X = np.resize(X_te, (8192, 30))
-    ref = clear(net, X)
+    load, X_tr, y_tr, net, X, ref = _setup()
     with tempfile.TemporaryDirectory(prefix="hec-tradeoff-") as d:
         points = [point(net, X_tr, X, ref, t, Path(d)) for t in TARGETS]
         points.append(point(net, X_tr, X, ref, COMPOSITE, Path(d), runs=1))  # minutes per run: one
