@@ -338,3 +338,16 @@ def test_hec_worker_with_two_processes_says_who_it_is_once(tmp_path):
     assert done.returncode == 0, done.stderr
     assert sum("identity" in line for line in done.stderr.splitlines()) == 1, done.stderr
     assert sum("hec worker: devices" in line for line in done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_a_coordinator_runs_idle_and_timeout_lines_name_the_coordinator_worker_command():
+    """Item 9 (found later): through a coordinator the line said ``hec worker --queue https://...``, a command
+    that cannot work (a coordinator's workers never see its queue)."""
+    from types import SimpleNamespace
+
+    from he_compute.client.run.supervisor import Supervisor, Verification
+
+    remote = Supervisor(SimpleNamespace(url="https://coord:8443"), None, Verification(), device="cpu", audit=None)
+    local = Supervisor(SimpleNamespace(url="sqlite://.hec/queue.db"), None, Verification(), device="cpu", audit=None)
+    assert remote._worker_command() == "hec worker --coordinator https://coord:8443"
+    assert local._worker_command() == "hec worker --queue sqlite://.hec/queue.db"

@@ -98,6 +98,12 @@ class Supervisor:
         self.claimed = False                    # whether any job of this run was seen claimed
         self.job_stats: list[dict[str, Any]] = []  # what each accepted job's worker reported (cache hits, timings)
 
+    def _worker_command(self) -> str:
+        """The command that starts a worker for this run's queue (a coordinator's workers enrol with it)."""
+        url = self.q.url
+        flag = "--coordinator" if url.startswith(("https://", "http://")) else "--queue"
+        return f"hec worker {flag} {url}"
+
     # -- the loop -------------------------------------------------------------------------------------------
 
     def run(self, tasks: list[tuple[list[int], dict[str, Any]]], *, timeout: float | None,
@@ -157,7 +163,7 @@ class Supervisor:
             if idle_since is not None and (self.claimed or time.monotonic() - idle_since > idle_notice_s()):
                 if not self.claimed:  # said once, and the run goes on waiting: a worker started later takes it
                     warn(f"no worker has claimed any of this run's {len(self.jobs)} job(s) in "
-                         f"{time.monotonic() - idle_since:.0f} s: start one (hec worker --queue {self.q.url}); "
+                         f"{time.monotonic() - idle_since:.0f} s: start one ({self._worker_command()}); "
                          f"this run keeps waiting, and after Ctrl-C the same command resumes it")
                 idle_since = None
             if deadline is not None and time.monotonic() > deadline:
@@ -165,7 +171,7 @@ class Supervisor:
                 detail = (f"group {stuck.index}: {len(stuck.results)} result(s), {len(stuck.pending)} job(s) waiting; "
                           f"flagged: {self._flag_list() or 'none'}")
                 message = (f"timed out with {len(shown)}/{len(self.groups)} jobs done ({detail}); the jobs were "
-                           f"cancelled: start workers (hec worker --queue {self.q.url}) or pass a longer --timeout")
+                           f"cancelled: start workers ({self._worker_command()}) or pass a longer --timeout")
                 # With workers flagged, what is missing is a trustworthy result, not capacity alone.
                 raise VerificationError(message) if self.flagged else QueueError(message)
             self.q.wait(POLL_S)
