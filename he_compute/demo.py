@@ -17,6 +17,7 @@ import argparse
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
+    from .cli import show_warning
     from .formats.text import color_system
+    from .schemes._quiet import import_torch_quietly
 
     console = Console(color_system=color_system())  # none at all under NO_COLOR
+    warnings.showwarning = show_warning  # he_compute's warnings as one "Warning: ..." line, as hec prints them
+    import_torch_quietly()  # before Concrete ML: without it torch prints a CUDA_HOME notice on CPU machines
     out = a.out
     if out.exists():
         shutil.rmtree(out)

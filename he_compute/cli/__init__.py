@@ -90,14 +90,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     from ..settings import check_all
 
     check_all()  # every HEC_* setting checked once, before any command: a bad one is one line naming it
-    warnings.showwarning = _show_warning
+    warnings.showwarning = show_warning
     warnings.filterwarnings("default", category=HECWarning)  # whatever filters the environment set
 
 
 _SHOW_WARNING = warnings.showwarning
 
 
-def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+def show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """he_compute's own warnings (inputs clipped, saturated) as one ``Warning: ...`` line on stderr."""
     if issubclass(category, HECWarning):
         click.echo(f"Warning: {message}", err=True)
