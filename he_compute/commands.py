@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,17 @@ class WorkerOptions:
         if self.state:
             cmd += ["--state", self.state]
         return cmd
+
+
+def keep_exit_status(code: Any) -> None:
+    """Leave at once with ``code`` (a ``SystemExit`` code) when it is a failure and Concrete is loaded.
+
+    Concrete registers an exit handler that, once an FHE circuit has run in the process, ends it with status
+    0: a command that failed after evaluating in-process (a canary check, ``hec eval``) would report success
+    to the shell and to scripts.  A failing status therefore leaves here, before exit handlers run (files are
+    closed and temporary directories removed by then: their ``with`` blocks have unwound)."""
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    if status and "concrete.compiler" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

@@ -126,4 +126,8 @@ def _show(console: Any, clear: Any, proba: Any, y_test: Any, times: dict[str, fl
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .commands import keep_exit_status
+
+    status = main()
+    keep_exit_status(status)  # a failed demo must not exit 0 because Concrete's exit handler says so
+    sys.exit(status)

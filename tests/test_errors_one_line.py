@@ -223,3 +223,33 @@ def test_the_readme_lists_every_setting_as_settings_py_does():
     for path in (root / "he_compute").rglob("*.py"):
         read |= set(re.findall(r"\"(HEC_[A-Z_]+)\"", path.read_text()))
     assert read - {"HEC_SANDBOX_"} <= set(settings.BY_NAME), read - set(settings.BY_NAME)
+
+
+_FAIL_AFTER_FHE = """
+import sys
+import numpy as np
+from concrete.ml.sklearn import DecisionTreeClassifier
+X = np.random.default_rng(0).random((40, 3)); y = (X[:, 0] > 0.5).astype(int)
+model = DecisionTreeClassifier(n_bits=3, max_depth=2).fit(X, y)
+model.compile(X)
+model.predict(X[:1], fhe="execute")   # Concrete's runtime now runs in this process
+if sys.argv[1] == "hec":
+    from he_compute.cli import main
+    main(["decrypt", "/nonexistent/y.enc", "-o", "/nonexistent/y.csv"])
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("how", ["hec", "plain"])
+def test_a_command_failing_after_an_fhe_circuit_ran_in_its_process_exits_non_zero(tmp_path, how):
+    """Concrete's exit handler ends a process in which a circuit has run with status 0: `hec` (and so `make
+    test`, whose pytest process runs circuits) reported success for failures.  ``plain`` is the control: the
+    handler still does it to a program that does not guard its status."""
+    script = tmp_path / "fail_after_fhe.py"
+    script.write_text(_FAIL_AFTER_FHE)
+    out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=600)
+    if how == "hec":
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert "Error:" in out.stderr
+    else:
+        assert out.returncode == 0  # the status 3 lost: what the guard above exists for

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..commands import keep_exit_status
 from ..errors import HECError, HECWarning
 from ..formats.text import printable
 
@@ -41,6 +42,13 @@ class _Group(click.Group):
         if name not in self.commands and name in LAZY:
             self.add_command(_load(name), name)
         return self.commands.get(name)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            keep_exit_status(exc.code)  # a failure stays a failure, whatever ran in this process
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
