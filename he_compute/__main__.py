@@ -1,7 +1,5 @@
 """``python -m he_compute ...`` is the ``hec`` command (used to start worker processes by command line)."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

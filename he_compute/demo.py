@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
-    from .cli import show_warning
+    from .errors import show_warning
     from .formats.text import color_system
     from .schemes._quiet import import_torch_quietly
 

@@ -38,6 +38,10 @@ never returns ``False``: it raises one of these.
 
 from __future__ import annotations
 
+import sys
+import warnings
+from typing import Any
+
 
 class HECError(Exception):
     """Base class of every error he_compute raises on purpose."""
@@ -179,6 +183,18 @@ class HECWarning(UserWarning):
     """Something the user should know that does not stop the work: inputs clipped or saturated, say.
 
     The CLI prints it as one ``Warning: ...`` line; in Python it is an ordinary warning of this category."""
+
+
+def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A ``warnings.showwarning`` for programs (``hec``, ``make demo``): he_compute's own warnings as one
+    ``Warning: ...`` line on stderr, every other warning as Python shows it."""
+    if issubclass(category, HECWarning):
+        print(f"Warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _SHOW_WARNING(message, category, *args, **kwargs)
+
+
+_SHOW_WARNING = warnings.showwarning
 
 
 def warn(message: str, stacklevel: int = 2) -> None:

@@ -234,8 +234,8 @@ model = DecisionTreeClassifier(n_bits=3, max_depth=2).fit(X, y)
 model.compile(X)
 model.predict(X[:1], fhe="execute")   # Concrete's runtime now runs in this process
 if sys.argv[1] == "hec":
-    from he_compute.cli import main
-    main(["decrypt", "/nonexistent/y.enc", "-o", "/nonexistent/y.csv"])
+    from he_compute.cli import entry
+    entry(["decrypt", "/nonexistent/y.enc", "-o", "/nonexistent/y.csv"])
 sys.exit(3)
 """
 

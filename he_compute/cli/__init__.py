@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..commands import keep_exit_status
-from ..errors import HECError, HECWarning
+from ..errors import HECError, HECWarning, show_warning
 from ..formats.text import printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -42,13 +42,6 @@ class _Group(click.Group):
         if name not in self.commands and name in LAZY:
             self.add_command(_load(name), name)
         return self.commands.get(name)
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().main(*args, **kwargs)
-        except SystemExit as exc:
-            keep_exit_status(exc.code)  # a failure stays a failure, whatever ran in this process
-            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -102,15 +95,15 @@ def main(ctx: click.Context, debug: bool) -> None:
     warnings.filterwarnings("default", category=HECWarning)  # whatever filters the environment set
 
 
-_SHOW_WARNING = warnings.showwarning
-
-
-def show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """he_compute's own warnings (inputs clipped, saturated) as one ``Warning: ...`` line on stderr."""
-    if issubclass(category, HECWarning):
-        click.echo(f"Warning: {message}", err=True)
-    else:
-        _SHOW_WARNING(message, category, *args, **kwargs)
+def entry(argv: list[str] | None = None) -> None:
+    """The ``hec`` program (console script and ``python -m he_compute``): :func:`main`, whose failing status
+    survives whatever ran in this process (Concrete's exit handler would turn it into 0).  Tests call
+    :func:`main` through click's runner instead, which must get its ``SystemExit`` back."""
+    try:
+        main(argv)
+    except SystemExit as exc:
+        keep_exit_status(exc.code)
+        raise
 
 
 def _load(name: str) -> click.Command:
