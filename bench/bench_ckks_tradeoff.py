@@ -67,6 +67,17 @@ def _setup() -> tuple[Any, Any, Any, Any, Any, Any]:
     return load, X_tr, y_tr, net, X, clear(net, X)
 
 
+_HEADER = ["max_error", "degree", "depth", "N", "predicted bound", "observed max error", "agreement",
+           "samples/s (1 core)"]
+_ORION_ROW = ["Orion 1.0.2 (issue 13)", "15/15/27 composite", "-", "-", "-", f"{ORION[0]}", "100% (50/50)", f"{ORION[1]}"]
+
+
+def _row(p: dict[str, Any]) -> list[Any]:
+    """One measured point as a row under :data:`_HEADER`."""
+    return [p["target"], p["degree"], p["depth"], p["N"], f"{p['predicted']:.3g}", f"{p['err']:.3g}",
+            f"{p['agree']:.2%}", f"{p['rate']:,.0f}"]
+
+
 def composite_point() -> None:
     """Only the composite-ReLU point, beside Orion's: written to ckks_tradeoff_composite.md."""
     from bench.common import table, write
@@ -74,14 +85,11 @@ def composite_point() -> None:
     load, X_tr, y_tr, net, X, ref = _setup()
     with tempfile.TemporaryDirectory(prefix="hec-tradeoff-") as d:
         p = point(net, X_tr, X, ref, COMPOSITE, Path(d), runs=1)
-    rows = [[p["target"], p["degree"], p["depth"], p["N"], f"{p['predicted']:.3g}", f"{p['err']:.3g}",
-             f"{p['agree']:.2%}", f"{p['rate']:,.0f}"],
-            ["Orion 1.0.2 (issue 13)", "15/15/27 composite", "-", "-", "-", f"{ORION[0]}", "100% (50/50)", f"{ORION[1]}"]]
+    rows = [_row(p), _ORION_ROW]
     text = ["# CKKS composite ReLU point, ReLU MLP 30-16-2 (python bench/bench_ckks_tradeoff.py --composite)", "",
             f"Load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores); throughput = one chunk "
             f"(batch packing), one core, evaluation only, ONE run; 8,192 rows (test split tiled).", "",
-            table(["max_error", "degree", "depth", "N", "predicted bound", "observed max error", "agreement",
-                   "samples/s (1 core)"], rows)]
+            table(_HEADER, rows)]
     write("ckks_tradeoff_composite", "\n".join(text))
 
 
@@ -100,16 +108,14 @@ def main() -> None:
     old_t = min(old_t, old_run(old_layers, X)[1])
     old = {"err": float(np.abs(old_out - ref[: len(old_out)]).max()), "rate": old_p["n"] // 2 / old_t,
            "agree": float(np.mean(old_out.argmax(1) == ref.argmax(1)))}
-    rows = [[p["target"], p["degree"], p["depth"], p["N"], f"{p['predicted']:.3g}", f"{p['err']:.3g}",
-             f"{p['agree']:.2%}", f"{p['rate']:,.0f}"] for p in points]
+    rows = [_row(p) for p in points]
     rows.append(["old engine", "8 (global fit)", old_p["depth"], old_p["n"], "-", f"{old['err']:.3g}",
                  f"{old['agree']:.2%}", f"{old['rate']:,.0f}"])
-    rows.append(["Orion 1.0.2 (issue 13)", "15/15/27 composite", "-", "-", "-", f"{ORION[0]}", "100% (50/50)", f"{ORION[1]}"])
+    rows.append(_ORION_ROW)
     text = ["# CKKS accuracy / throughput trade-off, ReLU MLP 30-16-2 (python bench/bench_ckks_tradeoff.py)", "",
             f"Load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores); throughput = one chunk, "
             f"one core, evaluation only, best of two runs; 8,192 rows (test split tiled).", "",
-            table(["max_error", "degree", "depth", "N", "predicted bound", "observed max error", "agreement",
-                   "samples/s (1 core)"], rows)]
+            table(_HEADER, rows)]
     write("ckks_tradeoff", "\n".join(text))
     plot(points, old, ROOT / "results" / "ckks_tradeoff.png")
 
