@@ -60,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEC_SERVER_CACHE_MB", "megabytes", 256, "compiled server parts a worker keeps loaded"),
     Setting("HEC_MAX_CACHED", "count", 8, "most entries in each of a worker's caches", minimum=1),
     Setting("HEC_SANDBOX_MEMORY_MB", "megabytes", 16384, "address space of a worker's evaluation child", minimum=64),
+    Setting("HEC_SANDBOX_BOOT_MEMORY_MB", "megabytes", 65536, "the most address space (and largest file) a worker's "
+            "evaluation child gets for bootstrapping-engine keys (it gets 4 x the keys + 8 GiB, up to this)", minimum=64),
     Setting("HEC_SANDBOX_CPU_S", "count", 3600, "CPU seconds of one evaluation call in the child", minimum=1),
     Setting("HEC_SANDBOX_COMPILE_CPU_S", "count", 600, "CPU seconds the child may spend opening (compiling) one "
             "server part", minimum=1),

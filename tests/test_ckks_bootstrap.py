@@ -22,7 +22,7 @@ from he_compute.schemes.ckks import ofhe
 from he_compute.transport import blobs, queue
 from he_compute.transport.queue import JobState
 from he_compute.worker.loop import Worker
-from he_compute.worker.sandbox import Sandbox
+from he_compute.worker.sandbox import Limits, Sandbox, boot_limits
 from torch_support import clear, standardized_cancer, train
 
 try:
@@ -94,8 +94,13 @@ def sandboxed(deep, tmp_path_factory):
                     (enc.meta["chunks"][0],))
         ids[name] = q.submit(task.to_json(), max_attempts=1)
     start = time.monotonic()
-    Worker(q, store, executor=Sandbox(), log=lambda m: None).run(burst=True)
-    return tmp / "blobs", {name: q.status(i) for name, i in ids.items()}, store, time.monotonic() - start
+    # A base address space of 1 GiB, below what OpenFHE's process needs: the bootstrapping bundle's child gets
+    # the limits its keys' size calls for (boot_limits), or the honest job fails.
+    sandbox = Sandbox(Limits(memory=1 << 30))
+    Worker(q, store, executor=sandbox, log=lambda m: None).run(burst=True)
+    sizes = len(store.get(keys))
+    return tmp / "blobs", {name: q.status(i) for name, i in ids.items()}, store, time.monotonic() - start, \
+        (sandbox, sizes)
 
 
 def test_the_deep_relu_mlp_that_failed_on_tenseal_runs_in_a_sandboxed_worker(deep, sandboxed):
@@ -103,9 +108,12 @@ def test_the_deep_relu_mlp_that_failed_on_tenseal_runs_in_a_sandboxed_worker(dee
     ckks = bundle.manifest["ckks"]
     assert ckks["engine"] == "openfhe-bootstrap"  # chosen automatically: depth 28 is past one good SEAL chain
     assert ckks["bootstraps_per_ciphertext"] >= 4 and bundle.manifest["security_level"] == "none (test parameters)"
-    _, jobs, store, _ = sandboxed
+    _, jobs, store, _, (sandbox, key_bytes) = sandboxed
     job = jobs["honest"]
     assert job.state is JobState.DONE, job.error
+    granted = boot_limits(Limits(memory=1 << 30), key_bytes)
+    assert granted.memory == 4 * key_bytes + (8 << 30)
+    assert any(f"{granted.memory >> 20} MiB address space" in p for p in sandbox.protections), sandbox.protections
     X = X_te[:4]
     assert ckks["postprocess"] is None  # the net ends in its logits: they come back as they are
     y = client._backend.decrypt(store.get(job.result["outputs"][0]), 4)
@@ -117,7 +125,7 @@ def test_the_deep_relu_mlp_that_failed_on_tenseal_runs_in_a_sandboxed_worker(dee
 
 @pytest.mark.parametrize("name", ["truncated", "flipped"])
 def test_hostile_ciphertexts_end_in_one_line_errors_inside_the_sandbox(sandboxed, name):
-    _, jobs, _, seconds = sandboxed
+    _, jobs, _, seconds, _ = sandboxed
     job = jobs[name]
     assert job.state is JobState.FAILED and job.error and "\n" not in job.error, job.error
     assert seconds < 300
@@ -213,3 +221,104 @@ def test_the_sandbox_lets_the_openfhe_interpreter_run_and_nothing_more(tmp_path)
     assert programs == [python] and python in confine.executables()
     assert all(Path(d) not in (Path("/"), Path.home(), Path("/root")) for d in dirs)
     assert set(dirs) <= set(confine.readable_paths(str(tmp_path)))
+
+
+def test_sandbox_limits_scale_with_bootstrapping_keys_up_to_their_cap(monkeypatch):
+    """128-bit bootstrapping keys (gigabytes) get an address space and file size from their size, never past
+    HEC_SANDBOX_BOOT_MEMORY_MB; keys beyond it are refused in one line that names the setting."""
+    from he_compute.errors import LimitExceeded
+
+    base = Limits(memory=16 << 30)
+    assert boot_limits(base, 1 << 20) == base  # small keys: the defaults stand
+    big = boot_limits(base, 6 << 30)
+    assert (big.memory, big.fsize, big.max_blob) == (32 << 30, (6 << 30) + (64 << 20), (6 << 30) + (64 << 20))
+    monkeypatch.setenv("HEC_SANDBOX_BOOT_MEMORY_MB", str(20 << 10))
+    assert boot_limits(base, 6 << 30).memory == 20 << 30  # capped
+    with pytest.raises(LimitExceeded, match=r"HEC_SANDBOX_BOOT_MEMORY_MB \(20480 MiB\) allows: raise it$"):
+        boot_limits(base, 21 << 30)
+
+
+_FORGE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import openfhe as o
+import ofhe_child as C
+p = json.loads(sys.argv[2])
+e = C.Engine()
+honest = e._gen(p)
+# The same ring, primes and log2 Q, but one key-switching digit: P grows to the size of Q.
+forged = e._gen(dict(p, security=0, ring_dim=honest.GetRingDimension(), dnum=1))
+o.SerializeToFile(sys.argv[3] + "/honest", honest, o.BINARY)
+o.SerializeToFile(sys.argv[3] + "/forged", forged, o.BINARY)
+print(json.dumps([e._describe(honest), e._describe(forged)]))
+"""
+
+
+def test_a_worker_refuses_128_bit_keys_whose_special_primes_put_log_qp_past_the_bound(deep, tmp_path):
+    """The attack: keys sent for a 128-bit bundle under a context of the bundle's ring and log2 Q but with one
+    key-switching digit, so that the special modulus P is as large as Q: log2 QP, which the HE Standard's
+    table bounds, is past 128-bit security for the ring.  The old check compared log2 Q alone and let it in."""
+    import copy
+    import json
+    import subprocess
+
+    from he_compute.errors import KeyMismatchError
+    from he_compute.schemes.ckks.boot import BootServer
+    from he_compute.schemes.ckks.ofhe_child import MAX_LOGQP_128
+    from he_compute.schemes.ckks.payload import Payload, pack
+
+    params = {"security": 128, "ring_dim": 0, "slots": 256, "scale_bits": 50, "first_mod_bits": 60, "levels": 1,
+              "level_budget": [1, 1], "secret": "uniform", "dnum": 3}
+    made = subprocess.run([str(ofhe.interpreter()), "-I", "-c", _FORGE, str(ofhe.CHILD.parent), json.dumps(params),
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=True)
+    honest, forged = json.loads(made.stdout)
+    assert (forged["ring_dim"], forged["log_q"]) == (honest["ring_dim"], honest["log_q"])  # all the old check saw
+    assert forged["log_q"] <= MAX_LOGQP_128[forged["ring_dim"]] < forged["log_qp"]
+    assert honest["log_qp"] <= MAX_LOGQP_128[honest["ring_dim"]]
+    _, bundle, _, _ = deep
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest["ckks"]["openfhe"] = params
+    server = BootServer(manifest, bundle.server)
+    errors = {}
+    try:
+        for name in ("forged", "honest"):
+            keys = pack(Payload("keys", "single", 1, [(tmp_path / name).read_bytes(), b"relin", b"rotation"],
+                                {"parts": ["context", "relin", "rotation"]}))
+            with pytest.raises(KeyMismatchError) as err:
+                server.load_keys(keys)
+            errors[name] = str(err.value)
+    finally:
+        server.proc.close()
+    assert f"log2 QP={forged['log_qp']}" in errors["forged"] and "not the 128-bit context" in errors["forged"]
+    assert "\n" not in errors["forged"]
+    assert "not readable" in errors["honest"]  # control: the honest context passes, its fake keys do not
+
+
+def test_composite_relu_runs_on_the_bootstrapping_engine_and_matches_the_clear_model(test_params):
+    """relu='composite' with engine='bootstrap' was refused in one line; the sign stages now run on this
+    engine, bootstrapping between stages where the levels run out, and decrypt to the plan and the clear model."""
+    import json
+
+    from he_compute.schemes.ckks import client as C
+    from he_compute.schemes.ckks import server as S
+
+    X_tr, X_te, y_tr, _ = standardized_cancer()
+    torch.manual_seed(0)
+    net = train(torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), X_tr, y_tr, 60)
+    bundle = he_compute.compile(net, X_tr, scheme="ckks", relu="composite", engine="bootstrap", max_error=0.05)
+    ckks = bundle.manifest["ckks"]
+    plan = json.loads(bundle.server["plan.json"])
+    stages = [la["stages"] for la in plan["layers"] if la["op"] == "relu_composite"]
+    assert ckks["engine"] == "openfhe-bootstrap" and len(stages) == 1 and len(stages[0]) >= 2
+    cl = C.SCHEME.open_client(bundle.manifest, bundle.client, None)
+    keys = cl.keygen()
+    srv = S.SCHEME.open_server(bundle.manifest, bundle.server)
+    loaded = srv.load_keys(keys.evaluation)
+    X = X_te[:4]  # one ciphertext at the test ring
+    ((count, payload),) = cl.encrypt(X)
+    y = cl.decrypt(srv.evaluate(payload, loaded), count)
+    assert srv.bootstraps >= 1  # the composite is deeper than what one bootstrap leaves
+    sim, ref = he_compute.simulate(bundle, X), clear(net, X)
+    assert np.abs(y - sim).max() < 0.05  # CKKS noise and the bootstraps on top of the plan's composite
+    assert np.abs(y - ref).max() <= ckks["predicted_max_error"] + 0.05
+    assert (y.argmax(1) == ref.argmax(1)).all()

@@ -159,7 +159,7 @@ def serve(fd_in: int, fd_out: int, limits: dict[str, Any]) -> None:
     cpu_budget = int(limits["cpu_job_s"])
     while True:
         try:
-            header, payload = read_frame(fd_in, max_payload=MAX_BLOB)
+            header, payload = read_frame(fd_in, max_payload=int(limits.get("max_blob", MAX_BLOB)))
         except ChildGone:
             return
         op = header.get("op")

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .. import errors, schemes, settings
@@ -60,6 +60,24 @@ class Limits:
     env: dict[str, str] = field(default_factory=dict)                  # extra variables (tests' fault hooks)
     log_bytes: int = _env_int("HEC_SANDBOX_LOG_KB", 64) << 10           # of the child's stderr per job
     compile_cpu_s: int = _env_int("HEC_SANDBOX_COMPILE_CPU_S", 600)     # CPU seconds to open one server part
+    max_blob: int = 2 * _GiB                                            # one server part or key set sent to it
+
+
+def boot_limits(base: Limits, key_bytes: int) -> Limits:
+    """The limits of a child that evaluates a bootstrapping-engine bundle with ``key_bytes`` of evaluation keys.
+
+    At 128-bit those keys run to gigabytes, past the defaults: the child holds them twice (the frame and the
+    parsed container), writes them to files for its OpenFHE process, which holds them once more with the
+    bootstrapping tables (each process has its own address space limit).  So the address space is 4 x the keys
+    + 8 GiB, the file size and frame bound the keys + 64 MiB, never below the defaults and never above
+    ``HEC_SANDBOX_BOOT_MEMORY_MB``: keys past that cap fail in one line that names it."""
+    cap = int(settings.get("HEC_SANDBOX_BOOT_MEMORY_MB")) << 20
+    if key_bytes + (64 << 20) > cap:
+        raise errors.LimitExceeded(f"these evaluation keys take {key_bytes >> 20} MiB, more than a worker's "
+                                   f"HEC_SANDBOX_BOOT_MEMORY_MB ({cap >> 20} MiB) allows: raise it")
+    return replace(base, memory=min(cap, max(base.memory, 4 * key_bytes + 8 * _GiB)),
+                   fsize=min(cap, max(base.fsize, key_bytes + (64 << 20))),
+                   max_blob=min(cap, max(base.max_blob, key_bytes + (64 << 20))))
 
 
 class _Child:
@@ -69,7 +87,7 @@ class _Child:
 
     def __init__(self, limits: Limits, log: Any, *, extra: dict[str, Any] | None = None):
         self.tmp = tempfile.mkdtemp(prefix="hec-sandbox-")
-        self.memory = limits.memory
+        self.memory, self.limits = limits.memory, limits
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         env = {"PATH": "/usr/bin:/bin", "HOME": self.tmp, "TMPDIR": self.tmp, "LANG": "C.UTF-8",
@@ -245,6 +263,8 @@ class Sandbox:
         self._children: OrderedDict[str, _Child] = OrderedDict()
         self._key_ids: OrderedDict[str, tuple[str, str]] = OrderedDict()   # keys digest -> (key id, model id)
         self._model_ids: dict[str, tuple[str, str]] = {}                   # server digest -> (model id, scheme)
+        self._bootstrapping: dict[str, bool] = {}                          # server digest -> bootstrapping engine
+        self._key_bytes: dict[str, int] = {}                               # keys digest -> blob size
         self._current: _Child | None = None
         self.protections: list[str] = []   # what the newest child's lock-down achieved, as it reported
         self.missing: list[str] = []       # what it could not apply (never claimed above)
@@ -271,35 +291,49 @@ class Sandbox:
             spare.close()
             return None
 
-    def _child(self, server: str, deadline: float | None) -> tuple[_Child, bool]:
+    def _child(self, server: str, deadline: float | None, limits: Limits | None = None) -> tuple[_Child, bool]:
         child = self._children.get(server)
-        if child is not None and child.alive():
+        if child is not None and child.alive() and (limits is None or child.limits.memory >= limits.memory):
             self._children.move_to_end(server)
             return child, True
-        if child is not None:
+        if child is not None:  # dead, or started with limits below what these keys need
             child.close()
             del self._children[server]
         while len(self._children) >= self.max_children:
             self._children.popitem(last=False)[1].close()
-        child = self._take_spare() or _Child(self.limits, self._log).ready()
+        # A spare has the default limits: a bootstrapping bundle's child is started with its own.
+        child = (self._take_spare() if limits is None else None) or _Child(limits or self.limits, self._log).ready()
         self.protections, self.missing = child.protections, child.missing
         self._children[server] = child
         return child, False
 
     def load(self, task: Task, fetch: Fetch, deadline: float | None = None) -> Loaded:
         """Make ``task``'s model and keys current in its child; the ids come from the worker's own parsing."""
-        child, _ = self._child(task.server, deadline)
+        fetched: dict[str, bytes] = {}
+
+        def once(digest: str) -> bytes:  # a bootstrapping bundle's keys are sized before the child starts
+            if digest not in fetched:
+                fetched[digest] = fetch(digest)
+            return fetched[digest]
+
+        limits = None
+        if self._ids_for_server(task, once)[1] == "ckks" and self._bootstrapping.get(task.server):
+            self._ids_for_keys(task, once)
+            limits = boot_limits(self.limits, self._key_bytes[task.keys])
+        child, _ = self._child(task.server, deadline, limits)
         child.log.new_job()
         need, _ = child.call({"op": "load", "server": task.server, "keys": task.keys}, deadline=deadline)
         wanted = [w for w in need.get("need", []) if w in ("server", "keys")]
         for what in wanted:
             digest = task.server if what == "server" else task.keys
-            data = fetch(digest)
-            self._remember_ids(what, digest, data)
+            data = once(digest)
+            if digest not in (self._model_ids if what == "server" else self._key_ids):  # parsed once per blob
+                self._remember_ids(what, digest, data)
             reply, _ = child.call({"op": "put", "what": what, "digest": digest}, data, deadline=deadline)
             child.protections += [str(p)[:200] for p in reply.get("applied", [])][:4]
         if wanted:
             child.call({"op": "load", "server": task.server, "keys": task.keys}, deadline=deadline)
+        fetched.clear()
         model_id, scheme = self._ids_for_server(task, fetch)
         key_id, keys_model = self._ids_for_keys(task, fetch)
         if keys_model != model_id:
@@ -316,11 +350,16 @@ class Sandbox:
             # own) run here, before the child sees the bytes: the child may not start that process.
             schemes.server(part.scheme).check_server_part(part.meta, sections)
             self._model_ids[digest] = (str(part.meta["model_id"]), part.scheme)
+            if part.scheme == "ckks":
+                from ..schemes.ckks.boot import bootstrapping
+
+                self._bootstrapping[digest] = bootstrapping(part.meta)
         else:
             c = container.parse(data, expect="evalkeys", source=f"evaluation keys {digest[:19]}")
             self._key_ids[digest] = (evalkeys_format.verify(c), str(c.meta.get("model_id")))
+            self._key_bytes[digest] = len(data)
             while len(self._key_ids) > 64:
-                self._key_ids.popitem(last=False)
+                self._key_bytes.pop(self._key_ids.popitem(last=False)[0], None)
 
     def _ids_for_server(self, task: Task, fetch: Fetch) -> tuple[str, str]:
         if task.server not in self._model_ids:

@@ -11,14 +11,17 @@ test-only setting ``HEC_CKKS_INSECURE_TEST_PARAMS=1`` asks for a small ring with
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import struct
 from typing import Any
 
 import numpy as np
 
 from ... import settings
 from ...errors import FormatError, KeyMismatchError, SecurityError, UnsafeArtifactError
-from . import kernels
+from . import composite, kernels
 from .payload import Payload, pack, unpack
 from .plan import LINEAR_OPS, affine_matrix, check_sections, feature_groups
 
@@ -26,6 +29,12 @@ ENGINE = "openfhe-bootstrap"
 TEST_RING = 1 << 12
 LEVEL_BUDGET = (2, 2)
 NO_SECURITY = "none (test parameters)"
+SCALE_BITS = 50
+# OpenFHE bootstraps only when the last prime exceeds the scale by at most its correction factor, which it
+# derives from ring and slots: 7 to 9 at N=2**16 (below 9 past 256 slots), 11 at the test ring.  A 60-bit
+# first prime over a 50-bit scale (10 bits) stops every 128-bit bootstrap ("Degree [10] must be less than or
+# equal to the correction factor [9]"): secure parameters keep 7 bits above the scale, test rings 10.
+FIRST_MOD_BITS = {True: SCALE_BITS + 7, False: 60}
 
 
 def bootstrapping(manifest: dict[str, Any]) -> bool:
@@ -39,23 +48,38 @@ def insecure_allowed() -> bool:
     return bool(settings.get("HEC_CKKS_INSECURE_TEST_PARAMS") == "1")
 
 
-def op_levels(layer: dict[str, Any]) -> int:
-    """Levels one plan op consumes on this engine (a poly: its Chebyshev basis, then one coefficient product)."""
+def _poly_levels(degree: int) -> int:
+    return max(1, math.ceil(math.log2(degree))) + 1 if degree > 1 else 1
+
+
+def op_needs(layer: dict[str, Any]) -> list[tuple[int, int]]:
+    """``(levels it needs left, levels it consumes)`` of each step one plan op becomes on this engine: a poly,
+    its Chebyshev basis and one coefficient product; a composite ReLU, keeping its input ``x`` (one level
+    left for the final product), each sign stage, then the product ``x q``."""
     if layer["op"] == "poly":
-        d = max(len(c) for c in layer["coeffs"]) - 1
-        return (max(1, math.ceil(math.log2(d))) + 1 if d > 1 else 1) + (1 if layer.get("domain") else 0)
-    return 1 if layer["op"] in (*LINEAR_OPS, "square") else 0
+        n = _poly_levels(max(len(c) for c in layer["coeffs"]) - 1) + (1 if layer.get("domain") else 0)
+        return [(n, n)]
+    if layer["op"] == composite.OP:
+        stages = [_poly_levels(len(c) - 1) for c in layer["stages"]]
+        return [(1, 0), *((n, n) for n in stages), (1, 1)]
+    return [(1, 1)] if layer["op"] in (*LINEAR_OPS, "square") else []
+
+
+def op_levels(layer: dict[str, Any]) -> int:
+    """The most levels one step of a plan op needs left (what a bootstrap must leave at least)."""
+    return max((need for need, _ in op_needs(layer)), default=0)
 
 
 def place_bootstraps(plan: dict[str, Any], levels: int) -> list[int]:
-    """Indices of the layers before which a ciphertext is bootstrapped (greedy: only when the op does not fit)."""
+    """Indices of the layers at (or inside) which a ciphertext is bootstrapped, once per bootstrap (greedy: only
+    when the next step does not fit)."""
     left, where = levels - 1, []  # one level is kept for the rescale that starts a bootstrap
     for i, layer in enumerate(plan["layers"]):
-        need = op_levels(layer)
-        if need > left:
-            where.append(i)
-            left = levels - 1
-        left -= need
+        for need, use in op_needs(layer):
+            if need > left:
+                where.append(i)
+                left = levels - 1
+            left -= use
     return where
 
 
@@ -97,6 +121,40 @@ def _bundle_parts(data: bytes, names: list[str], what: str) -> list[bytes]:
     if parts != names:
         raise UnsafeArtifactError(f"{what} must hold exactly {names}, not {str(parts)[:80]}: re-run hec keygen")
     return p.ciphertexts
+
+
+def key_files(data: bytes, directory: str) -> list[str]:
+    """Write the evaluation keys' parts (context, relin, rotation) into ``directory`` (the worker's own,
+    private) and return their paths: the OpenFHE process reads them from there, so gigabytes of keys are not
+    copied through its pipe.  The parts are cut from a view of ``data``, whose container the caller verified
+    against its sha256; the payload frame is checked here (its header, each length against what is left)."""
+    from .payload import _LEN, _PREFIX, MAGIC, PAYLOAD_VERSION
+
+    view = memoryview(data)
+    names = ["context", "relin", "rotation"]
+    try:
+        magic, version, hlen = _PREFIX.unpack_from(data)
+        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
+    except (ValueError, TypeError, struct.error) as exc:
+        raise UnsafeArtifactError(f"the evaluation keys are not a key payload ({exc}): re-run hec keygen") from None
+    if magic != MAGIC or version != PAYLOAD_VERSION or not isinstance(header, dict) or header.get("role") != "keys" \
+            or header.get("parts") != names or header.get("n_ciphertexts") != len(names):
+        raise UnsafeArtifactError(f"the evaluation keys must hold exactly {names}: re-run hec keygen")
+    pos, paths = _PREFIX.size + hlen, []
+    for name in names:
+        if pos + _LEN.size > len(data) or pos + _LEN.size + _LEN.unpack_from(data, pos)[0] > len(data):
+            raise UnsafeArtifactError("the evaluation keys are truncated: re-run hec keygen")
+        (size,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(view[pos : pos + size])
+        paths.append(path)
+        pos += size
+    if pos != len(data):
+        raise UnsafeArtifactError("the evaluation keys have trailing bytes: re-run hec keygen")
+    return paths
 
 
 def max_ciphertext_bytes(p: dict[str, Any]) -> int:
@@ -165,14 +223,32 @@ class BootServer:
                     dom = [add(block_vector((1.0 / dm[:, 1])[groups], self.block, self.slots)),
                            add(block_vector((-dm[:, 0] / dm[:, 1])[groups], self.block, self.slots))]
                 steps.append(["poly", rows, dom])
+            elif layer["op"] == composite.OP:
+                # x q(p_(K-1)(... p_1(x))): shared stages as constant slot vectors, out_scale folded into the
+                # last; the child keeps x for the final product and bootstraps between stages as levels run out.
+                groups = feature_groups(layer)
+                last = np.outer(layer["stages"][-1], layer["out_scale"])[:, groups]
+                stages = [np.outer(c, np.ones(groups.size)) for c in layer["stages"][:-1]] + [last]
+                steps.append(["keep"])
+                steps += [["poly", [add(block_vector(row, self.block, self.slots)) for row in st], None] for st in stages]
+                steps.append(["times_kept"])
         return steps, vecs
 
     def load_keys(self, evaluation: bytes) -> Any:
         """Hand the context and public keys to the OpenFHE process, which checks their parameters; only one
         key set is live per process (a different one is loaded again)."""
-        blobs = _bundle_parts(evaluation, ["context", "relin", "rotation"], "the evaluation keys")
-        info, _ = self.proc.call("open_worker", {"params": self.p, "insecure_ok": insecure_allowed()}, blobs,
-                                 timeout=600, error=KeyMismatchError)
+        import shutil
+        import tempfile
+
+        # A directory of this process's own (the sandbox's private temporary directory on a worker), gone
+        # once the OpenFHE process has read the keys.
+        directory = tempfile.mkdtemp(prefix="hec-keys-")
+        try:
+            paths = key_files(evaluation, directory)
+            info, _ = self.proc.call("open_worker", {"params": self.p, "insecure_ok": insecure_allowed(),
+                                                     "paths": paths}, timeout=3600, error=KeyMismatchError)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
         self.proc.call("plan", {"steps": self.steps}, self.vecs, timeout=600)
         return info
 

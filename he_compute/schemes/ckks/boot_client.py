@@ -9,7 +9,7 @@ import numpy as np
 
 from ...errors import FormatError, KeyMismatchError
 from . import kernels
-from .boot import (ENGINE, LEVEL_BUDGET, NO_SECURITY, TEST_RING, _bundle_parts, build_steps, check_output,
+from .boot import (ENGINE, FIRST_MOD_BITS, LEVEL_BUDGET, NO_SECURITY, SCALE_BITS, TEST_RING, _bundle_parts, build_steps, check_output,
                    check_params, insecure_allowed, op_levels, place_bootstraps)
 from .payload import Payload, pack
 
@@ -44,7 +44,7 @@ def choose(plan: dict[str, Any], weights: dict[str, np.ndarray], depth: int) -> 
     slots = max(2 * block, 256)
     levels = max(op_levels(layer) for layer in plan["layers"]) + 2
     openfhe = {"security": 128 if secure else 0, "ring_dim": 0 if secure else TEST_RING, "slots": slots,
-               "scale_bits": 50, "first_mod_bits": 60, "levels": levels, "level_budget": list(LEVEL_BUDGET),
+               "scale_bits": SCALE_BITS, "first_mod_bits": FIRST_MOD_BITS[secure], "levels": levels, "level_budget": list(LEVEL_BUDGET),
                "secret": "sparse" if not secure else "uniform", "dnum": 3}
     steps = sorted({s for st in build_steps(plan, weights, block, slots) if st[0] == "diag"
                     for s in kernels.rotation_steps(list(st[2]), st[1], block)})
@@ -92,13 +92,25 @@ class BootClient:
         """A fresh secret key; relinearization, rotation and bootstrapping keys for the worker."""
         from .ofhe import Process
 
+        import shutil
+        import tempfile
+        from pathlib import Path
+
         proc = Process()
-        _, (context, secret, mult, auto) = proc.call("keygen", {"params": self.p, "rotations": self.ckks["galois_steps"]},
-                                                     timeout=3600)
+        # The OpenFHE process writes the worker's keys (public) into a private directory of its own, not through
+        # its pipe; the secret key comes back in the reply, never in a file outside the key directory.
+        directory = tempfile.mkdtemp(prefix="hec-keygen-")
+        try:
+            info, (context, secret) = proc.call("keygen", {"params": self.p, "rotations": self.ckks["galois_steps"],
+                                                           "dir": directory}, timeout=3600)
+            parts = [context, *(Path(directory, name).read_bytes() for name in ("relin", "rotation"))]
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
         self._proc, self._secret = proc, pack(Payload("keys", "single", 1, [context, secret],
                                                       {"parts": ["context", "secret"]}))
-        evaluation = pack(Payload("keys", "single", 1, [context, mult, auto],
-                                  {"parts": ["context", "relin", "rotation"], "galois_steps": self.ckks["galois_steps"]}))
+        evaluation = pack(Payload("keys", "single", 1, parts, {"parts": ["context", "relin", "rotation"],
+                                                              "galois_steps": self.ckks["galois_steps"]}))
+        del parts
         return BootKeys(self._secret, evaluation)
 
     def encrypt(self, X: np.ndarray) -> list[tuple[int, bytes]]:

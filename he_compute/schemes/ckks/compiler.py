@@ -199,7 +199,7 @@ def _choose_params(plan: dict[str, Any], depth: int, **options: Any) -> dict[str
         raise UnsupportedModelError(
             f"composite ReLU for this max_error needs multiplicative depth {depth}, more than one 128-bit modulus "
             f"chain holds at a {need}-bit scale (N=32768 holds about {params.MAX_COEFF_BITS_128[32768] // need - 2}): "
-            f"loosen max_error (the bootstrapping engine does not evaluate composite ReLU yet)")
+            f"loosen max_error or pass engine='bootstrap' (--engine bootstrap)")
     return ckks
 
 
@@ -334,10 +334,9 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
 
     explicit = poly_modulus_degree is not None or coeff_mod_bit_sizes is not None or scale_bits is not None
     has_composite = any(layer["op"] == composite.OP for layer in plan["layers"])
-    if has_composite and engine == "bootstrap":
-        raise UnsupportedModelError("the bootstrapping engine does not evaluate composite ReLU yet: pass "
-                                    "relu='poly' (--relu poly) or engine='tenseal'")
-    if not has_composite and boot_client.wanted("tenseal" if explicit and engine == "auto" else engine, depth, int_bits):
+    # A composite plan goes to the bootstrapping engine when asked for (it bootstraps between sign stages).
+    if engine == "bootstrap" if has_composite else \
+            boot_client.wanted("tenseal" if explicit and engine == "auto" else engine, depth, int_bits):
         return boot_client.bundle(model, plan, weights, weight_sections, info, task, onnx_ml, (lo, hi), CLIP_MARGIN)
     try:
         ckks = _choose_params(plan, depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,

@@ -26,9 +26,10 @@ _HEAD = struct.Struct(">I")
 _BODY = struct.Struct(">Q")
 MAX_HEADER = 1 << 16
 CHILD = Path(__file__).with_name("ofhe_child.py")
-# What the parent sends or accepts in one frame: bootstrapping keys at test rings are tens of MB, at 128-bit
-# about 10 GB (research/ckks-libraries.md), which is what the largest blob setting must then allow.
-MAX_FRAME = 1 << 34
+# What the parent sends or accepts in one frame: ciphertexts, plan vectors, a context and a secret key (tens
+# of MB at 128-bit).  Evaluation keys (gigabytes at 128-bit: 3.7 GB measured, bench/results/ckks_boot.md)
+# never travel in frames: they go through files the parent names (Engine.keygen, Engine.open_worker).
+MAX_FRAME = 1 << 31
 
 
 def interpreter() -> Path:

@@ -8,6 +8,9 @@ length the header states, OpenFHE objects as its own binary serialization.
 
 Frame: ``u32 header length | JSON header | u64 payload length | payload``.  A header's ``sizes`` cuts the
 payload into blobs.  Every length is checked against the bound given on the command line before reading.
+Keys do not travel in frames: at 128-bit they run to gigabytes, so key generation writes them with OpenFHE's
+own file serializers straight into a directory the parent names, and a worker's process reads them from
+files the parent wrote (and sized and hashed) there; only paths cross the pipes.
 """
 
 import json
@@ -23,6 +26,16 @@ MAX_BLOBS = 1 << 16
 # The HE Standard's largest total modulus (log2 QP) at 128-bit classical security, ternary secret (the
 # table OpenFHE enforces when asked for HEStd_128_classic).
 MAX_LOGQP_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881, 65536: 1772, 131072: 3576}
+WORKER_FILES = ("context", "relin", "rotation")
+
+
+def _log_p(log_q, towers, dnum, aux_bits):
+    """Bits of P as OpenFHE's hybrid key switching sizes it: ``aux_bits``-bit primes covering the widest of the
+    ``dnum`` digits of ``ceil(towers / dnum)`` Q primes (the first digit, with the wider first prime)."""
+    digits = min(max(dnum, 1), towers)
+    per = math.ceil(towers / digits)
+    widest = math.ceil(log_q * per / towers) + 10  # the first prime is up to 10 bits wider than the others
+    return math.ceil(widest / aux_bits) * aux_bits
 
 
 class Refused(Exception):
@@ -81,11 +94,8 @@ class Engine:
         import openfhe
 
         self.o = openfhe
-        self.cc = None
-        self.secret = None
-        self.params = None
-        self.steps = []
-        self.bootstraps = 0
+        self.cc = self.secret = self.params = None
+        self.steps, self.bootstraps, self.kept = [], 0, None
 
     # ---- parameters ------------------------------------------------------------------------------------
     def _gen(self, p):
@@ -111,9 +121,16 @@ class Engine:
         return cc
 
     def _describe(self, cc):
+        """Ring, log2 Q and log2 QP (Q with the special primes P of hybrid key switching: what the HE
+        Standard's tables bound), and the fields that fix P (digits ``dnum``, special-prime bits ``ab``)."""
         n = cc.GetRingDimension()
         logq = int(cc.GetElementParams().GetModulus()).bit_length()
-        return {"ring_dim": n, "log_q": round(logq, 1), "depth": cc.GetMultiplicativeDepth()}
+        # OpenFHE rebuilds P from these serialized fields on deserialization; its Python API does not show P.
+        fields = json.loads(self.o.Serialize(cc, self.o.JSON))["value0"]["ptr_wrapper"]["data"]["cc"]["ptr_wrapper"][
+            "data"]["value0"]
+        dnum, ab, depth = int(fields["dnum"]), int(fields["ab"]), cc.GetMultiplicativeDepth()
+        return {"ring_dim": n, "log_q": logq, "log_qp": logq + _log_p(logq, depth + 1, dnum, ab), "depth": depth,
+                "dnum": dnum, "aux_bits": ab}
 
     def _setup(self, cc, p):
         self.cc, self.params = cc, p
@@ -123,7 +140,11 @@ class Engine:
         self.slots = int(p["slots"])
 
     def keygen(self, h, _blobs):
-        p = h["params"]
+        """A key set: context and secret key in the reply (never in a file outside the key directory); the
+        worker's ``relin`` and ``rotation`` keys (GBs at 128-bit) written by OpenFHE into ``h["dir"]``."""
+        p, out = h["params"], h.get("dir")
+        if not isinstance(out, str) or not os.path.isdir(out):
+            raise Refused("key generation needs an existing directory to write the keys into")
         cc = self._gen(p)
         self._setup(cc, p)
         o = self.o
@@ -135,52 +156,69 @@ class Engine:
         if rotations:
             cc.EvalRotateKeyGen(kp.secretKey, rotations)
         cc.EvalBootstrapKeyGen(kp.secretKey, self.slots)
-        blobs = [o.Serialize(cc, o.BINARY), o.Serialize(kp.secretKey, o.BINARY),
-                 o.SerializeEvalMultKeyString(o.BINARY, ""), o.SerializeEvalAutomorphismKeyString(o.BINARY, "")]
-        return dict(self._describe(cc), ok=True), blobs
+        paths = {name: os.path.join(out, name) for name in WORKER_FILES[1:]}
+        written = [cc.SerializeEvalMultKey(paths["relin"], o.BINARY, ""),
+                   cc.SerializeEvalAutomorphismKey(paths["rotation"], o.BINARY, "")]
+        if not all(written):
+            raise Refused(f"OpenFHE could not write the evaluation keys into {out}")
+        # The client never evaluates: its process keeps the secret key and the context, not gigabytes of keys.
+        cc.ClearEvalAutomorphismKeys()
+        o.ClearEvalMultKeys()
+        return (dict(self._describe(cc), ok=True, key_bytes={k: os.path.getsize(v) for k, v in paths.items()}),
+                [o.Serialize(cc, o.BINARY), o.Serialize(kp.secretKey, o.BINARY)])
 
-    def _context(self, blob, what):
+    def _context(self, source, what, *, from_file=False):
         o = self.o
         try:
-            cc = o.DeserializeCryptoContextString(blob, o.BINARY)
+            cc, ok = o.DeserializeCryptoContext(source, o.BINARY) if from_file else \
+                (o.DeserializeCryptoContextString(source, o.BINARY), True)
         except Exception as exc:  # noqa: BLE001 - OpenFHE raises its own error types
             raise Refused(f"{what} is not an OpenFHE crypto context: {str(exc)[:200]}") from None
+        if not ok:
+            raise Refused(f"{what} is not an OpenFHE crypto context")
         return cc
 
     def open_client(self, h, blobs):
         o = self.o
+        if len(blobs) != 2:
+            raise Refused("the client's keys must be a context and a secret key")
         cc = self._context(blobs[0], "the client's crypto context")
         self._setup(cc, h["params"])
-        self.secret = o.DeserializePrivateKeyString(blobs[1], o.BINARY)
+        try:
+            self.secret = o.DeserializePrivateKeyString(blobs[1], o.BINARY)
+        except Exception as exc:  # noqa: BLE001
+            raise Refused(f"the secret key is not readable: {str(exc)[:200]}") from None
         return {"ok": True}, []
 
-    def open_worker(self, h, blobs):
-        """Load the client's context and public evaluation keys; refuse parameters below 128-bit unless allowed."""
+    def open_worker(self, h, _blobs):
+        """The client's context and public keys, from files the parent wrote; below 128-bit only if allowed."""
         o, p = self.o, h["params"]
-        if len(blobs) != 3:
-            raise Refused("the evaluation keys must be a context, relinearization keys and rotation keys")
-        cc = self._context(blobs[0], "the evaluation keys' crypto context")
+        paths = _files(h, WORKER_FILES)
+        cc = self._context(paths[0], "the evaluation keys' crypto context", from_file=True)
         got = self._describe(cc)
         if p["security"] == 128:
             # Checked twice: OpenFHE refuses to make a HEStd_128_classic context from insecure parameters,
-            # and the client's context must have the same ring and modulus as the one made here.
+            # and the client's context must be the one made here, special primes included: the tables bound
+            # log2 QP, and a context with fewer digits (a larger P) has the same ring and log2 Q.
             mine = self._describe(self._gen(p))
-            if (mine["ring_dim"], mine["log_q"]) != (got["ring_dim"], got["log_q"]):
-                raise Refused(f"the keys' context (N={got['ring_dim']}, log2 q={got['log_q']}) is not the 128-bit "
-                              f"context of these parameters (N={mine['ring_dim']}, log2 q={mine['log_q']})")
-            if got["log_q"] > MAX_LOGQP_128.get(got["ring_dim"], 0):
-                raise Refused(f"log2 q={got['log_q']} at N={got['ring_dim']} is below 128-bit security")
+            same = ("ring_dim", "log_q", "log_qp", "dnum", "aux_bits", "depth")
+            if any(mine[k] != got[k] for k in same):
+                raise Refused(f"the keys' context (N={got['ring_dim']}, log2 Q={got['log_q']}, log2 QP={got['log_qp']}) "
+                              f"is not the 128-bit context of these parameters (N={mine['ring_dim']}, log2 "
+                              f"Q={mine['log_q']}, log2 QP={mine['log_qp']})")
+            if got["log_qp"] > MAX_LOGQP_128.get(got["ring_dim"], 0):
+                raise Refused(f"log2 QP={got['log_qp']} at N={got['ring_dim']} is below 128-bit security")
         elif not h.get("insecure_ok"):
             raise Refused("these are test parameters without 128-bit security")
         if got["ring_dim"] != int(p.get("ring_dim", got["ring_dim"])) and p["security"] != 128:
             raise Refused(f"the keys' ring N={got['ring_dim']} differs from the bundle's N={p['ring_dim']}")
         self._setup(cc, p)
         try:
-            mult = o.DeserializeEvalMultKeyString(blobs[1], o.BINARY)
-            auto = o.DeserializeEvalAutomorphismKeyString(blobs[2], o.BINARY)
+            mult = cc.DeserializeEvalMultKey(paths[1], o.BINARY)
+            auto = cc.DeserializeEvalAutomorphismKey(paths[2], o.BINARY)
         except Exception as exc:  # noqa: BLE001
             raise Refused(f"the evaluation keys are not readable: {str(exc)[:200]}") from None
-        if mult is False or auto is False:
+        if not mult or not auto:
             raise Refused("the evaluation keys are not readable OpenFHE keys")
         cc.EvalBootstrapSetup([int(v) for v in p["level_budget"]], [0, 0], self.slots)
         return dict(got, ok=True), []
@@ -237,12 +275,10 @@ class Engine:
         return self.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1)
 
     def _need(self, step):
-        kind = step[0]
-        if kind == "poly":
-            d = len(step[1]) - 1
-            return max(1, math.ceil(math.log2(d))) + 1 + (1 if step[2] is not None else 0) if d > 1 else \
-                1 + (1 if step[2] is not None else 0)
-        return 1
+        if step[0] == "poly":  # as boot.op_needs counts it
+            d, dom = len(step[1]) - 1, 1 if step[2] is not None else 0
+            return (max(1, math.ceil(math.log2(d))) + 1 if d > 1 else 1) + dom
+        return 0 if step[0] == "bootstrap" else 1  # keep: one level left for the product x q
 
     def _boot(self, ct, need):
         # One level stays unused: bootstrapping rescales its input first (FLEXIBLEAUTO), which needs it.
@@ -286,6 +322,18 @@ class Engine:
         acc = cc.EvalAdd(acc, cc.EvalRotate(acc, -n))
         return cc.EvalAdd(acc, self._pt(vecs[bias]))
 
+    def _keep(self, ct, step, vecs):  # a composite ReLU's input x, for its final product x q
+        self.kept = ct
+        return ct
+
+    def _times_kept(self, ct, step, vecs):
+        return self.cc.EvalMult(self.kept, ct)
+
+    def _bootstrap(self, ct, step, vecs):
+        """A bootstrap where the plan asks for one (the greedy placement adds its own in ``evaluate``)."""
+        self.bootstraps += 1
+        return self.cc.EvalBootstrap(ct)
+
     def _square(self, ct, step, vecs):
         return self.cc.EvalSquare(ct)
 
@@ -325,13 +373,24 @@ class Engine:
 
 
 # One table maps each plan op to its kernel: a new op (a composite sign polynomial) is one more entry.
-_DISPATCH = {"linear": Engine._linear, "square": Engine._square, "poly": Engine._poly}
+_DISPATCH = {"linear": Engine._linear, "square": Engine._square, "poly": Engine._poly, "bootstrap": Engine._bootstrap,
+             "keep": Engine._keep, "times_kept": Engine._times_kept}
 _OPS = {"keygen": Engine.keygen, "open_client": Engine.open_client, "open_worker": Engine.open_worker,
         "encrypt": Engine.encrypt, "decrypt": Engine.decrypt, "plan": Engine.plan, "eval": Engine.evaluate}
 
 
+def _files(h, names):
+    """The paths the parent named for ``names``: regular files (their sizes the parent bounded)."""
+    paths = h.get("paths")
+    if not isinstance(paths, list) or len(paths) != len(names) or not all(isinstance(x, str) and os.path.isfile(x)
+                                                                           for x in paths):
+        raise Refused(f"the keys must be {len(names)} files the parent wrote: {', '.join(names)}")
+    return paths
+
+
 def main(argv):
     fd_in, fd_out, max_bytes = int(argv[0]), int(argv[1]), int(argv[2])
+    os.umask(0o077)  # key files this process writes are its user's alone (the secret key among them)
     engine = Engine()
     write_frame(fd_out, {"hello": True, "pid": os.getpid()})
     while True:
