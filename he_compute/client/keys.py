@@ -75,7 +75,7 @@ def write(path: Path, scheme: str, model_id: str, client_part: Container, secret
     info = KeyInfo(scheme, model_id, evk.meta["key_id"])
     atomic_write(path / SECRET, Container("secretkeys", scheme, {"model_id": model_id}, {"secret": secret}).to_bytes(), PRIVATE)
     atomic_write(path / CLIENT, client_part.to_bytes(), PRIVATE)
-    atomic_write(path / EVALUATION, evk.to_bytes(), PRIVATE)
+    evk.save(path / EVALUATION, PRIVATE)  # written part by part: no second copy of the keys in memory
     if server_part is not None:
         atomic_write(path / SERVER, server_part.to_bytes(), PRIVATE)
     atomic_write(path / KEYINFO, json.dumps(info.__dict__, indent=2).encode(), PRIVATE)

@@ -21,7 +21,9 @@ from ..errors import FormatError
 
 def key_id(nonce: bytes, evaluation: bytes) -> str:
     """The key id of a keyset: sha256 over its nonce and serialized evaluation keys."""
-    return hashlib.sha256(nonce + evaluation).hexdigest()
+    h = hashlib.sha256(nonce)
+    h.update(evaluation)  # not nonce + evaluation: that would copy gigabytes of bootstrapping keys
+    return h.hexdigest()
 
 
 def new_container(scheme: str, model_id: str, evaluation: bytes) -> Container:
