@@ -90,19 +90,19 @@ class BootClient:
 
     def keygen(self) -> BootKeys:
         """A fresh secret key; relinearization, rotation and bootstrapping keys for the worker."""
-        from .ofhe import Process
-
         import shutil
         import tempfile
         from pathlib import Path
+
+        from .ofhe import Process
 
         proc = Process()
         # The OpenFHE process writes the worker's keys (public) into a private directory of its own, not through
         # its pipe; the secret key comes back in the reply, never in a file outside the key directory.
         directory = tempfile.mkdtemp(prefix="hec-keygen-")
         try:
-            info, (context, secret) = proc.call("keygen", {"params": self.p, "rotations": self.ckks["galois_steps"],
-                                                           "dir": directory}, timeout=3600)
+            _, (context, secret) = proc.call("keygen", {"params": self.p, "rotations": self.ckks["galois_steps"],
+                                                        "dir": directory}, timeout=3600)
             parts = [context, *(Path(directory, name).read_bytes() for name in ("relin", "rotation"))]
         finally:
             shutil.rmtree(directory, ignore_errors=True)
