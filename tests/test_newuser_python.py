@@ -42,7 +42,7 @@ USER_SCRIPT = """
     client = he_compute.Client.keygen(bundle, "keys")
     X_new = X[:3].copy()
     X_new[1, 2] = 1e6
-    client.encrypt(X_new)  # a value far outside the quantization range: saturated, and said once
+    client.encrypt(X_new)  # a value far outside the quantization range: said once
 
     X_new[0, 3] = -1e6
     with warnings.catch_warnings():
@@ -104,6 +104,8 @@ def test_a_users_script_shows_he_computes_warning_as_one_line(user_script):
     lines = done.stderr.splitlines()
     ours = [line for line in lines if "saturate" in line]
     assert len(ours) == 1 and ours[0].startswith("Warning: ") and "row 1 feature 2" in ours[0], done.stderr
+    after = lines[lines.index(ours[0]) + 1:]
+    assert not after or not after[0].startswith(" "), done.stderr  # no source line follows it
     # Python's format named he_compute's file and repeated its source line: neither appears now.
     assert not any("HECWarning" in line or "encrypt(" in line for line in lines), done.stderr
     assert "row 0 feature 3" not in done.stderr  # the user's filter silenced the second one
