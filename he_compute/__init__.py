@@ -35,6 +35,12 @@ from .errors import (
     VerificationError,
 )
 
+from .schemes._quiet import install as _install_quiet_torch
+
+# torch prints "No CUDA runtime is found" when Concrete ML is imported on a machine without CUDA, also when
+# the user's own code imports it (a notebook's first cell): from here on, that one line is dropped.
+_install_quiet_torch()
+
 # Roles are imported on first use (PEP 562), so that a worker process that
 # imports he_compute.evaluator never loads the client's secret-key code.
 _LAZY = {

@@ -182,7 +182,8 @@ class AuditError(VerificationError):
 class HECWarning(UserWarning):
     """Something the user should know that does not stop the work: inputs clipped or saturated, say.
 
-    The CLI prints it as one ``Warning: ...`` line; in Python it is an ordinary warning of this category."""
+    Shown as one ``Warning: ...`` line, by the CLI and in Python alike; in Python it is an ordinary warning
+    of this category (filters and ``pytest.warns`` see it as any other)."""
 
 
 def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -200,14 +201,26 @@ _SHOW_WARNING = warnings.showwarning
 def warn(message: str, stacklevel: int = 2) -> None:
     """Emit an :class:`HECWarning`, also where a library silenced every warning at import (importing
     ``concrete.ml.sklearn`` does): only a filter naming this category or a class it derives from (say
-    ``UserWarning``) silences it."""
-    import warnings
-
+    ``UserWarning``) silences it.  Where Python itself shows it, it is one ``Warning: ...`` line: the
+    format is swapped for this call only, so no other library's warnings change, and a recorder
+    (``catch_warnings(record=True)``, ``pytest.warns``) or a replaced ``showwarning`` gets the warning as usual."""
     first = next((f for f in warnings.filters if issubclass(HECWarning, f[2])), None)
     with warnings.catch_warnings():
         if first is not None and first[0] == "ignore" and first[2] is Warning:
             warnings.filterwarnings("always", category=HECWarning)
-        warnings.warn(message, HECWarning, stacklevel=stacklevel + 1)
+        shown_as = warnings.formatwarning
+
+        def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+            # Not Python's file, line and source line, which name he_compute's internals, not the user's code.
+            if issubclass(category, HECWarning):
+                return f"Warning: {message}\n"
+            return shown_as(message, category, *args, **kwargs)  # another thread's warning, meanwhile
+
+        warnings.formatwarning = one_line
+        try:
+            warnings.warn(message, HECWarning, stacklevel=stacklevel + 1)
+        finally:
+            warnings.formatwarning = shown_as
 
 
 def clipped_message(head: str, rows: "list[int]", features: "list[int]", values: "list[float]", limit: int = 5) -> str:

@@ -328,6 +328,15 @@ def test_a_usage_error_is_one_line_with_the_exit_status_the_readme_gives(tmp_pat
     assert "exit status 2" in readme and "usage error" in readme
 
 
+@pytest.mark.parametrize("args", [["--bogus"], ["--debug", "--bogus", "info"], ["--debug=yes", "info"]])
+def test_a_usage_error_before_the_command_name_is_one_line_too(args):
+    result = hec(*args)  # an option hec itself does not know, before any command
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "--help)" in lines[0] and "Usage:" not in result.output
+    assert hec().exit_code == 2 and "Commands:" in hec().output  # bare hec still shows its help
+
+
 def test_hec_worker_with_two_processes_says_who_it_is_once(tmp_path):
     import os
     import subprocess

@@ -43,6 +43,15 @@ class _Group(click.Group):
             self.add_command(_load(name), name)
         return self.commands.get(name)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``hec``'s own options (``hec --bogus``): a usage error is one line too; bare ``hec`` still shows help."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _UsageLine(exc.format_message(), exc.ctx) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

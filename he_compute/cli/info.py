@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,13 @@ def info_cmd(path: Path, as_json: bool, no_estimate: bool) -> None:
             click.echo(line)
 
 
-def estimate_lines(est: Any) -> dict[str, Any]:
-    """The estimate as ``hec info`` and ``hec compile`` print it."""
+def estimate_lines(est: Any, samples: int | None = None) -> dict[str, Any]:
+    """The estimate as ``hec info``, ``hec compile`` and ``hec plan`` print it (``samples``: the run's size)."""
     per = "" if est.unit == "sample" else f" (a {est.unit} holds up to {est.samples_per_unit} samples)"
     lines: dict[str, Any] = {
         f"time per {est.unit}": f"{est.seconds_per_unit:.3g} s on one core of this machine{per}",
         "evaluation keys": _size(est.evaluation_key_bytes),
-        "bytes per sample": f"{_size(est.input_bytes_per_sample)} in, {_size(est.output_bytes_per_sample)} out",
+        **_byte_lines(est, samples),
     }
     if est.expected_error is not None:
         lines["expected error"] = f"{est.expected_error:.3g} (largest output error)"
@@ -83,6 +84,26 @@ def estimate_lines(est: Any) -> dict[str, Any]:
     if est.p_error is not None:
         lines["p error"] = f"{est.p_error:.3g} per bootstrap"
     lines["basis"] = est.basis
+    return lines
+
+
+def _byte_lines(est: Any, samples: int | None) -> dict[str, str]:
+    """Encrypted bytes in and out.  A ciphertext batch costs the same whether it holds one sample or a full
+    batch, so where a unit holds several samples the cost is given per unit and for ``samples``: a bytes per
+    sample figure of a full batch would understate a small run's cost by up to the batch size."""
+    def both(units: float) -> str:
+        return f"{_size(units * est.input_bytes_per_unit)} in, {_size(units * est.output_bytes_per_unit)} out"
+
+    units_of = est.unit + ("es" if est.unit.endswith("ch") else "s")  # batches, ciphertexts
+    if est.samples_per_unit == 1:
+        lines = {"bytes per sample": both(1)}
+    else:
+        lines = {f"bytes per {est.unit}": f"{both(1)}, whether it holds 1 sample or {est.samples_per_unit} "
+                                          f"(per sample in full {units_of}: {both(1 / est.samples_per_unit)})"}
+    if samples is not None:
+        units = math.ceil(samples / est.samples_per_unit)
+        lines[f"bytes for {samples} samples"] = both(units) + (
+            "" if est.samples_per_unit == 1 else f" ({units} {est.unit if units == 1 else units_of})")
     return lines
 
 
@@ -113,7 +134,7 @@ def plan_cmd(bundle: Path, samples: int, workers: int, as_json: bool) -> None:
     click.echo(f"{samples} samples on {workers} worker(s): about {_duration(p['seconds'])} of evaluation ({work})")
     click.echo(f"upload {_size(p['upload_bytes'])} (server part and evaluation keys once, then the inputs); "
                f"download {_size(p['download_bytes'])}")
-    for line in render(estimate_lines(est)):
+    for line in render(estimate_lines(est, samples)):
         click.echo(line)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, KeyMismatchError
+from ...errors import FormatError, KeyMismatchError, warn
 from . import kernels
 from .boot import (ENGINE, FIRST_MOD_BITS, LEVEL_BUDGET, NO_SECURITY, SCALE_BITS, TEST_RING, _bundle_parts, build_steps, check_output,
                    check_params, insecure_allowed, op_levels, place_bootstraps)
@@ -162,7 +162,6 @@ def bundle(model: Any, plan: dict[str, Any], weights: dict[str, np.ndarray], wei
            clip_margin: float) -> Any:
     """The bundle of a plan compiled for this engine (the same plan, encoding and post-processing as SEAL's)."""
     import json
-    import warnings
 
     from ...formats.bundle import Bundle
     from .. import library_versions
@@ -177,7 +176,7 @@ def bundle(model: Any, plan: dict[str, Any], weights: dict[str, np.ndarray], wei
         warned.append(f"predicted output error {info['predicted_max_error']:.3g} exceeds max_error "
                       f"{info['max_error']:g}: raise activation_degree or drop it to let max_error choose")
     for message in warned:
-        warnings.warn(message, stacklevel=3)
+        warn(message, stacklevel=3)
     ckks |= {"postprocess": post, "activations": info["fits"], "max_error_target": info["max_error"],
              "input_clip_margin": clip_margin, "predicted_max_error": info["predicted_max_error"],
              "calibration_max_error": info["calibration_max_error"],

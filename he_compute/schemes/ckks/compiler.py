@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ...formats.bundle import Bundle
-from ...errors import InputError, UnsupportedModelError
+from ...errors import InputError, UnsupportedModelError, warn
 from .. import library_versions
 from .._onnx import is_onnx, is_torch, model_type
 from .._onnx_ml import as_sklearn
@@ -378,7 +377,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
         warned.append(f"predicted output error {info['predicted_max_error']:.3g} exceeds max_error {target:g}: "
                       f"raise activation_degree or drop it to let max_error choose")
     for message in warned:
-        warnings.warn(message, stacklevel=2)
+        warn(message, stacklevel=2)
     ckks |= {
         "multiplicative_depth": depth,
         "packing": chosen,
