@@ -34,7 +34,7 @@ def _timed(fn) -> float:
 def compare(d: Path) -> str:
     """Run both paths on two models (cheap and heavier evaluation per ciphertext byte); the markdown section."""
     import he_compute
-    from he_compute.client.run import run
+    from he_compute.client.run import RunOptions, run
     from he_compute.transport.remote import open_tenant
 
     from .bench_ckks import _data, _models
@@ -67,7 +67,7 @@ def compare(d: Path) -> str:
             for _ in range(2):  # interleaved, so that a change in the machine's load hits both paths alike
                 for k, v in paths.items():
                     times[k].append(_timed(lambda k=k, v=v: outs.__setitem__(
-                        k, run(enc, part, evk, show_progress=False, timeout=900, **v))))
+                        k, run(enc, part, evk, options=RunOptions(timeout=900, show_progress=False), **v))))
             same = np.allclose(client.decrypt(outs["direct"].result), client.decrypt(outs["coord"].result), atol=1e-9)
             mb = sum(len(v) for v in enc.sections.values()) / 2**20
             added = [100 * (b / a - 1) for a, b in zip(times["direct"], times["coord"])]

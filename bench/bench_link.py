@@ -184,7 +184,7 @@ class Services:
 def _one(link: Link, svc: Services, how: str, args: list[str], queue, blobs, model, n: int) -> dict:
     """A fresh worker over the link: the first result, then the batch."""
     from he_compute import read_evaluation_keys
-    from he_compute.client.run import run
+    from he_compute.client.run import RunOptions, run
 
     name, bundle, client, predict, first, batch, X = model
     # Fresh ciphertexts for every row: CKKS evaluation is deterministic, so a result of the same ciphertexts
@@ -199,11 +199,12 @@ def _one(link: Link, svc: Services, how: str, args: list[str], queue, blobs, mod
     try:
         time.sleep(8)  # the worker imports and connects; what it then pulls is measured
         c0, t0 = link.counters(), time.perf_counter()
-        run(first, bundle.server_part(), evk, queue=queue, blobs=blobs, show_progress=False, timeout=900, resume=False)
+        run(first, bundle.server_part(), evk, queue=queue, blobs=blobs,
+            options=RunOptions(timeout=900, resume=False, show_progress=False))
         ttfr, c1 = time.perf_counter() - t0, link.counters()
         t1 = time.perf_counter()
-        report = run(batch, bundle.server_part(), evk, queue=queue, blobs=blobs, show_progress=False, timeout=900,
-                     resume=False)
+        report = run(batch, bundle.server_part(), evk, queue=queue, blobs=blobs,
+                     options=RunOptions(timeout=900, resume=False, show_progress=False))
         seconds, c2 = time.perf_counter() - t1, link.counters()
     finally:
         worker.send_signal(signal.SIGTERM)

@@ -82,11 +82,11 @@ def _throughput(tmp: Path, name: str, enc, bundle, client, workers: int, threads
         warmed: set[str] = set()
         while len(warmed) < workers:
             rep = runner.run(_subset(enc, [0] * workers), bundle.server_part(), evk, queue=q, blobs=store,
-                             samples_per_job=1, show_progress=False, timeout=600)
+                             options=runner.RunOptions(timeout=600, samples_per_job=1, show_progress=False))
             warmed |= {s["worker"] for s in rep.worker_stats}
         t = time.perf_counter()
-        rep = runner.run(enc, bundle.server_part(), evk, queue=q, blobs=store, samples_per_job=1,
-                         show_progress=False, timeout=1800)
+        rep = runner.run(enc, bundle.server_part(), evk, queue=q, blobs=store,
+                         options=runner.RunOptions(timeout=1800, samples_per_job=1, show_progress=False))
         return enc.meta["n_samples"] / (time.perf_counter() - t)
     finally:
         stop_all(procs)
@@ -188,11 +188,11 @@ def _queue_per_sample(tmp: Path, enc, bundle, client, threads: int) -> tuple[flo
     evk = evalkeys.read(client.evaluation_keys_path)
     procs = spawn(qurl, burl, 1, WorkerOptions(device="cpu", threads=threads), pin=True, log=open(tmp / "e2e.log", "ab"))
     try:
-        first = runner.run(_subset(enc, [0]), bundle.server_part(), evk, queue=q, blobs=store, show_progress=False,
-                           timeout=600)
+        first = runner.run(_subset(enc, [0]), bundle.server_part(), evk, queue=q, blobs=store,
+                           options=runner.RunOptions(timeout=600, show_progress=False))
         t = time.perf_counter()
-        rep = runner.run(enc, bundle.server_part(), evk, queue=q, blobs=store, samples_per_job=1,
-                         show_progress=False, timeout=1800)
+        rep = runner.run(enc, bundle.server_part(), evk, queue=q, blobs=store,
+                         options=runner.RunOptions(timeout=1800, samples_per_job=1, show_progress=False))
         per = (time.perf_counter() - t) / enc.meta["n_samples"]
         first_info = {"uploaded": first.uploaded, "keys": [s["keys"] for s in first.worker_stats]}
         again_info = {"uploaded": rep.uploaded, "reused": rep.reused, "keys": sorted({s["keys"] for s in rep.worker_stats}),
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="he_compute queue benchmarks")
     p.add_argument("--samples", type=int, default=6, help="encrypted samples per measurement")
     a = p.parse_args(argv)
-    from he_compute.worker.host import plan, usable_cores
+    from he_compute.worker.host import split_cores, usable_cores
 
     cores = usable_cores()
     load0 = os.getloadavg()
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         enc.save(tmp / "x.enc")
         lines.append(f"Setup (train, compile, keygen, encrypt): {time.perf_counter() - t:.1f}s\n")
 
-        auto_jobs, auto_threads = plan(cores)
+        auto_jobs, auto_threads = split_cores(cores)
         configs = {"1 job x 1 thread (1 core)": (1, 1)}
         configs[f"{auto_jobs} jobs x {auto_threads} thread (auto)"] = (auto_jobs, auto_threads)
         if cores > 1:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{through[f'{auto_jobs} jobs x {auto_threads} thread (auto)'] / base:.2f}x.")
         best = max(through, key=through.get)
         lines.append(f"\nThe worker's automatic choice is `{auto_jobs} jobs x {auto_threads} thread` "
-                     f"(`plan({cores})`); the fastest measured here: `{best}`.  Target for two one-core workers: "
+                     f"(`split_cores({cores})`); the fastest measured here: `{best}`.  Target for two one-core workers: "
                      f">= 1.8x one.\n")
 
         ser, pre = _direct(tmp, enc, client, cores)

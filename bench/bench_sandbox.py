@@ -20,7 +20,7 @@ from bench.common import table, write
 
 ROUNDS = 5
 TFHE_SAMPLES = 6
-THREADS = 1  # per job, both sides: the worker's default (one single-threaded job per core, worker/host.plan)
+THREADS = 1  # per job, both sides: the worker's default (one single-threaded job per core, worker/host.split_cores)
 
 
 def _task_and_fetch(bundle, client, enc):

@@ -69,8 +69,9 @@ def main() -> None:
         for _ in range(5):
             if all(w.stats["jobs"] for w in workers):
                 break
-            runner.run(client.encrypt(Xq[:6]), bundle.server_part(), evk, queue=q_url, blobs=b_url, samples_per_job=1,
-                       show_progress=False, timeout=600, policy=runner.Policy(allowed=allow))
+            runner.run(client.encrypt(Xq[:6]), bundle.server_part(), evk, queue=q_url, blobs=b_url,
+                       options=runner.RunOptions(timeout=600, samples_per_job=1, show_progress=False),
+                       policy=runner.Policy(allowed=allow))
         for label, opts in CONFIGS * ROUNDS:
             enc = client.encrypt(Xq)
             kwargs = dict(opts)
@@ -79,8 +80,10 @@ def main() -> None:
             if kwargs.get("canaries"):
                 kwargs["known_answers"] = known
             start = time.perf_counter()
-            report = runner.run(enc, bundle.server_part(), evk, queue=q_url, blobs=b_url, samples_per_job=1,
-                                show_progress=False, timeout=600, policy=runner.Policy(**kwargs), resume=False)
+            report = runner.run(enc, bundle.server_part(), evk, queue=q_url, blobs=b_url,
+                                options=runner.RunOptions(timeout=600, samples_per_job=1, resume=False,
+                                                          show_progress=False),
+                                policy=runner.Policy(**kwargs))
             elapsed = time.perf_counter() - start
             assert np.allclose(client.decrypt(report.result), clear, atol=1e-9)
             v = report.verification

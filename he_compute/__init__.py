@@ -52,10 +52,12 @@ _LAZY = {
     "Evaluator": ("evaluator", "Evaluator"),
     "EncryptedModel": ("client.api", "EncryptedModel"),
     "EncryptedJob": ("client.api", "EncryptedJob"),
+    "TenantAccess": ("client.api", "TenantAccess"),
     "EncryptedPredictor": ("client.sklearn", "EncryptedPredictor"),
     "read_evaluation_keys": ("formats.evalkeys", "read"),
     "run": ("client.run", "run"),
     "Policy": ("client.run", "Policy"),
+    "RunOptions": ("client.run", "RunOptions"),
     "simulate": ("client.simulate", "simulate"),
 }
 
@@ -87,8 +89,10 @@ __all__ = [
     "KeyMismatchError",
     "QueueError",
     "Policy",
+    "RunOptions",
     "SecurityError",
     "StoreError",
+    "TenantAccess",
     "UnsafeArtifactError",
     "UnsupportedModelError",
     "VerificationError",

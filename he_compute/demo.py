@@ -89,7 +89,7 @@ def _encrypted_inference(X_train: Any, y_train: Any, X_test: Any, out: Path, wor
     t = time.perf_counter()
     report = he_compute.run(enc, bundle.server_part(), he_compute.read_evaluation_keys(client.evaluation_keys_path),
                  queue=f"sqlite://{out / 'queue.db'}", blobs=f"file://{out / 'blobs'}", local_workers=workers,
-                 samples_per_job=1, timeout=1800)
+                 options=he_compute.RunOptions(timeout=1800, samples_per_job=1))
     report.result.save(out / "y.enc")
     times["run (queue + workers)"] = time.perf_counter() - t
 

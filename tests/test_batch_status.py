@@ -52,8 +52,8 @@ def test_a_run_of_n_jobs_asks_the_queue_once_per_poll_not_once_per_job(compiled,
     thread = threading.Thread(target=worker.run, kwargs={"poll_s": 0.05}, daemon=True)
     thread.start()
     try:
-        report = runner.run(enc, server, evk, queue=q, blobs=b_url, samples_per_job=1, show_progress=False,
-                            timeout=120, resume=False)
+        report = runner.run(enc, server, evk, queue=q, blobs=b_url,
+                            options=runner.RunOptions(timeout=120, samples_per_job=1, resume=False, show_progress=False))
     finally:
         worker.stop()
         thread.join(30)
@@ -97,8 +97,8 @@ def test_a_run_through_a_coordinator_polls_by_batch_and_at_most_five_times_a_sec
     w = worker_proc(coord, tmp_path / "w", token_file=coord.data / "enroll.token", log=tmp_path / "w.log")
     try:
         t0 = time.monotonic()
-        report = runner.run(enc, server, evk, queue=RemoteProducer(s), blobs=RemoteBlobs(s), samples_per_job=1,
-                            show_progress=False, timeout=300, resume=False)
+        report = runner.run(enc, server, evk, queue=RemoteProducer(s), blobs=RemoteBlobs(s),
+                            options=runner.RunOptions(timeout=300, samples_per_job=1, resume=False, show_progress=False))
         took = time.monotonic() - t0
     finally:
         stop_all([w])

@@ -14,7 +14,7 @@ import threading
 from scipy.stats import binom
 
 import he_compute
-from he_compute.client.run import KnownAnswers, Policy, run
+from he_compute.client.run import KnownAnswers, Policy, RunOptions, run
 from he_compute.transport import blobs, queue
 from he_compute.worker.executor import InProcess
 from he_compute.worker.loop import Worker
@@ -30,7 +30,7 @@ def _run_once(c, enc, known, q_url, b_url):
         try:
             report = run(enc, c.bundle.server_part(), he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
                          queue=q_url, blobs=b_url, policy=Policy(canaries=FRACTION, known_answers=known, decoys=0),
-                         samples_per_job=1, show_progress=False, resume=False, timeout=600)
+                         options=RunOptions(timeout=600, samples_per_job=1, resume=False, show_progress=False))
         finally:
             worker.stop()
             t.join(30)

@@ -48,8 +48,8 @@ def test_encrypted_model_through_the_coordinator_matches_the_clear_model(deploym
     c = compiled("linear")
     X = cancer[1][:6]
     os.environ["HEC_CHECKPOINTS"] = str(tmp_path / "checkpoints.json")
-    with he_compute.EncryptedModel(c.bundle_path, keys=c.client.keys_dir, coordinator=coord.url, token=coord.token(),
-                                   ca_file=str(coord.tls[0]), timeout=300) as model:
+    tenant = he_compute.TenantAccess(coord.url, token=coord.token(), ca_file=str(coord.tls[0]))
+    with he_compute.EncryptedModel(c.bundle_path, keys=c.client.keys_dir, queue=tenant, timeout=300) as model:
         np.testing.assert_allclose(model.predict_proba(X), c.model.predict_proba(X, fhe="disable"), atol=1e-9)
     kept = json.loads((tmp_path / "checkpoints.json").read_text())
     assert list(kept.values())[0]["size"] >= 2  # submissions and receipts, in this tenant's log at the coordinator

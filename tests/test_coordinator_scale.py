@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from he_compute.client.run import run
+from he_compute.client.run import RunOptions, run
 from he_compute.formats.evalkeys import read as read_evaluation_keys
 from he_compute.transport.remote import RemoteBlobs, RemoteConsumer, RemoteProducer, Session, enroll
 from he_compute.transport.remote.wire import API, sign_request
@@ -158,7 +158,8 @@ def test_chaos_kill_a_coordinator_a_worker_and_redis_during_an_encrypted_run(acl
     def go():
         try:
             out["report"] = run(enc, c.bundle.server_part(), read_evaluation_keys(c.client.evaluation_keys_path),
-                                queue=q, blobs=store, samples_per_job=1, show_progress=False, timeout=300)
+                                queue=q, blobs=store,
+                                options=RunOptions(timeout=300, samples_per_job=1, show_progress=False))
         except BaseException as exc:  # noqa: BLE001 - reported below
             out["error"] = exc
 

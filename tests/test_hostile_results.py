@@ -20,7 +20,7 @@ import pytest
 from scipy.stats import binom
 
 import he_compute
-from he_compute.client.run import KnownAnswers, Policy, run
+from he_compute.client.run import KnownAnswers, Policy, RunOptions, run
 from he_compute.transport import blobs, queue
 from he_compute.worker.executor import InProcess
 from he_compute.worker.loop import Worker
@@ -44,7 +44,7 @@ def ckks_logreg(cancer, tmp_path_factory):
     return model, bundle, client, X_tr, X_te
 
 
-def _honest_run(enc, server, evk, policy, q_url, b_url, *, workers=1, **kw):
+def _honest_run(enc, server, evk, policy, q_url, b_url, *, workers=1, samples_per_job=None):
     """``run`` with ``workers`` honest workers in threads."""
     honest = [Worker(queue.connect(q_url), blobs.connect(b_url), name=f"honest-{i}", executor=InProcess(),
                      log=lambda m: None) for i in range(workers)]
@@ -52,8 +52,8 @@ def _honest_run(enc, server, evk, policy, q_url, b_url, *, workers=1, **kw):
     for t in threads:
         t.start()
     try:
-        return run(enc, server, evk, queue=q_url, blobs=b_url, policy=policy, show_progress=False, resume=False,
-                   timeout=300, **kw)
+        return run(enc, server, evk, queue=q_url, blobs=b_url, policy=policy,
+                   options=RunOptions(timeout=300, samples_per_job=samples_per_job, resume=False, show_progress=False))
     finally:
         for w in honest:
             w.stop()
@@ -449,8 +449,9 @@ def test_a_worker_failing_jobs_for_good_through_a_coordinator_cannot_abort_a_ver
         wait_for(lambda: len(operator_status()["workers"]) == 3, timeout=120, what="three enrolled workers")
         report = run(c.client.encrypt(X), c.bundle.server_part(),
                      he_compute.read_evaluation_keys(c.client.evaluation_keys_path),
-                     queue=q, blobs=RemoteBlobs(q.session), samples_per_job=1, show_progress=False, resume=False,
-                     timeout=400, policy=Policy(replicas=2, canaries=0.3, known_answers=known))
+                     queue=q, blobs=RemoteBlobs(q.session),
+                     options=RunOptions(timeout=400, samples_per_job=1, resume=False, show_progress=False),
+                     policy=Policy(replicas=2, canaries=0.3, known_answers=known))
         status = operator_status()
     finally:
         failer.stopping.set()

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import he_compute
 from he_compute.cli import main
-from he_compute.client.run import AllowList, Policy, run
+from he_compute.client.run import AllowList, Policy, RunOptions, run
 from he_compute.errors import InputError
 from he_compute.formats.receipt import sign_receipt
 from he_compute.transport import blobs, queue
@@ -61,8 +61,8 @@ def test_honest_tfhe_replicas_at_1_2_and_default_threads_agree(tmp_path, compile
     try:
         report = run(c.client.encrypt(X), c.bundle.server_part(),
                      he_compute.read_evaluation_keys(c.client.evaluation_keys_path), queue=urls[0], blobs=urls[1],
-                     policy=Policy(replicas=3, allowed=allow, keys=c.client, decoys=0), samples_per_job=1,
-                     show_progress=False, timeout=900)
+                     policy=Policy(replicas=3, allowed=allow, keys=c.client, decoys=0),
+                     options=RunOptions(timeout=900, samples_per_job=1, show_progress=False))
     finally:
         _stop(procs)
     v = report.verification
@@ -125,7 +125,8 @@ def test_ckks_replicas_that_differ_in_bytes_but_not_in_meaning_agree(tmp_path, c
     other.start()
     try:
         report = run(client.encrypt(scaler.transform(X_test)), bundle.server_part(), evk, queue=urls[0], blobs=urls[1],
-                     policy=Policy(replicas=2, allowed=allow, keys=client, decoys=0), show_progress=False, timeout=300)
+                     policy=Policy(replicas=2, allowed=allow, keys=client, decoys=0),
+                     options=RunOptions(timeout=300, show_progress=False))
     finally:
         honest.stop()
         other.stopping.set()
@@ -189,8 +190,8 @@ def test_one_party_with_three_keys_votes_once_and_is_outvoted(tmp_path, compiled
     try:
         report = run(c.client.encrypt(X), c.bundle.server_part(),
                      he_compute.read_evaluation_keys(c.client.evaluation_keys_path), queue=urls[0], blobs=urls[1],
-                     policy=Policy(replicas=3, allowed=allow, keys=c.client, decoys=0), samples_per_job=1,
-                     show_progress=False, timeout=300)
+                     policy=Policy(replicas=3, allowed=allow, keys=c.client, decoys=0),
+                     options=RunOptions(timeout=300, samples_per_job=1, show_progress=False))
     finally:
         for s in sybils:
             s.stopping.set()
@@ -252,7 +253,8 @@ def test_decoy_reruns_happen_without_any_failed_check(tmp_path, compiled, cancer
     try:
         report = run(c.client.encrypt(X), c.bundle.server_part(),
                      he_compute.read_evaluation_keys(c.client.evaluation_keys_path), queue=urls[0], blobs=urls[1],
-                     policy=Policy(allowed=allow, decoys=1.0), samples_per_job=1, show_progress=False, timeout=120)
+                     policy=Policy(allowed=allow, decoys=1.0),
+                     options=RunOptions(timeout=120, samples_per_job=1, show_progress=False))
         time.sleep(0.5)
     finally:
         for w in workers:
@@ -281,7 +283,7 @@ def test_the_audit_log_is_signed_by_the_client_and_checked_against_its_own_copy(
         try:
             report = run(c.client.encrypt(cancer[1][:2]), c.bundle.server_part(),
                          he_compute.read_evaluation_keys(c.client.evaluation_keys_path), queue=q_url,
-                         show_progress=False, timeout=120)
+                         options=RunOptions(timeout=120, show_progress=False))
         finally:
             w.stop()
             t.join(30)

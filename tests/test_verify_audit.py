@@ -369,7 +369,7 @@ def test_a_run_keeps_its_verified_results_when_the_audit_log_was_tampered_with(t
     import numpy as np
 
     import he_compute
-    from he_compute.client.run import run
+    from he_compute.client.run import RunOptions, run
     from he_compute.transport import blobs, queue
     from he_compute.worker.executor import InProcess
     from he_compute.worker.loop import Worker
@@ -390,7 +390,7 @@ def test_a_run_keeps_its_verified_results_when_the_audit_log_was_tampered_with(t
             X = cancer[1][:2]
             report = run(c.client.encrypt(X), c.bundle.server_part(),
                          he_compute.read_evaluation_keys(c.client.evaluation_keys_path), queue=q_url, blobs=b_url,
-                         show_progress=False, timeout=120)
+                         options=RunOptions(timeout=120, show_progress=False))
         finally:
             worker.stop()
             thread.join(30)

@@ -119,8 +119,8 @@ def test_replicas_with_an_honest_spare_return_the_right_answer(setup, kind):
     cheat = Cheater(s["q"], s["b"], kind)
     threads = _start(cheat, Honest(s["q"], s["b"], "honest-1"), Honest(s["q"], s["b"], "honest-2"))
     try:
-        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], policy=runner.Policy(replicas=2, accept_sybil_risk=True), samples_per_job=1,
-                            show_progress=False, timeout=30)
+        report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], policy=runner.Policy(replicas=2, accept_sybil_risk=True),
+                            options=runner.RunOptions(timeout=30, samples_per_job=1, show_progress=False))
     finally:
         _stop(threads)
     decrypted = s["c"].client.decrypt(report.result)
@@ -147,7 +147,7 @@ def test_a_lone_cheater_is_caught_by_canaries_and_named(setup, kind):
         with pytest.raises(CanaryFailed, match=f"worker {cheat.me.short_id} returned a wrong result for a canary"):
             runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"],
                        policy=runner.Policy(canaries=0.2, known_answers=known),
-                       samples_per_job=1, show_progress=False, timeout=60)
+                       options=runner.RunOptions(timeout=60, samples_per_job=1, show_progress=False))
     finally:
         _stop(threads)
     # The workers learn nothing: the queue holds ordinary jobs and results only.
@@ -163,7 +163,8 @@ def test_canaries_with_honest_workers_pass_and_do_not_leak_into_the_result(setup
     threads = _start(Honest(s["q"], s["b"], "honest-1"))
     try:
         report = runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"],
-                            policy=runner.Policy(canaries=0.3, known_answers=known), samples_per_job=2, show_progress=False, timeout=60)
+                            policy=runner.Policy(canaries=0.3, known_answers=known),
+                            options=runner.RunOptions(timeout=60, samples_per_job=2, show_progress=False))
     finally:
         _stop(threads)
     assert report.verification["canaries"] == 2 and report.verification["flagged"] == {}
@@ -181,10 +182,9 @@ def test_an_allow_list_rejects_unknown_workers(setup, tmp_path):
     threads = _start(Honest(s["q"], s["b"], "stranger"))
     try:
         with pytest.raises(VerificationError, match="unverified:stranger"):
-            runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"], samples_per_job=1,
-                       policy=runner.Policy(allowed=AllowList([WorkerIdentity.generate().public_raw])),
-                       show_progress=False,
-                       timeout=20)
+            runner.run(enc, s["server"], s["evk"], queue=s["q"], blobs=s["b"],
+                       options=runner.RunOptions(timeout=20, samples_per_job=1, show_progress=False),
+                       policy=runner.Policy(allowed=AllowList([WorkerIdentity.generate().public_raw])))
     finally:
         _stop(threads)
 

@@ -16,7 +16,7 @@ from he_compute.formats.bundle import Bundle
 from he_compute.errors import DeviceError
 from he_compute.transport.queue import JobState
 from he_compute.worker.executor import ByteLRU
-from he_compute.worker.host import detect_devices, plan
+from he_compute.worker.host import detect_devices, split_cores
 from he_compute.worker.loop import Worker
 from queue_support import decrypt_jobs, submit_samples
 
@@ -134,11 +134,11 @@ def test_device_detection_and_routing(env):
     assert q.status(gpu_job).state is JobState.QUEUED
 
 
-def test_plan_threads_and_jobs():
-    assert plan(8) == (8, 1)
-    assert plan(8, concurrency=2) == (2, 4)
-    assert plan(8, threads=4) == (2, 4)
-    assert plan(2, concurrency=4) == (4, 1)
+def test_split_cores_into_jobs_and_threads():
+    assert split_cores(8) == (8, 1)
+    assert split_cores(8, concurrency=2) == (2, 4)
+    assert split_cores(8, threads=4) == (2, 4)
+    assert split_cores(2, concurrency=4) == (4, 1)
 
 
 def test_byte_lru_evicts_least_recent():

@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import click
 
@@ -24,6 +24,9 @@ from ._util import Duration, coordinator_options, open_producer, remote_settings
 from ._util import echo as _echo
 from ._util import queue_option as _queue_option
 from ._verify import verify_options, verify_policy
+
+if TYPE_CHECKING:
+    from ..client.run import RunReport
 
 
 def _when(ts: float) -> str:
@@ -106,18 +109,10 @@ def run_cmd(encrypted: Path, bundle_path: Path | None, eval_keys: Path | None, k
 
     Example: hec run x.enc -o y.enc --local-workers 2
     """
-    from ..client import registry
-    from ..client.run import run
+    from ..client.run import RunOptions, run
     from ..formats import container
-    from ..formats.evalkeys import read as read_evaluation_keys
 
-    key_id = container.read_meta(encrypted, expect="ciphertexts").get("key_id")
-    if eval_keys is None or bundle_path is None:  # what the flags leave out comes from the key directory
-        keys_dir = registry.keys_for(str(key_id), keys_dir, str(encrypted))
-        eval_keys = eval_keys or keys_dir / "evaluation.keys"
-        bundle_path = bundle_path or registry.server_part_path(keys_dir)
-    part = container.read(bundle_path, expect=("bundle", "server"))
-    evk = read_evaluation_keys(eval_keys)
+    part, evk, keys_dir = _run_inputs(encrypted, bundle_path, eval_keys, keys_dir)
     remote = remote_settings(verify, queue_url)
     policy = verify_policy(verify, keys_dir=keys_dir, server_part=part, evalkeys=evk)
     q = store = None
@@ -133,9 +128,8 @@ def run_cmd(encrypted: Path, bundle_path: Path | None, eval_keys: Path | None, k
                 _early_workers(local_workers, q or queue_url, store or blobs_url, part) as (conn, workers):
             enc = container.read(encrypted, expect="ciphertexts")  # the workers boot meanwhile
             try:
-                report = run(enc, part, evk, queue=conn.q, blobs=conn.store, policy=policy,
-                             resume=resume, local_workers=local_workers, timeout=timeout,
-                             samples_per_job=samples_per_job, workers=workers)
+                report = run(enc, part, evk, queue=conn.q, blobs=conn.store, policy=policy, local_workers=workers,
+                             options=RunOptions(timeout=timeout, samples_per_job=samples_per_job, resume=resume))
             except KeyboardInterrupt:
                 raise _Interrupted("interrupted: the run's unfinished jobs were cancelled; run the same command "
                                    "again to resume (finished jobs are kept)") from None
@@ -145,7 +139,27 @@ def run_cmd(encrypted: Path, bundle_path: Path | None, eval_keys: Path | None, k
     if report.resumed:
         _echo(f"resumed run {report.run_id}: {report.resumed} job group(s) had jobs from the earlier attempt")
     report.result.save(output)
-    n = enc.meta["n_samples"]
+    _print_run(report, output, enc.meta["n_samples"], as_json)
+
+
+def _run_inputs(encrypted: Path, bundle_path: Path | None, eval_keys: Path | None,
+                keys_dir: Path | None) -> tuple[Any, Any, Path | None]:
+    """The server part and evaluation keys ``hec run`` uploads, and the key directory they came from: what the
+    flags leave out comes from the key directory that holds ENCRYPTED's key id."""
+    from ..client import registry
+    from ..formats import container
+    from ..formats.evalkeys import read as read_evaluation_keys
+
+    key_id = container.read_meta(encrypted, expect="ciphertexts").get("key_id")
+    if eval_keys is None or bundle_path is None:
+        keys_dir = registry.keys_for(str(key_id), keys_dir, str(encrypted))
+        eval_keys = eval_keys or keys_dir / "evaluation.keys"
+        bundle_path = bundle_path or registry.server_part_path(keys_dir)
+    return container.read(bundle_path, expect=("bundle", "server")), read_evaluation_keys(eval_keys), keys_dir
+
+
+def _print_run(report: RunReport, output: Path, n: int, as_json: bool) -> None:
+    """What ``hec run`` did: a JSON summary when asked, and lines on stderr (timings, verification, warnings)."""
     if as_json:
         click.echo(json.dumps({"output": str(output), **report.to_json()}, indent=2))
     _echo(f"wrote {output}: {n} samples in {len(report.job_ids)} job(s) of run {report.run_id}, "

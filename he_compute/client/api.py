@@ -19,6 +19,7 @@ import collections
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -28,7 +29,7 @@ from ..errors import HECError
 from ..formats.bundle import Bundle
 from ..formats.container import Container
 from ..formats.evalkeys import read as read_evaluation_keys
-from ..schemes._task import require_classifier, to_probabilities
+from ..schemes._kind import require_classifier, to_probabilities
 from ..transport.queue import JobState, Producer
 from .client import Client, load_bundle
 from .keys import KEYINFO
@@ -84,14 +85,26 @@ class EncryptedJob:
         return min(1.0, done / max(1, self.n_samples))
 
 
+@dataclass(frozen=True)
+class TenantAccess:
+    """A tenant's way into a coordinator: its ``https://`` URL, the tenant's ``token`` (or a ``token_file``
+    holding it) and the ``ca_file`` its certificate chains to; what is left out comes from ``HEC_*`` settings
+    and ``config.toml``, as for ``hec --coordinator``."""
+
+    coordinator: str
+    token: str | None = None
+    token_file: str | None = None
+    ca_file: str | None = None
+
+
 class EncryptedModel:
     """A compiled model used like a clear one; all encryption and decryption stays on this side.
 
     ``bundle`` is a :class:`Bundle` or a bundle path.  ``keys`` is a key
     directory: used if it holds keys for this bundle, created (``keygen``) if
     it does not exist.  ``queue``/``blobs`` are URLs (default ``$HEC_QUEUE`` or
-    the embedded queue under ``./.hec/`` *in the current directory*); or ``coordinator`` (an
-    ``https://`` URL) with this tenant's ``token`` (or ``token_file``) and ``ca_file``;
+    the embedded queue under ``./.hec/`` *in the current directory*); or ``queue`` is a
+    :class:`TenantAccess` to a coordinator, which then holds this tenant's jobs and blobs both;
     ``local_workers=N`` starts N worker processes on first use and keeps them
     (with their compiled circuit and keys) until :meth:`close` or the end of the
     ``with`` block (not with a coordinator, whose workers are remote); ``in_process=True``
@@ -103,24 +116,19 @@ class EncryptedModel:
         bundle: Bundle | str | os.PathLike[str],
         keys: str | os.PathLike[str],
         *,
-        queue: str | None = None,
+        queue: str | TenantAccess | None = None,
         blobs: str | None = None,
         local_workers: int = 0,
         timeout: float | None = None,
         in_process: bool = False,
         show_progress: bool = False,
-        coordinator: str | None = None,
-        token: str | None = None,
-        token_file: str | None = None,
-        ca_file: str | None = None,
     ):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         keys_dir = Path(keys)
         self.client = Client(keys_dir) if (keys_dir / KEYINFO).exists() else Client.keygen(self.bundle, keys_dir)
         self.client.check_bundle(self.bundle)
         self.queue, self.blobs, self.local_workers, self.timeout = queue, blobs, local_workers, timeout
-        self.remote = {"coordinator": coordinator, "token": token, "token_file": token_file, "ca_file": ca_file}
-        if coordinator and local_workers:
+        if isinstance(queue, TenantAccess) and local_workers:
             raise HECError("local_workers runs workers on the embedded queue; with a coordinator, start "
                            "hec worker --coordinator URL on the worker machines instead")
         self.in_process, self.show_progress = in_process, show_progress
@@ -151,11 +159,11 @@ class EncryptedModel:
             if self._connection is None:
                 from .run import Connection
 
-                if self.remote["coordinator"]:  # a coordinator: this tenant's jobs and blobs only
+                if isinstance(self.queue, TenantAccess):  # a coordinator: this tenant's jobs and blobs only
                     from ..transport.remote import open_tenant
 
-                    q, store = open_tenant(self.remote["coordinator"], token=self.remote["token"],
-                                           token_file=self.remote["token_file"], ca_file=self.remote["ca_file"])
+                    t = self.queue
+                    q, store = open_tenant(t.coordinator, token=t.token, token_file=t.token_file, ca_file=t.ca_file)
                     self._connection = Connection(q, store)
                     self._remote_q = q  # closed in close(): it owns the session the store shares
                 else:
@@ -185,7 +193,7 @@ class EncryptedModel:
             return self._run(conn, enc, job, ids)
 
     def _run(self, conn: Any, enc: Container, job: EncryptedJob | None, ids: list[str] | None = None) -> Container:
-        from .run import run
+        from .run import RunOptions, run
 
         def submitted(job_ids: list[str]) -> None:
             if ids is not None:
@@ -194,7 +202,7 @@ class EncryptedModel:
                 job._set_job_ids(job_ids)
 
         report = run(enc, self._server_part, self._evalkeys, queue=conn.q, blobs=conn.store, local_workers=0,
-                     timeout=self.timeout, show_progress=self.show_progress, on_submit=submitted)
+                     options=RunOptions(timeout=self.timeout, show_progress=self.show_progress, on_submit=submitted))
         return report.result
 
     def _predict_raw(self, X: Any, job: EncryptedJob | None = None) -> np.ndarray:

@@ -77,7 +77,7 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def plan(cores: int, concurrency: int | None = None, threads: int | None = None) -> tuple[int, int]:
+def split_cores(cores: int, concurrency: int | None = None, threads: int | None = None) -> tuple[int, int]:
     """Choose ``(jobs at once, threads per job)`` for ``cores``.
 
     The default is one single-threaded job per core: Concrete's OpenMP speed-up
@@ -86,8 +86,8 @@ def plan(cores: int, concurrency: int | None = None, threads: int | None = None)
 
     Example::
 
-        plan(8)                 # (8, 1)
-        plan(8, concurrency=2)  # (2, 4)
+        split_cores(8)                 # (8, 1)
+        split_cores(8, concurrency=2)  # (2, 4)
     """
     if concurrency and threads:
         return concurrency, threads
@@ -216,7 +216,7 @@ def serve(queue_url: str | None = None, blobs_url: str | None = None, options: W
     banner = (lambda msg: None) if settings.get(CHILD_ENV) == "1" else say
     devices = detect_devices(options.device)
     cpus = list(options.cpus) if options.cpus else None
-    jobs_at_once, per_job = plan(len(cpus) if cpus else usable_cores(), options.concurrency, options.threads)
+    jobs_at_once, per_job = split_cores(len(cpus) if cpus else usable_cores(), options.concurrency, options.threads)
     banner(f"hec worker: devices {','.join(devices)} (CUDA {'found' if 'cuda' in devices else 'not found'}); "
         f"{jobs_at_once} job(s) at once x {per_job} thread(s) each")
     state_dir = options.state or settings.get(STATE_ENV) or None

@@ -14,7 +14,7 @@ from .allowlist import AllowList
 from .canaries import Canary, KnownAnswers, canary_count, shuffle_in
 from .connection import Connection
 from .redundancy import Tally, result_digest, tally
-from .runner import Policy, RunReport, run
+from .runner import Policy, RunOptions, RunReport, run
 
 __all__ = [
     "AllowList",
@@ -22,6 +22,7 @@ __all__ = [
     "Connection",
     "KnownAnswers",
     "Policy",
+    "RunOptions",
     "RunReport",
     "Tally",
     "canary_count",

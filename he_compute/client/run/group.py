@@ -10,21 +10,21 @@ from ...errors import VerificationError
 from ...transport.queue import DEFAULT_MAX_ATTEMPTS
 from .allowlist import AllowList
 from .checks import OutputCheck
-from .votes import Meaning, Voters
+from .votes import DecryptedAgreement, Voters
 
 
 @dataclass(frozen=True)
 class Verification:
     """What a run demands of results before it accepts them: ``replicas`` agreeing answers from distinct
     ``voters`` (operators), workers from ``allowed`` only (``None``: any worker with a valid receipt), at most
-    ``max_attempts`` per job, each result passing ``check_output``; ``meaning`` compares disagreeing replicas
+    ``max_attempts`` per job, each result passing ``check_output``; ``agreement`` compares disagreeing replicas
     by their decrypted values."""
 
     replicas: int = 1
     allowed: AllowList | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     voters: Voters | None = None
-    meaning: Meaning | None = None
+    agreement: DecryptedAgreement | None = None
     check_output: OutputCheck | None = None
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,81 +36,21 @@ from ...formats.ciphertexts import check_inputs_match, chunk_name, inputs_digest
 from ...formats.container import Container
 from ...formats.task import Task
 from ...transport.audit import AuditLog
-from ...transport.queue import DEFAULT_MAX_ATTEMPTS
 from .. import checkpoints
 from ..progress import progress
 from .allowlist import AllowList
-from . import plan
-from .canaries import Canary, KnownAnswers, canary_check
+from . import staging
+from .canaries import Canary, canary_check
 from .connection import Connection
 from .local import LocalWorkers
 from .local import local_workers as start_local_workers
+from .policy import Policy
 from .record import RunRecord, run_key
 from .supervisor import Group, Supervisor, Verification
-from .votes import Meaning, Voters
+from .votes import DecryptedAgreement, Voters
 
 MAX_JOBS_AUTO = 64
 """With ``samples_per_job`` left to chance, inputs are split into at most this many jobs."""
-
-
-DEFAULT_DECOYS = 0.02
-"""Fraction of job groups that get one more run in every run where a check can fail (see the Supervisor)."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """How a run is verified.
-
-    ``replicas`` answers per job from distinct operators (known from ``allowed``'s ``operator=`` entries or
-    the run's own local workers; ``accept_sybil_risk`` lets every key vote for itself instead); a fraction
-    of ``canaries`` drawn from ``known_answers``; receipts only from ``allowed`` keys; ``keys``, a
-    :class:`~he_compute.client.client.Client` that compares disagreeing replicas by their decrypted values;
-    ``decoys``, the fraction of groups re-run at random (default 2% when a check can fail); an audit log;
-    ``max_attempts`` per job (capped by the queue)."""
-
-    replicas: int = 1
-    canaries: float = 0.0
-    known_answers: KnownAnswers | None = None
-    allowed: AllowList | None = None
-    audit: bool = True
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    keys: Any = None
-    accept_sybil_risk: bool = False
-    decoys: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise InputError("replicas must be at least 1")
-        if not 0 <= self.canaries < 1:
-            raise InputError(f"the canary fraction must be in [0, 1), not {self.canaries}")
-        if self.canaries and self.known_answers is None:
-            raise InputError("canaries need known answers: pass known_answers=KnownAnswers(client, X, Y) "
-                             "(or hec run --canary-inputs X.npy --keys DIR)")
-        if self.decoys is not None and not 0 <= self.decoys <= 1:
-            raise InputError(f"the decoy fraction must be in [0, 1], not {self.decoys}")
-
-    @property
-    def decoy_fraction(self) -> float:
-        """Decoys asked for, or the default when a check can fail (replicas or canaries), else none."""
-        if self.decoys is not None:
-            return self.decoys
-        return DEFAULT_DECOYS if self.replicas > 1 or self.canaries else 0.0
-
-    @property
-    def decryptor(self) -> Any:
-        """The client that can compare answers by meaning: ``keys``, else the canaries' client."""
-        return self.keys if self.keys is not None else getattr(self.known_answers, "client", None)
-
-    def check_operators(self, local_workers: int, vouched: bool = False) -> None:
-        """Refuse replicas that one party could supply alone (see :mod:`.votes`); ``vouched``: a coordinator
-        names the operator of every worker it admitted."""
-        if self.replicas == 1 or self.accept_sybil_risk or local_workers > 0 or vouched:
-            return
-        if self.allowed is None or not self.allowed.knows_operators:
-            raise InputError(f"--replicas {self.replicas} needs workers whose operators are known, or one party "
-                             "with several keys could supply every replica: pass --allow-workers FILE with "
-                             "operator=NAME on each line, run --local-workers N, or accept the risk with "
-                             "--accept-sybil-risk")
 
 
 @dataclass
@@ -139,6 +79,54 @@ class RunReport:
                 **({"verification": self.verification} if self.verification else {})}
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run proceeds, apart from how it is verified (that is the :class:`Policy`).
+
+    ``timeout``: seconds the whole run may take (``None``: no limit); ``samples_per_job``: ciphertext chunks
+    per job (default: inputs split into at most ``MAX_JOBS_AUTO`` jobs); ``resume``: collect what an
+    interrupted attempt with the same inputs finished (``False`` starts over); ``show_progress``: a progress
+    bar on stderr; ``on_submit``: called with the job ids once the jobs are submitted."""
+
+    timeout: float | None = None
+    samples_per_job: int | None = None
+    resume: bool = True
+    show_progress: bool = True
+    on_submit: Callable[[list[str]], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The three containers a run takes, checked to belong together."""
+
+    ciphertexts: Container
+    server_part: Container
+    evalkeys: Container
+
+    @classmethod
+    def checked(cls, ciphertexts: Container, server_part: Container, evalkeys: Container) -> _Parts:
+        parts = cls(ciphertexts, _server_part_of(server_part), evalkeys)
+        _check(parts.ciphertexts, parts.server_part, parts.evalkeys)
+        return parts
+
+    @property
+    def device(self) -> str:
+        return str(self.server_part.meta.get("device", "cpu"))
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples in each ciphertext chunk."""
+        return [int(c) for c in self.ciphertexts.meta["chunks"]]
+
+    def spec_maker(self, server: str, keys: str) -> Callable[[list[str], list[int]], dict[str, Any]]:
+        """Job specs for chunks of these ciphertexts, given the digests of the uploaded server part and keys."""
+        def make(inputs: list[str], counts: list[int]) -> dict[str, Any]:
+            return Task(self.server_part.scheme, self.server_part.meta["model_id"], server, keys,
+                        self.evalkeys.meta["key_id"], tuple(inputs), tuple(counts)).to_json()
+
+        return make
+
+
 def run(
     ciphertexts: Container,
     server_part: Container,
@@ -147,14 +135,8 @@ def run(
     queue: Any = None,
     blobs: Any = None,
     policy: Policy | None = None,
-    local_workers: int = 0,
-    timeout: float | None = None,
-    samples_per_job: int | None = None,
-    show_progress: bool = True,
-    worker_env: dict[str, str] | None = None,
-    on_submit: Callable[[list[str]], None] | None = None,
-    resume: bool = True,
-    workers: LocalWorkers | None = None,
+    local_workers: int | LocalWorkers = 0,
+    options: RunOptions | None = None,
 ) -> RunReport:
     """Evaluate ``ciphertexts`` on queue workers and return the verified encrypted result.
 
@@ -167,97 +149,133 @@ def run(
 
     The run is recorded (:mod:`.record`): calling it again with the same ciphertexts, model, keys,
     queue and settings after a crash or an interrupt collects the jobs that finished and submits only
-    what is missing (``resume=False`` starts over).
+    what is missing (``RunOptions(resume=False)`` starts over).
 
-    ``workers`` are local workers the caller started already on this queue (``hec run`` starts them before
-    it reads the ciphertexts, so that they boot meanwhile); they count as ``local_workers``.
+    ``local_workers`` may also be :class:`~.local.LocalWorkers` the caller started already on this queue
+    (``hec run`` starts them before it reads the ciphertexts, so that they boot meanwhile).
     """
-    policy = policy or Policy()
-    server_part = _server_part_of(server_part)
-    _check(ciphertexts, server_part, evalkeys)
+    parts = _Parts.checked(ciphertexts, server_part, evalkeys)
     t0 = time.perf_counter()
     report = RunReport(result=Container("results", ciphertexts.scheme), job_ids=[])
-    device = str(server_part.meta.get("device", "cpu"))
-    with Connection(queue, blobs) as conn, \
-            (nullcontext(workers) if workers is not None else
-             start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device,
-                                 env=worker_env)) as local:  # they start while the run uploads
-        local_workers = len(local.procs)
-        vouched = _coordinator_operators(conn)
-        policy.check_operators(local_workers, vouched is not None)
-        _check_enough_operators(policy, local_workers, vouched, conn.queue_url)
-        counts = [int(c) for c in ciphertexts.meta["chunks"]]
-        per_job = samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
-        key = run_key(inputs=inputs_digest(ciphertexts), model=server_part.meta["model_id"],
-                      keys=evalkeys.meta["key_id"], queue=conn.queue_url, replicas=policy.replicas,
-                      canaries=policy.canaries, per_job=per_job)
-        record = RunRecord.load_or_none(conn.where.state, key) if resume else None
-        if record is None:
-            record = _prepare(conn, policy, key, ciphertexts, server_part, evalkeys, counts, per_job, report)
-        else:
-            plan.upload(conn, Container("ciphertexts", ciphertexts.scheme), server_part, evalkeys, [], report.count,
-                        rerandomize=False)  # the public parts, in case the store lost them
-            report.resumed = sum(1 for g in record.groups if g["jobs"])
+    with Connection(queue, blobs) as conn, _workers(local_workers, conn, parts.device) as local:
+        one = _Run(parts, policy or Policy(), options or RunOptions(), conn, local, report)
+        one.check_operators()
+        record = one.record()
         report.seconds["upload"] = round(time.perf_counter() - t0, 4)
-        tasks = [(g["slots"], g["spec"]) for g in record.groups]
-        canaries = _recorded_canaries(record.canaries)
-
         t1 = time.perf_counter()
-        with progress("run", sum(counts), enabled=show_progress) as advance, conn.audit_log(policy.audit) as log:
-            rules = Verification(replicas=policy.replicas, allowed=policy.allowed, max_attempts=policy.max_attempts,
-                                 voters=_voters(policy, local.known(), vouched,
-                                                getattr(conn.q, "operators", None) if vouched is not None else None),
-                                 meaning=_meaning(policy, conn, ciphertexts), check_output=_output_check(server_part))
-            sup = Supervisor(conn.q, conn.store, rules, device=device, audit=log, run_id=record.run_id,
-                             on_submitted=record.add_job, decoys=frozenset(record.decoys))
-            report.run_id = sup.run_id
-            known = policy.known_answers  # canaries are made only from known answers
-            check = (canary_check(known, canaries, plan.canary_positions(tasks), conn.store)
-                     if canaries and known is not None else None)
-
-            def submitted(ids: list[str]) -> None:
-                report.job_ids = list(ids)
-                if on_submit is not None:
-                    on_submit(list(ids))
-
-            try:
-                groups = sup.run(tasks, timeout=timeout, advance=advance, canary_check=check, on_submit=submitted,
-                                 adopt=record.adopted(), workers_alive=local.alive)
-            except KeyboardInterrupt:
-                record.finish("interrupted")
-                raise
-            except BaseException:
-                record.finish("failed")
-                raise
-            local.release()  # they wind down while the results are collected
-            sections = _collect(conn, groups, len(counts))
-            record.finish("done")
-            report.verification = {**sup.summary(), "canaries": len(canaries)}
-            if log is not None:
-                report.verification["audit"] = _audit_summary(log, conn.where.state)
-        report.worker_stats = sup.job_stats
+        sections = one.supervise(record)
         report.seconds["wait"] = round(time.perf_counter() - t1, 4)
     report.result = results_container(ciphertexts, sections)
     report.seconds["total"] = round(time.perf_counter() - t0, 4)
     return report
 
 
-def _prepare(conn: Connection, policy: Policy, key: str, ciphertexts: Container, server_part: Container,
-             evalkeys: Container, counts: list[int], per_job: int, report: RunReport) -> RunRecord:
-    """A fresh run: make canaries, upload everything in one shuffled batch, cut groups, write the record."""
-    canaries: list[Canary] = []
-    rerandomize = False
-    if policy.canaries and policy.known_answers is not None:
-        if len(set(counts)) > 1:  # a short chunk would be the one chunk no canary looks like
-            raise InputError(f"canaries need chunks of one size, and these have {min(counts)} to {max(counts)} "
-                             "samples: encrypt the inputs again with this version (it pads every chunk)")
-        rerandomize = plan.can_rerandomize(ciphertexts.scheme, evalkeys, ciphertexts.sections[chunk_name(0)])
-        canaries = plan.make_canaries(policy.known_answers, counts, policy.canaries, state=conn.where.state,
-                                      inputs_digest=inputs_digest(ciphertexts), key_id=evalkeys.meta["key_id"],
-                                      reuse=not rerandomize)
-    uploads = plan.upload(conn, ciphertexts, server_part, evalkeys, canaries, report.count, rerandomize=rerandomize)
-    make_spec = _spec_maker(server_part, evalkeys, uploads.server, uploads.keys)
-    return plan.new_record(conn, key, uploads, counts, per_job, make_spec, policy.decoy_fraction)
+def _workers(local_workers: int | LocalWorkers, conn: Connection,
+             device: str) -> AbstractContextManager[LocalWorkers]:
+    """The caller's local workers, or ``local_workers`` new ones, started while the run uploads."""
+    if isinstance(local_workers, LocalWorkers):
+        return nullcontext(local_workers)
+    return start_local_workers(local_workers, conn.queue_url, conn.blobs_url, conn.where.logs, device=device)
+
+
+@dataclass
+class _Run:
+    """One run under way: its parts and settings, its connection and local workers, the report it fills in."""
+
+    parts: _Parts
+    policy: Policy
+    options: RunOptions
+    conn: Connection
+    local: LocalWorkers
+    report: RunReport
+
+    def __post_init__(self) -> None:
+        self.vouched = _coordinator_operators(self.conn)
+
+    def check_operators(self) -> None:
+        """Refuse (or warn about) replicas that the workers' operators cannot supply."""
+        n_local = len(self.local.procs)
+        self.policy.check_operators(n_local, self.vouched is not None)
+        _check_enough_operators(self.policy, n_local, self.vouched, self.conn.queue_url)
+
+    def record(self) -> RunRecord:
+        """The record of an earlier, interrupted attempt of this very run, else a fresh run's."""
+        counts, policy = self.parts.counts, self.policy
+        per_job = self.options.samples_per_job or max(1, math.ceil(len(counts) / MAX_JOBS_AUTO))
+        key = run_key(inputs=inputs_digest(self.parts.ciphertexts), model=self.parts.server_part.meta["model_id"],
+                      keys=self.parts.evalkeys.meta["key_id"], queue=self.conn.queue_url, replicas=policy.replicas,
+                      canaries=policy.canaries, per_job=per_job)
+        record = RunRecord.load_or_none(self.conn.where.state, key) if self.options.resume else None
+        if record is None:
+            return self.prepare(key, counts, per_job)
+        staging.upload(self.conn, Container("ciphertexts", self.parts.ciphertexts.scheme), self.parts.server_part,
+                       self.parts.evalkeys, [], self.report.count,
+                       rerandomize=False)  # the public parts, in case the store lost them
+        self.report.resumed = sum(1 for g in record.groups if g["jobs"])
+        return record
+
+    def prepare(self, key: str, counts: list[int], per_job: int) -> RunRecord:
+        """A fresh run: make canaries, upload everything in one shuffled batch, cut groups, write the record."""
+        policy, conn, ciphertexts, evalkeys = self.policy, self.conn, self.parts.ciphertexts, self.parts.evalkeys
+        canaries: list[Canary] = []
+        rerandomize = False
+        if policy.canaries and policy.known_answers is not None:
+            if len(set(counts)) > 1:  # a short chunk would be the one chunk no canary looks like
+                raise InputError(f"canaries need chunks of one size, and these have {min(counts)} to {max(counts)} "
+                                 "samples: encrypt the inputs again with this version (it pads every chunk)")
+            rerandomize = staging.can_rerandomize(ciphertexts.scheme, evalkeys, ciphertexts.sections[chunk_name(0)])
+            canaries = staging.make_canaries(policy.known_answers, counts, policy.canaries, state=conn.where.state,
+                                             inputs_digest=inputs_digest(ciphertexts), key_id=evalkeys.meta["key_id"],
+                                             reuse=not rerandomize)
+        uploads = staging.upload(conn, ciphertexts, self.parts.server_part, evalkeys, canaries, self.report.count,
+                                 rerandomize=rerandomize)
+        make_spec = self.parts.spec_maker(uploads.server, uploads.keys)
+        return staging.new_record(conn, key, uploads, counts, per_job, make_spec, policy.decoy_fraction)
+
+    def supervise(self, record: RunRecord) -> dict[str, bytes]:
+        """Submit, verify and decide every job group of ``record``; the accepted result chunks, in order."""
+        policy, conn, report = self.policy, self.conn, self.report
+        tasks = [(g["slots"], g["spec"]) for g in record.groups]
+        canaries = _recorded_canaries(record.canaries)
+        with progress("run", sum(self.parts.counts), enabled=self.options.show_progress) as advance, \
+                conn.audit_log(policy.audit) as log:
+            sup = Supervisor(conn.q, conn.store, self.rules(), device=self.parts.device, audit=log,
+                             run_id=record.run_id, on_submitted=record.add_job, decoys=frozenset(record.decoys))
+            report.run_id = sup.run_id
+            known = policy.known_answers  # canaries are made only from known answers
+            check = (canary_check(known, canaries, staging.canary_positions(tasks), conn.store)
+                     if canaries and known is not None else None)
+            try:
+                groups = sup.run(tasks, timeout=self.options.timeout, advance=advance, canary_check=check,
+                                 on_submit=self.submitted, adopt=record.adopted(), workers_alive=self.local.alive)
+            except KeyboardInterrupt:
+                record.finish("interrupted")
+                raise
+            except BaseException:
+                record.finish("failed")
+                raise
+            self.local.release()  # they wind down while the results are collected
+            sections = _collect(conn, groups, len(self.parts.counts))
+            record.finish("done")
+            report.verification = {**sup.summary(), "canaries": len(canaries)}
+            if log is not None:
+                report.verification["audit"] = _audit_summary(log, conn.where.state)
+        report.worker_stats = sup.job_stats
+        return sections
+
+    def rules(self) -> Verification:
+        """The supervisor's rules for this run's policy, voters and result checks."""
+        policy, vouched = self.policy, self.vouched
+        refresh = getattr(self.conn.q, "operators", None) if vouched is not None else None
+        return Verification(replicas=policy.replicas, allowed=policy.allowed, max_attempts=policy.max_attempts,
+                            voters=_voters(policy, self.local.known(), vouched, refresh),
+                            agreement=_agreement(policy, self.conn, self.parts.ciphertexts),
+                            check_output=_output_check(self.parts.server_part))
+
+    def submitted(self, ids: list[str]) -> None:
+        self.report.job_ids = list(ids)
+        if self.options.on_submit is not None:
+            self.options.on_submit(list(ids))
 
 
 def _coordinator_operators(conn: Connection) -> dict[str, str] | None:
@@ -295,12 +313,12 @@ def _voters(policy: Policy, local: AllowList, vouched: dict[str, str] | None,
     return Voters(operators, keys_vote=policy.replicas == 1 or policy.accept_sybil_risk, refresh=refresh)
 
 
-def _meaning(policy: Policy, conn: Connection, ciphertexts: Container) -> Meaning | None:
+def _agreement(policy: Policy, conn: Connection, ciphertexts: Container) -> DecryptedAgreement | None:
     """Compare disagreeing replicas by decrypted values when the run holds keys that can decrypt them."""
     client = policy.decryptor
     if policy.replicas == 1 or client is None or client.key_id != ciphertexts.meta.get("key_id"):
         return None
-    return Meaning(conn.store.get, client.decrypt_chunk, client.agreement_tolerance)
+    return DecryptedAgreement(conn.store.get, client.decrypt_chunk, client.agreement_tolerance)
 
 
 def _audit_summary(log: AuditLog, state: Path) -> dict[str, Any]:
@@ -341,15 +359,6 @@ def _check(ciphertexts: Container, server_part: Container, evalkeys: Container) 
     check_inputs_match(ciphertexts, model_id, key_id)
     if evalkeys.meta.get("model_id") != model_id:
         raise KeyMismatchError("the evaluation keys were made for another model than this bundle")
-
-
-def _spec_maker(server_part: Container, evalkeys: Container, server: str,
-                keys: str) -> Callable[[list[str], list[int]], dict[str, Any]]:
-    def make(inputs: list[str], counts: list[int]) -> dict[str, Any]:
-        return Task(server_part.scheme, server_part.meta["model_id"], server, keys, evalkeys.meta["key_id"],
-                    tuple(inputs), tuple(counts)).to_json()
-
-    return make
 
 
 def _collect(conn: Connection, groups: list[Group], n_real: int) -> dict[str, bytes]:

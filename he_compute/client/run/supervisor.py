@@ -1,4 +1,4 @@
-"""The verified run loop: replicas on distinct operators, receipts, answers compared by meaning, decoys.
+"""The verified run loop: replicas on distinct operators, receipts, answers compared by decrypted value, decoys.
 
 :func:`he_compute.client.run.run` hands every run here; with ``replicas=1`` and no canaries the rules
 reduce to "one valid receipt per job".  What the client accepts:
@@ -73,7 +73,7 @@ class Supervisor:
                  run_id: str | None = None, on_submitted: Callable[[int, str], None] | None = None,
                  decoys: frozenset[int] = frozenset()):
         replicas, allowed, max_attempts = rules.replicas, rules.allowed, rules.max_attempts
-        check_output, voters, meaning = rules.check_output, rules.voters, rules.meaning
+        check_output, voters, agreement = rules.check_output, rules.voters, rules.agreement
         if replicas < 1:
             raise ConfigError("replicas (--replicas) must be at least 1")
         self.run_id = run_id or "r" + uuid.uuid4().hex[:16]
@@ -81,7 +81,7 @@ class Supervisor:
         self.allowed, self.audit, self.max_attempts = allowed, audit, max_attempts
         self.check_output, self.on_submitted = check_output, on_submitted  # (group, job id): write the run down
         self.voters = voters or Voters(Voters.mapping(allowed), keys_vote=True)
-        self.meaning, self.decoys = meaning, decoys
+        self.agreement, self.decoys = agreement, decoys
         self.groups: list[Group] = []
         self.jobs: dict[str, Group] = {}
         self.flagged: dict[str, str] = {}       # voter (or unverified:name) -> why
@@ -350,8 +350,8 @@ class Supervisor:
             raise NoMajority(f"job group {g.index}: {g.submitted} submissions gave only {len(g.results)} distinct "
                              f"voter(s); start more workers (flagged: {self._flag_list() or 'none'})")
         results = g.results
-        if self.meaning is not None and len({d for d in results.values() if d is not None}) > 1:
-            results = self.meaning.classes(results, g.outputs, g.spec["counts"])
+        if self.agreement is not None and len({d for d in results.values() if d is not None}) > 1:
+            results = self.agreement.classes(results, g.outputs, g.spec["counts"])
         t = tally(results, replicas=self.replicas, max_results=limit, label=f"job group {g.index}")
         if t.decided:
             g.winner, g.agreeing = t.winner, t.agreeing
@@ -402,7 +402,7 @@ class Supervisor:
                 "flagged": {worker_name(w): why for w, why in self.flagged.items()},
                 "workers": [worker_name(w) for w in self.seen],
                 "voters": sorted({voter_name(self.voter_of[w]) for w in self.seen if w in self.voter_of}),
-                "compared_by_meaning": self.meaning.decrypted if self.meaning else 0,
+                "compared_by_meaning": self.agreement.decrypted if self.agreement else 0,
                 "failed_by": {printable(w, 80): n for w, n in self.failed_by.items()},
                 "rotate_keys": bool(self.flagged)}
 

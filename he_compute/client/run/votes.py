@@ -6,7 +6,7 @@ allow-list, or one of the run's own local workers): one party with many keys get
 known operators a run with replicas refuses to start, unless its policy accepts that risk; then every
 key votes for itself.
 
-**Meaning.**  Honest replicas need not agree byte for byte: TFHE bootstrapping runs floating-point FFTs,
+**Agreement.**  Honest replicas need not agree byte for byte: TFHE bootstrapping runs floating-point FFTs,
 so thread scheduling, instruction sets and GPUs change the noise in the output ciphertexts while the
 decrypted values stay the same.  Byte equality stays the fast path; when digests differ, the client
 decrypts each candidate (sizes checked first) and puts answers whose values agree in one class: exactly
@@ -80,8 +80,8 @@ def who(voter: str) -> str:
     return name if name.startswith(("operator ", "unverified:")) else f"worker {name}"
 
 
-class Meaning:
-    """Decides which candidate answers of a job mean the same (see the module docstring)."""
+class DecryptedAgreement:
+    """Decides which candidate answers of a job agree once decrypted (see the module docstring)."""
 
     def __init__(self, fetch: Callable[[str], bytes], decrypt: Decrypt, tolerance: float):
         self.fetch, self.decrypt, self.tolerance = fetch, decrypt, tolerance
@@ -112,7 +112,7 @@ class Meaning:
 
     def classes(self, results: dict[str, str | None], outputs: dict[str, list[str]],
                 counts: Sequence[int]) -> dict[str, str | None]:
-        """Map each voter's candidate digest to the first digest of its meaning class (``None`` stays)."""
+        """Map each voter's candidate digest to the first digest of its agreement class (``None`` stays)."""
         candidates = sorted({d for d in results.values() if d is not None})
         if len(candidates) < 2:
             return dict(results)

@@ -158,15 +158,16 @@ def _encoding(sections: dict[str, bytes]) -> dict[str, Any]:
 
 
 def bundle(model: Any, plan: dict[str, Any], weights: dict[str, np.ndarray], weight_sections: dict[str, bytes],
-           info: dict[str, Any], task: str | None, onnx_ml: dict[str, Any], box: tuple[np.ndarray, np.ndarray],
-           clip_margin: float) -> Any:
-    """The bundle of a plan compiled for this engine (the same plan, encoding and post-processing as SEAL's)."""
+           info: dict[str, Any], task: str | None, onnx_ml: dict[str, Any], box: tuple[np.ndarray, np.ndarray]) -> Any:
+    """The bundle of a plan compiled for this engine (the same plan, encoding, post-processing and input clip
+    box, widened by the compiler's ``CLIP_MARGIN``, as SEAL's)."""
     import json
 
     from ...formats.bundle import Bundle
     from .. import library_versions
     from .._onnx import model_type
-    from .._task import decide
+    from .._kind import decide
+    from .compiler import CLIP_MARGIN
     from .plan import plan_depth
 
     ckks = choose(plan, weights, plan_depth(plan))
@@ -178,7 +179,7 @@ def bundle(model: Any, plan: dict[str, Any], weights: dict[str, np.ndarray], wei
     for message in warned:
         warn(message, stacklevel=3)
     ckks |= {"postprocess": post, "activations": info["fits"], "max_error_target": info["max_error"],
-             "input_clip_margin": clip_margin, "predicted_max_error": info["predicted_max_error"],
+             "input_clip_margin": CLIP_MARGIN, "predicted_max_error": info["predicted_max_error"],
              "calibration_max_error": info["calibration_max_error"],
              "worst_case_error_bound": info["worst_case_bound"], "warnings": warned}
     manifest = {"model_type": model_type(model), **decide(task, known=info["task"], n_outputs=n_out, final=post),

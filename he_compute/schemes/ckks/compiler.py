@@ -13,7 +13,7 @@ from ...errors import InputError, UnsupportedModelError, warn
 from .. import library_versions
 from .._onnx import is_onnx, is_torch, model_type
 from .._onnx_ml import as_sklearn
-from .._task import decide
+from .._kind import decide
 from . import accuracy, approx, composite, frontend, limits, params
 from .plan import LINEAR_OPS, PLAN_VERSION, check_plan, needs_relin, npy_bytes, one_product, plan_depth, run_layer, run_plan
 
@@ -336,7 +336,7 @@ def compile(  # noqa: A001 - mirrors he_compute.compile
     # A composite plan goes to the bootstrapping engine when asked for (it bootstraps between sign stages).
     if engine == "bootstrap" if has_composite else \
             boot_client.wanted("tenseal" if explicit and engine == "auto" else engine, depth, int_bits):
-        return boot_client.bundle(model, plan, weights, weight_sections, info, task, onnx_ml, (lo, hi), CLIP_MARGIN)
+        return boot_client.bundle(model, plan, weights, weight_sections, info, task, onnx_ml, (lo, hi))
     try:
         ckks = _choose_params(plan, depth, poly_modulus_degree=poly_modulus_degree, scale_bits=scale_bits,
                               coeff_mod_bit_sizes=coeff_mod_bit_sizes, int_bits=int_bits)

@@ -21,7 +21,7 @@ from .. import library_versions
 from .._onnx import is_onnx, is_torch, load_onnx, model_type
 from .._onnx_ml import as_sklearn
 from .._quiet import import_torch_quietly
-from .._task import check_task, decide, final_activation
+from .._kind import check_task, decide, final_activation
 from .artifacts import sections_from_deployment
 from .client import build_model
 from .stats import circuit_statistics
@@ -44,7 +44,7 @@ def bundle_from_deployment(directory: str | Path, extra: dict[str, Any] | None =
     """Convert a Concrete ML deployment directory (client.zip + server.zip) into a bundle.
 
     ``task`` is the user's word on what the model is; ``final`` the Softmax/Sigmoid a graph ends in
-    (see :func:`he_compute.schemes._task.decide`).
+    (see :func:`he_compute.schemes._kind.decide`).
     """
     client, server, versions = sections_from_deployment(Path(directory))
     specs = json.loads(client["client.specs.json"])
