@@ -103,7 +103,7 @@ MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 8
 
 LONG_FUNCTIONS_LEFT = {
     "client/run/runner.py:run", "client/run/runner.py:_prepare",
-    "client/api.py:__init__", "cli/jobs.py:run_cmd", "transport/remote/session.py:request",
+    "client/api.py:__init__", "cli/jobs.py:run_cmd",
     "schemes/ckks/boot_client.py:bundle",  # the bootstrapping engine's half of the compiler
 }
 """Functions still over a limit, to be split: the set only shrinks (the test below fails on a name that
