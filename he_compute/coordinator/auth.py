@@ -3,7 +3,9 @@
 * :func:`tenant`: ``Authorization: Bearer <tenant token>``;
 * :func:`worker`: a request signed by an admitted worker key (see
   :mod:`he_compute.transport.remote.wire`): known key, not revoked, fresh
-  timestamp, unused nonce, body digest matching, within its rate limit;
+  timestamp, unused nonce, body digest matching, within its rate limit (the
+  route gets the caller only through :class:`SignedWorker`, whose ``run``
+  checks all that in the thread that then does the route's work);
   :func:`worker_upload` is the same for a streamed upload, whose digest the
   route checks as the bytes arrive;
 * :func:`enrolling`: an enrolment token plus a request signed by the key being
