@@ -8,8 +8,9 @@
 3. **Chaos**: 2,000 jobs; a coordinator, a worker and Redis (AOF, fsync always) are SIGKILLed mid-run; every
    job must end done exactly once.
 
-``python -m bench coordinator`` writes bench/results/coordinator.md.  ``python -m bench.bench_coordinator
-worker ...`` is one light worker (used by the benchmark itself).
+``python -m bench coordinator`` writes bench/results/coordinator.md.  ``python -m bench.bench_coordinator load
+[N]`` runs only the load comparison (1) with N jobs (default 10,000) and prints its table: a quick profile run.
+``python -m bench.bench_coordinator worker ...`` is one light worker (used by the benchmark itself).
 """
 
 from __future__ import annotations
@@ -240,18 +241,18 @@ def _load(d: Path, redis: Redis, kill=None, n=N_JOBS):
     return _row(f"coordinator x2 ({tag})", lines, ids, seconds, done), states
 
 
-def _direct(d: Path, redis: Redis):
+def _direct(d: Path, redis: Redis, n: int = N_JOBS):
     from he_compute.transport import blobs, queue
 
     def direct():
         store = blobs.connect(f"file://{d / 'blobs-direct'}")
         return queue.connect(redis.url, lease_s=5), store.put(b"bench input")
 
-    ids = _submit(direct, N_JOBS)
+    ids = _submit(direct, n)
     q, _ = direct()
     t0 = time.perf_counter()
     workers = _start_workers("direct", [redis.url], d, "direct", None)
-    _settle(workers, N_JOBS)
+    _settle(workers, n)
     seconds = time.perf_counter() - t0
     return _row("Redis directly", _collect(workers, d, "direct"), ids, seconds)
 
@@ -267,18 +268,38 @@ def _chaos_kill(d: Path, redis: Redis):
     return kill
 
 
-def main() -> None:
-    d = Path(tempfile.mkdtemp(prefix="hec-bench-coord-"))
-    _tls(d)
-    load = os.getloadavg()
+HEADERS = ["path", "jobs/s", "claim p50 ms", "claim p99 ms", "lost", "completed twice"]
+
+
+def _load_rows(d: Path, n: int = N_JOBS) -> tuple[list, list]:
+    """The coordinator row and the direct-Redis row, measured one after the other over one fresh Redis."""
     redis = Redis(d / "r1")
     (d / "r1").mkdir()
     redis.start()
     try:
-        coord_row, _ = _load(d, redis)
-        direct_row = _direct(d, redis)
+        coord_row, _ = _load(d, redis, n=n)
+        direct_row = _direct(d, redis, n)
     finally:
         redis.proc.kill()
+    return coord_row, direct_row
+
+
+def load_only(n: int) -> str:
+    """Only the load comparison, with ``n`` jobs: its table (with the load average before it ran)."""
+    d = Path(tempfile.mkdtemp(prefix="hec-bench-coord-"))
+    _tls(d)
+    load = os.getloadavg()
+    coord_row, direct_row = _load_rows(d, n)
+    after = os.getloadavg()
+    return (f"{n} jobs, {N_WORKERS} light workers, TLS; load average before {load[0]:.2f}, after {after[0]:.2f}\n\n"
+            + table(HEADERS, [coord_row, direct_row]))
+
+
+def main() -> None:
+    d = Path(tempfile.mkdtemp(prefix="hec-bench-coord-"))
+    _tls(d)
+    load = os.getloadavg()
+    coord_row, direct_row = _load_rows(d)
     chaos_dir = d / "chaos"
     chaos_dir.mkdir()
     shutil.copy(d / "ca.pem", chaos_dir)
@@ -291,7 +312,7 @@ def main() -> None:
         chaos_row, states = _load(chaos_dir, r2, kill=_chaos_kill(chaos_dir, r2), n=CHAOS_JOBS)
     finally:
         r2.proc.kill()
-    headers = ["path", "jobs/s", "claim p50 ms", "claim p99 ms", "lost", "completed twice"]
+    headers = HEADERS
     text = (f"# Coordinator load ({N_JOBS} jobs, {N_WORKERS} light workers, TLS; load average before "
             f"{load[0]:.2f})\n\n" + table(headers, [coord_row, direct_row]) +
             f"\n\n## Chaos ({CHAOS_JOBS} jobs; SIGKILL a coordinator, a worker and Redis mid-run)\n\n" +
@@ -310,6 +331,8 @@ if __name__ == "__main__":
         _d = Path(tempfile.mkdtemp(prefix="hec-bench-ckks-"))
         _tls(_d)
         print(_ckks(_d))
+    elif len(sys.argv) > 1 and sys.argv[1] == "load":  # only the load comparison, N jobs
+        print(load_only(int(sys.argv[2]) if len(sys.argv) > 2 else N_JOBS))
     elif len(sys.argv) > 1 and sys.argv[1] == "worker":
         light_worker(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6] or None)
     else:

@@ -101,7 +101,7 @@ def test_mypy_catches_a_wrong_type(tmp_path):
 MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 8
 """A function a reader can hold in mind: at most 60 lines and 8 parameters (``self`` not counted)."""
 
-LONG_FUNCTIONS_LEFT = {"transport/remote/session.py:request"}
+LONG_FUNCTIONS_LEFT: set[str] = set()
 """Functions still over a limit, to be split: the set only shrinks (the test below fails on a name that
 has come within the limits, so that it is removed from here)."""
 

@@ -172,6 +172,26 @@ def test_a_worker_off_the_allow_list_is_refused(coord, tmp_path):
     assert r.status_code == 403 and "revoked" in r.json()["error"]
 
 
+def _nonces(coord, worker_id):
+    import sqlite3
+
+    with sqlite3.connect(coord.data / "coordinator.db") as db:
+        return db.execute("SELECT COUNT(*) FROM kv WHERE key LIKE ?", (f"nonce:{worker_id}:%",)).fetchone()[0]
+
+
+def test_a_revoked_worker_cannot_fill_the_nonce_store(coord, tmp_path):
+    """The coordinator keeps admitted keys in memory (a worker id is its key's fingerprint) and reads a known key's
+    record in the round trip that spends its nonce: a revoked key's correctly signed requests are still refused,
+    and past the first they spend no nonce (a stranger with a revoked key cannot grow the store)."""
+    me, _ = _worker(coord, tmp_path, "revoked-nonces")
+    assert _signed(coord, me, "GET", f"{API}/worker/hello").status_code == 200  # the process now knows its key
+    assert _hec(coord, "revoke-worker", me.worker_id).returncode == 0
+    before = _nonces(coord, me.worker_id)
+    refused = [_signed(coord, me, "GET", f"{API}/worker/hello") for _ in range(5)]
+    assert all(r.status_code == 403 and "revoked" in r.json()["error"] for r in refused)
+    assert _nonces(coord, me.worker_id) - before <= 1
+
+
 def test_an_oversize_or_mislabelled_upload_is_refused(coord, tmp_path):
     q, _, job_id, d = _job(coord, tmp_path, "upload")
     w, sw = _worker(coord, tmp_path, "u")

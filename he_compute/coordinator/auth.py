@@ -3,7 +3,9 @@
 * :func:`tenant`: ``Authorization: Bearer <tenant token>``;
 * :func:`worker`: a request signed by an admitted worker key (see
   :mod:`he_compute.transport.remote.wire`): known key, not revoked, fresh
-  timestamp, unused nonce, body digest matching, within its rate limit;
+  timestamp, unused nonce, body digest matching, within its rate limit (the
+  route gets the caller only through :class:`SignedWorker`, whose ``run``
+  checks all that in the thread that then does the route's work);
   :func:`worker_upload` is the same for a streamed upload, whose digest the
   route checks as the bytes arrive;
 * :func:`enrolling`: an enrolment token plus a request signed by the key being
@@ -22,10 +24,10 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import AuthError, FormatError, LimitExceeded, ReceiptError
@@ -58,14 +60,6 @@ class RateLimits:
         """Count one request; :class:`RateLimited` past the rate."""
         if not self._limiter.hit(self._rates[kind], kind, who):
             raise RateLimited(f"too many requests from this {kind}: slow down (limit {self._rates[kind]})")
-
-
-@dataclass(frozen=True)
-class SignedWorker:
-    """An authenticated worker and the body it signed."""
-
-    record: WorkerRecord
-    body: bytes
 
 
 def _coord(request: Request) -> Any:
@@ -108,46 +102,101 @@ async def tenant(request: Request) -> Tenant:
     return await run_in_threadpool(check)
 
 
-def _verify(coord: Any, request: Request, public_raw: bytes | None) -> tuple[WorkerRecord | None, str, str]:
-    """Check the signature headers; return ``(record or None, worker id, signed body digest)``."""
-    try:
-        worker_id, ts, nonce, digest, sig = parse_signature_headers(request.headers)
-    except FormatError as exc:
-        raise Unauthenticated(str(exc)) from None
-    if abs(time.time() - ts) > MAX_SKEW_S:
-        raise Unauthenticated(f"stale request (timestamp {ts} is more than {MAX_SKEW_S}s off): check the clock")
-    record = None
-    if public_raw is None:
-        record = coord.state.worker(worker_id)
-        if record is None:
-            raise AuthError(f"worker {worker_id[:16]} is not admitted: enrol it with an enrolment token "
-                            "(hec worker --token-file) or have the operator allow its key")
-        if record.revoked:
-            raise AuthError(f"worker {worker_id[:16]} was revoked by the operator")
-        public_raw = record.public_raw
-    elif fingerprint(public_raw) != worker_id:
-        raise Unauthenticated("the signing key is not the key being enrolled")
+def _refuse(coord: Any, worker_id: str, record: WorkerRecord | None) -> WorkerRecord:
+    """The record, if it admits requests; :class:`AuthError` for a key never admitted or revoked."""
+    if record is None:
+        raise AuthError(f"worker {worker_id[:16]} is not admitted: enrol it with an enrolment token "
+                        "(hec worker --token-file) or have the operator allow its key")
+    if record.revoked:
+        coord.revoked_ids.add(worker_id)  # revocation is for ever: later requests are refused before any lookup
+        raise AuthError(f"worker {worker_id[:16]} was revoked by the operator")
+    return record
+
+
+def _check_signature(request: Request, public_raw: bytes, signed: tuple[str, int, str, str, bytes]) -> None:
+    worker_id, ts, nonce, digest, sig = signed
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     try:
         verify_signature(public_raw, sig, signed_message(request.method, path, digest, ts, nonce, worker_id))
     except ReceiptError:
         raise Unauthenticated(f"bad request signature from worker {worker_id[:16]}") from None
-    # Only a correctly signed request may spend a nonce, so strangers cannot fill the nonce store.
-    if not coord.state.fresh_nonce(worker_id, nonce, 2 * MAX_SKEW_S):
+
+
+def _verify(coord: Any, request: Request, public_raw: bytes | None) -> tuple[WorkerRecord | None, str, str]:
+    """Check the signature headers; return ``(record or None, worker id, signed body digest)``.
+
+    A worker id is the fingerprint of its key, so the keys of admitted workers are kept in the process once
+    looked up: a known key's signature is checked first, and its record (revoked or not) is read in the same
+    round trip that spends the nonce.  Only a correctly signed request ever spends a nonce, so strangers
+    cannot fill the nonce store."""
+    try:
+        signed = parse_signature_headers(request.headers)
+    except FormatError as exc:
+        raise Unauthenticated(str(exc)) from None
+    worker_id, ts, nonce, digest, _ = signed
+    if abs(time.time() - ts) > MAX_SKEW_S:
+        raise Unauthenticated(f"stale request (timestamp {ts} is more than {MAX_SKEW_S}s off): check the clock")
+    record = None
+    known = coord.worker_keys.get(worker_id) if public_raw is None else None
+    if public_raw is None and worker_id in coord.revoked_ids:
+        raise AuthError(f"worker {worker_id[:16]} was revoked by the operator")
+    if known is not None:
+        _check_signature(request, known, signed)
+        found, fresh = coord.state.worker_and_nonce(worker_id, nonce, 2 * MAX_SKEW_S)
+        record = _refuse(coord, worker_id, found)
+    else:
+        if public_raw is None:
+            record = _refuse(coord, worker_id, coord.state.worker(worker_id))
+            public_raw = record.public_raw
+        elif fingerprint(public_raw) != worker_id:
+            raise Unauthenticated("the signing key is not the key being enrolled")
+        _check_signature(request, public_raw, signed)
+        fresh = coord.state.fresh_nonce(worker_id, nonce, 2 * MAX_SKEW_S)
+        if record is not None:
+            coord.worker_keys[worker_id] = record.public_raw
+    if not fresh:
         raise Unauthenticated("replayed request (nonce already used): refused")
     coord.limits.hit("worker", worker_id)
     return record, worker_id, digest
 
 
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class SignedWorker:
+    """A request that claims to come from a worker, with its body (bounded).  Who sent it is known only through
+    :meth:`run` or :meth:`admit`, which first check the signature, the key (admitted, not revoked), the nonce,
+    the rate and the body's digest; :meth:`run` does the route's work in the same thread as that check, so a
+    worker's request costs one hand-off to the thread pool, not two."""
+
+    def __init__(self, request: Request, body: bytes):
+        self._request, self.body = request, body
+
+    def _admit(self) -> WorkerRecord:
+        record, _, digest = _verify(_coord(self._request), self._request, None)
+        if sha256_hex(self.body) != digest:
+            raise Unauthenticated("the body does not match the signed digest: refused")
+        assert record is not None
+        return record
+
+    async def admit(self) -> WorkerRecord:
+        """The admitted worker (see the class docstring)."""
+        return await run_in_threadpool(self._admit)
+
+    async def run(self, model: type[M], work: Callable[[WorkerRecord, M], T]) -> T:
+        """Admit the caller, parse the body as ``model`` (only then: a stranger learns nothing of the schema), and
+        return ``work(record, body)``, all in one thread of the pool."""
+        def go() -> T:
+            record = self._admit()
+            return work(record, model.model_validate_json(self.body))
+
+        return await run_in_threadpool(go)
+
+
 async def worker(request: Request) -> SignedWorker:
-    """An admitted worker, with the body it signed."""
-    body = await body_of(request)
-    coord = _coord(request)
-    record, _, digest = await run_in_threadpool(_verify, coord, request, None)
-    if sha256_hex(body) != digest:
-        raise Unauthenticated("the body does not match the signed digest: refused")
-    assert record is not None
-    return SignedWorker(record, body)
+    """A worker's request with its body; admitted by :meth:`SignedWorker.run` or :meth:`SignedWorker.admit`."""
+    return SignedWorker(request, await body_of(request))
 
 
 async def worker_upload(request: Request) -> WorkerRecord:

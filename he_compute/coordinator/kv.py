@@ -41,6 +41,7 @@ class KV(Protocol):
     def zrange(self, key: str, low: float, limit: int) -> list[str]: ...
     def zprune(self, key: str, below: float) -> None: ...
     def setnx(self, key: str, ttl_s: float) -> bool: ...
+    def batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]: ...
     def close(self) -> None: ...
 
 
@@ -134,6 +135,11 @@ class SqliteKV:
             self._run("DELETE FROM kv WHERE expires IS NOT NULL AND expires < ?", (now,))
             return self._run("INSERT OR IGNORE INTO kv (key, field, expires) VALUES (?, '', ?)", (key, now + ttl_s))[1] == 1
 
+    def batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Several calls ``(method name, args)`` in order, their answers in a list (one lock hold)."""
+        with self._lock:
+            return [getattr(self, name)(*args) for name, args in calls]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -156,45 +162,78 @@ class RedisKV:
         except redis.RedisError as exc:
             raise QueueError(f"coordinator state in Redis failed ({exc}): is Redis running?") from exc
 
+    @staticmethod
+    def _issue(c: Any, name: str, key: str, args: tuple[Any, ...]) -> Any:
+        """Send one call on ``c`` (the client, or a pipeline that queues it)."""
+        k = coordinator_key(key)
+        if name == "hset":
+            return c.hset(k, mapping={f: str(v) for f, v in args[0].items()})
+        if name == "zadd":
+            return c.zadd(k, {args[0]: float(args[1])})
+        if name == "zrange":
+            return c.zrangebyscore(k, float(args[0]), "+inf", start=0, num=int(args[1]))
+        if name == "zprune":
+            return c.zremrangebyscore(k, "-inf", f"({float(args[0])!r}")
+        if name == "setnx":
+            return c.set(k, "1", nx=True, px=max(1, int(args[0] * 1000)))
+        return getattr(c, name)(k, *args)  # hget hgetall hmget hsetnx hincrby hdel zrem zcard: Redis's own
+
+    _CONVERT: dict[str, Any] = {"hmget": list, "hsetnx": bool, "hincrby": int, "hdel": bool, "zrem": bool,
+                                "zcard": int, "zrange": list, "setnx": bool,
+                                "hset": lambda _: None, "zadd": lambda _: None, "zprune": lambda _: None}
+
+    def _one(self, name: str, key: str, *args: Any) -> Any:
+        out = self._call(self._issue, self._r, name, key, args)
+        return self._CONVERT.get(name, lambda v: v)(out)
+
+    def batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Several calls ``(method name, (key, *args))`` in one round trip (a pipeline, not a transaction: each
+        call is atomic, as it is alone), their answers in a list."""
+        pipe = self._r.pipeline(transaction=False)
+        for name, (key, *args) in calls:
+            self._issue(pipe, name, key, tuple(args))
+        out = self._call(pipe.execute)
+        return [self._CONVERT.get(name, lambda v: v)(v) for (name, _), v in zip(calls, out)]
+
     def hget(self, key: str, field: str) -> str | None:
-        return self._call(self._r.hget, coordinator_key(key), field)
+        return self._one("hget", key, field)
 
     def hgetall(self, key: str) -> dict[str, str]:
-        return self._call(self._r.hgetall, coordinator_key(key))
+        return self._one("hgetall", key)
 
     def hmget(self, key: str, fields: list[str]) -> list[str | None]:
-        return list(self._call(self._r.hmget, coordinator_key(key), fields)) if fields else []
+        return self._one("hmget", key, fields) if fields else []
 
     def hset(self, key: str, mapping: dict[str, str]) -> None:
-        self._call(self._r.hset, coordinator_key(key), mapping={k: str(v) for k, v in mapping.items()})
+        self._one("hset", key, mapping)
 
     def hsetnx(self, key: str, field: str, value: str) -> bool:
-        return bool(self._call(self._r.hsetnx, coordinator_key(key), field, value))
+        return self._one("hsetnx", key, field, value)
 
     def hincrby(self, key: str, field: str, n: int = 1) -> int:
-        return int(self._call(self._r.hincrby, coordinator_key(key), field, n))
+        return self._one("hincrby", key, field, n)
 
     def hdel(self, key: str, field: str) -> bool:
-        return bool(self._call(self._r.hdel, coordinator_key(key), field))
+        return self._one("hdel", key, field)
 
     def zadd(self, key: str, member: str, score: float) -> None:
-        self._call(self._r.zadd, coordinator_key(key), {member: float(score)})
+        self._one("zadd", key, member, score)
 
     def zrem(self, key: str, member: str) -> bool:
-        return bool(self._call(self._r.zrem, coordinator_key(key), member))
+        return self._one("zrem", key, member)
 
     def zcard(self, key: str) -> int:
-        return int(self._call(self._r.zcard, coordinator_key(key)))
+        return self._one("zcard", key)
 
     def zrange(self, key: str, low: float, limit: int) -> list[str]:
-        return list(self._call(self._r.zrangebyscore, coordinator_key(key), float(low), "+inf", start=0, num=int(limit)))
+        return self._one("zrange", key, low, limit)
 
     def zprune(self, key: str, below: float) -> None:
         """Drop the members scored below ``below``."""
-        self._call(self._r.zremrangebyscore, coordinator_key(key), "-inf", f"({float(below)!r}")
+        self._one("zprune", key, below)
 
     def setnx(self, key: str, ttl_s: float) -> bool:
-        return bool(self._call(self._r.set, coordinator_key(key), "1", nx=True, px=max(1, int(ttl_s * 1000))))
+        return self._one("setnx", key, ttl_s)
 
     def close(self) -> None:
         self._r.close()

@@ -260,81 +260,83 @@ async def enroll(request: Request, who: tuple[str, bytes, str] = Depends(auth.en
 
 @workers.get("/worker/hello")
 async def hello(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    coord = _coord(request)
-    return {"worker": me.record.worker_id, "operator": me.record.operator, "lease_s": coord.settings.lease_s,
+    coord, record = _coord(request), await me.admit()
+    return {"worker": record.worker_id, "operator": record.operator, "lease_s": coord.settings.lease_s,
             "presigned": coord.blobs.presigned, "gate": bool(coord.settings.gate) and not coord.blobs.presigned}
 
 
 @workers.post("/worker/claim")
 async def claim(request: Request, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    body = Claim.model_validate_json(me.body)
     coord = _coord(request)
-    lease = await coord.long_poll(me.record, body.devices, body.block_s)
+    # The first try runs in the thread that admits the worker; only an empty queue makes it wait (long poll).
+    record, body, lease = await me.run(Claim, lambda rec, b: (rec, b, coord.claim(rec, b.devices, 0.0)))
+    if lease is None:
+        lease = await coord.wait_for_work(record, body.devices, body.block_s)
     if lease is None:
         return {"lease": None}
     out = {"job": job_to_wire(lease.job), "token": lease.token}
     if coord.settings.gate and not coord.blobs.presigned:  # the job's reads go straight to the gate
         from .gate import gate_urls
 
-        out["gate"] = await _call(gate_urls, coord, me.record.worker_id, lease.job)
+        out["gate"] = await _call(gate_urls, coord, record.worker_id, lease.job)
     return {"lease": out}
 
 
 @workers.post("/worker/jobs/{job_id}/heartbeat")
 async def heartbeat(request: Request, job_id: str, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    body = Beat.model_validate_json(me.body)
-    return {"ok": await _call(_coord(request).heartbeat, me.record, job_id, body.token, body.progress)}
+    coord = _coord(request)
+    return {"ok": await me.run(Beat, lambda rec, b: coord.heartbeat(rec, job_id, b.token, b.progress))}
 
 
 @workers.post("/worker/jobs/{job_id}/complete")
 async def complete(request: Request, job_id: str, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    body = Done.model_validate_json(me.body)
-    return {"accepted": await _call(_coord(request).complete, me.record, job_id, body.token, body.result)}
+    coord = _coord(request)
+    return {"accepted": await me.run(Done, lambda rec, b: coord.complete(rec, job_id, b.token, b.result))}
 
 
 @workers.post("/worker/jobs/{job_id}/fail")
 async def fail(request: Request, job_id: str, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    body = Failed.model_validate_json(me.body)
-    state = await _call(_coord(request).fail, me.record, job_id, body.token, body.error, body.retry)
+    coord = _coord(request)
+    state = await me.run(Failed, lambda rec, b: coord.fail(rec, job_id, b.token, b.error, b.retry))
     return {"state": state.value}
 
 
 @workers.post("/worker/jobs/{job_id}/release")
 async def release(request: Request, job_id: str, me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    body = Held.model_validate_json(me.body)
-    await _call(_coord(request).release, me.record, job_id, body.token)
+    coord = _coord(request)
+    await me.run(Held, lambda rec, b: coord.release(rec, job_id, b.token))
     return {"ok": True}
 
 
 @workers.get("/worker/jobs/{job_id}/blobs/{digest}")
 async def worker_download(request: Request, job_id: str, digest: str,
                           me: SignedWorker = Depends(auth.worker)) -> Response:
-    coord = _coord(request)
-    await _call(coord.readable, me.record, job_id, digest)
+    coord, record = _coord(request), await me.admit()
+    await _call(coord.readable, record, job_id, digest)
     if coord.settings.gate and not coord.blobs.presigned:  # the gate carries the bytes, not this process
         from .gate import gate_url
 
-        return RedirectResponse(await _call(gate_url, coord, me.record.worker_id, job_id, digest), status_code=303)
+        return RedirectResponse(await _call(gate_url, coord, record.worker_id, job_id, digest), status_code=303)
     return await _call(_send, coord, digest)
 
 
 @workers.post("/worker/jobs/{job_id}/outputs/{digest}/upload")
 async def worker_begin_upload(request: Request, job_id: str, digest: str,
                               me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    coord = _coord(request)
+    coord, record = _coord(request), await me.admit()
     check_digest(digest)
     size = Size.model_validate_json(me.body).size
-    _, cap = await _call(coord.result_cap, me.record, job_id)
+    _, cap = await _call(coord.result_cap, record, job_id)
     if size > cap:
         from ..errors import LimitExceeded
 
         raise LimitExceeded(f"a result blob of {size} bytes is over what job {job_id} may still produce ({cap})")
     if coord.blobs.presigned:
-        return await _call(coord.blobs.stage, f"lease:{job_id}:{me.record.worker_id}", digest, size)
+        return await _call(coord.blobs.stage, f"lease:{job_id}:{record.worker_id}", digest, size)
     if coord.settings.gate:  # the result goes to the gate, not through this process
         from .gate import gate_url
 
-        url = await _call(gate_url, coord, me.record.worker_id, job_id, digest, size=size)
+        url = await _call(gate_url, coord, record.worker_id, job_id, digest, size=size)
         return {"gate": url, "headers": {"content-length": str(size)}}
     return {"put": f"{API}/worker/jobs/{job_id}/outputs/{digest}"}
 
@@ -362,12 +364,12 @@ async def worker_upload(request: Request, job_id: str, digest: str,
 @workers.post("/worker/jobs/{job_id}/outputs/{digest}/commit")
 async def worker_commit(request: Request, job_id: str, digest: str,
                         me: SignedWorker = Depends(auth.worker)) -> dict[str, Any]:
-    coord = _coord(request)
+    coord, record = _coord(request), await me.admit()
     name = Commit.model_validate_json(me.body).staging
-    await _call(coord.held, me.record, job_id)
-    size = await _call(coord.blobs.commit, f"lease:{job_id}:{me.record.worker_id}", name, digest)
+    await _call(coord.held, record, job_id)
+    size = await _call(coord.blobs.commit, f"lease:{job_id}:{record.worker_id}", name, digest)
     try:
-        tenant = await _call(coord.charge_result, me.record, job_id, size)
+        tenant = await _call(coord.charge_result, record, job_id, size)
     except BaseException:
         await _call(coord._forget, digest)
         raise

@@ -118,6 +118,10 @@ class Coordinator(Storage):
         self.kv.hsetnx("secret", "labels", secrets.token_hex(32))  # keys the operator labels tenants see
         self._label_key = bytes.fromhex(self.kv.hget("secret", "labels") or "")
         self.limits: Any = None  # request rates (set by the app: see auth.RateLimits)
+        # Kept by auth._verify: a worker id is its key's fingerprint, so a key looked up once never goes stale,
+        # and a revocation is for ever (revoke_worker never undoes one).
+        self.worker_keys: dict[str, bytes] = {}
+        self.revoked_ids: set[str] = set()
 
     # -- tenants: jobs -----------------------------------------------------------------------------------------
 
@@ -238,9 +242,15 @@ class Coordinator(Storage):
         sleeps between tries); a key or operator already holding its share of waiting claims
         (``long_polls_per_worker`` / ``_per_operator``) gets an immediate answer, empty if nothing is queued."""
         lease = await to_thread.run_sync(self.claim, worker, devices, 0.0)
+        return lease if lease is not None else await self.wait_for_work(worker, devices, block_s)
+
+    async def wait_for_work(self, worker: WorkerRecord, devices: list[str], block_s: float) -> Lease | None:
+        """:meth:`long_poll` after its first try found nothing (the claim route makes that try in the thread that
+        admits the worker)."""
+        lease: Lease | None = None
         wait = max(0.0, min(float(block_s), self.settings.max_block_s))
-        if lease is not None or wait <= 0:
-            return lease
+        if wait <= 0:
+            return None
         slot = await to_thread.run_sync(self._polls.enter, worker, wait)
         if slot is None:
             return None
@@ -258,11 +268,10 @@ class Coordinator(Storage):
         """A lease on the oldest job for ``devices``, under this worker's key and operator."""
         devs = self._devices(worker, devices)
         wait = max(0.0, min(float(block_s), self.settings.max_block_s))
-        if seen:
-            self.state.seen(worker.worker_id)
         lease = self.q.claim(worker.worker_id, devices=devs, block_s=wait, operator=worker.operator)
+        if seen or lease is not None:
+            self.state.claimed(worker.worker_id, got=lease is not None, seen=seen)
         if lease is not None:
-            self.state.count(worker.worker_id, "claimed")
             lease.job.group = lease.job.run = None  # the worker learns nothing about tenants or runs
         return lease
 
@@ -291,15 +300,12 @@ class Coordinator(Storage):
         lease = self._lease(worker, job_id, token)
         parsed = Result.from_json(result)
         tenant = self.state.job_owner(job_id) or ""
-        missing = [d for d in parsed.outputs if not self.state.owns_blob(tenant, d)]
+        missing = self.state.not_owned(tenant, list(parsed.outputs))
         if missing:
             raise FormatError(f"result names {len(missing)} output blob(s) never uploaded for this job: upload first")
         accepted = self.q.complete(lease, result)
-        if accepted:
-            self.kv.hsetnx(f"ran:{tenant}", worker.operator, "1")  # the tenant may now see this operator's name
-            self.state.ended(tenant, job_id)
-            self.state.count(worker.worker_id, "done")
-            self.state.count_done()
+        if accepted:  # the tenant may now see this operator's name; the job is off its quota
+            self.state.completed(tenant, job_id, worker.worker_id, worker.operator)
         return accepted
 
     def fail(self, worker: WorkerRecord, job_id: str, token: str, error: str, retry: bool) -> JobState:

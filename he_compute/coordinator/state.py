@@ -184,7 +184,17 @@ class State:
 
     def worker(self, worker_id: str) -> WorkerRecord | None:
         """The record of an admitted worker, or ``None``."""
-        raw = self.kv.hget("workers", worker_id)
+        return self._record(worker_id, self.kv.hget("workers", worker_id))
+
+    def worker_and_nonce(self, worker_id: str, nonce: str, ttl_s: float) -> tuple[WorkerRecord | None, bool]:
+        """:meth:`worker` and :meth:`fresh_nonce` in one round trip (for a request whose signature was already
+        checked against this worker's key)."""
+        raw, fresh = self.kv.batch([("hget", ("workers", worker_id)),
+                                    ("setnx", (f"nonce:{worker_id}:{nonce}", ttl_s))])
+        return self._record(worker_id, raw), bool(fresh)
+
+    @staticmethod
+    def _record(worker_id: str, raw: str | None) -> WorkerRecord | None:
         if raw is None:
             return None
         r = json.loads(raw)
@@ -226,6 +236,24 @@ class State:
     def seen(self, worker_id: str, now: float | None = None) -> None:
         """Record that the worker made a request now."""
         self.kv.hset(f"wstats:{worker_id}", {"seen": str(int(time.time() if now is None else now))})
+
+    def claimed(self, worker_id: str, *, got: bool, seen: bool = True) -> None:
+        """Record a claim of the worker now (:meth:`seen` if ``seen``, one more claimed job if ``got``), in one
+        round trip."""
+        calls: list[tuple[str, tuple[Any, ...]]] = []
+        if seen:
+            calls.append(("hset", (f"wstats:{worker_id}", {"seen": str(int(time.time()))})))
+        if got:
+            calls.append(("hincrby", (f"wstats:{worker_id}", "claimed", 1)))
+        if calls:
+            self.kv.batch(calls)
+
+    def completed(self, tenant: str, job_id: str, worker_id: str, operator: str) -> None:
+        """A worker's result for the tenant's job was accepted: the tenant may now see the operator's name, the job
+        no longer counts against its quota, and the counters move on (one round trip)."""
+        self.kv.batch([("hsetnx", (f"ran:{tenant}", operator, "1")), ("zrem", (f"live:{tenant}", job_id)),
+                       ("hincrby", (f"wstats:{worker_id}", "done", 1)),
+                       ("hincrby", ("done", str(int(time.time() // 60)), 1))])
 
     def fresh_nonce(self, worker_id: str, nonce: str, ttl_s: float) -> bool:
         """``True`` the first time a worker uses ``nonce`` (within ``ttl_s``), ``False`` for a replay."""
@@ -286,6 +314,10 @@ class State:
     def owns_blob(self, tenant: str, digest: str) -> bool:
         """Whether ``digest`` is in the tenant's namespace."""
         return self.kv.hget(f"blobs:{tenant}", digest) is not None
+
+    def not_owned(self, tenant: str, digests: list[str]) -> list[str]:
+        """Those of ``digests`` not in the tenant's namespace (one read)."""
+        return [d for d, size in zip(digests, self.kv.hmget(f"blobs:{tenant}", digests)) if size is None]
 
     def reserve(self, tenant: str, size: int, max_bytes: int) -> bool:
         """Charge ``size`` bytes to the tenant if that keeps it within ``max_bytes``: add first, then check and roll

@@ -37,7 +37,7 @@ GROUP = "hec-workers"
 # A job of a replica group (KEYS[4], a hash operator -> the job it claimed) from which this operator
 # (ARGV[8]) already took another job is put back at the end of the stream, unclaimed.
 # KEYS: job hash, stream, dead stream, group set (or '').  ARGV: msg id, token, worker, now, deliveries,
-# consumer group, cap, operator, job id.
+# consumer group, cap, operator, job id.  Answers the taken job's record (HGETALL), or why it was not taken.
 _TAKE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'queued' and st ~= 'running' then
@@ -71,7 +71,7 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'token', ARGV[2], 'worker', ARGV
 if KEYS[4] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[8], ARGV[9]); redis.call('EXPIRE', KEYS[4], 604800)
 end
-return 'ok'
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: job hash, stream.  ARGV: token, group, consumer, now, progress (or '').
@@ -214,23 +214,24 @@ class RedisQueue(RedisReads, Closing):
         return int(info[0]["times_delivered"]) if info else 1
 
     def _try_take(self, stream: str, msg_id: Any, fields: dict[Any, Any], worker: str,
-                  operator: str) -> Lease | str | None:
-        """Take the entry's job; ``"busy"`` when it belongs to a group ``operator`` already claimed from."""
+                  operator: str, fresh: bool = False) -> Lease | str | None:
+        """Take the entry's job; ``"busy"`` when it belongs to a group ``operator`` already claimed from.
+
+        ``fresh``: the entry was just read as new (``XREADGROUP >``), so this is its first delivery."""
         job_id = _text(fields.get(b"job", fields.get("job", b"")))
         token = uuid.uuid4().hex
-        if not job_id or not self._r.exists(key_for("job", job_id)):
+        found = self._r.hmget(key_for("job", job_id), ["id", "group"]) if job_id else [None, None]
+        if found[0] is None:  # no such job
             self._r.xack(stream, GROUP, msg_id)
             return None
-        group = _text(self._r.hget(key_for("job", job_id), "group") or b"")
+        group = _text(found[1] or b"")
         group_key = key_for("group", group) if group else ""
-        outcome = _text(self._take(keys=[key_for("job", job_id), stream, DEAD, group_key],
-                                   args=[msg_id, token, worker, time.time(), self._deliveries(stream, msg_id), GROUP,
-                                         self.max_attempts_cap, operator, job_id]))
-        if outcome == "busy":
-            return "busy"
-        if outcome != "ok":
-            return None
-        job = _hash_to_job(self._r.hgetall(key_for("job", job_id)), job_id)
+        record = self._take(keys=[key_for("job", job_id), stream, DEAD, group_key],
+                            args=[msg_id, token, worker, time.time(), 1 if fresh else self._deliveries(stream, msg_id),
+                                  GROUP, self.max_attempts_cap, operator, job_id])
+        if not isinstance(record, list):
+            return "busy" if _text(record) == "busy" else None
+        job = _hash_to_job(dict(zip(record[::2], record[1::2])), job_id)
         if job.state is JobState.FAILED:  # unreadable: bury it instead of handing it out
             self._bury(keys=[key_for("job", job_id), stream, DEAD],
                        args=[msg_id, GROUP, str(job.error)[:4000], time.time(), job_id])
@@ -285,7 +286,7 @@ class RedisQueue(RedisReads, Closing):
                 cycled = False
                 for stream, entries in reply or []:
                     for msg_id, fields in entries:
-                        taken = self._try_take(_text(stream), msg_id, fields, worker, who)
+                        taken = self._try_take(_text(stream), msg_id, fields, worker, who, fresh=True)
                         if isinstance(taken, Lease):
                             return taken
                         if taken == "busy":

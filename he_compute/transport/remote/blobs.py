@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...formats.digests import check_digest, digest_of
 from .._closing import Closing
 from .consumer import chunks_of, fetch
-from .session import Session
+from .session import Session, Streamed
 from .wire import API
 
 
@@ -32,14 +32,15 @@ class RemoteBlobs(Closing):
         """Upload unless the namespace has it (streamed to the coordinator, or to S3 by presigned URL)."""
         digest = digest_of(data)
         path = f"{API}/blobs/{digest}"
-        ticket = self.session.json("POST", f"{path}/upload", json_body={"size": len(data)})
+        ticket = self.session.json("POST", f"{path}/upload", body={"size": len(data)})
         if ticket.get("have"):
             return digest
         if "url" in ticket:
             self.session.put_plain(ticket["url"], bytes(data), ticket.get("headers", {}))
-            self.session.json("POST", f"{path}/commit", json_body={"staging": ticket["staging"]})
+            self.session.json("POST", f"{path}/commit", body={"staging": ticket["staging"]})
             return digest
-        self.session.request("PUT", path, content=chunks_of(data), headers={"content-length": str(len(data))}).close()
+        self.session.request("PUT", path, body=Streamed(chunks_of(data)),
+                             headers={"content-length": str(len(data))}).close()
         return digest
 
     def get(self, digest: str) -> bytes:

@@ -27,7 +27,7 @@ from ...formats.receipt import Signer
 from .._closing import Closing
 from ..blobs.base import max_blob_bytes, verified
 from ..queue.base import Job, JobState, Lease
-from .session import Session
+from .session import Session, Streamed
 from .wire import API, job_from_wire
 
 CHUNK = 1 << 20
@@ -36,7 +36,7 @@ CHUNK = 1 << 20
 def enroll(session: Session, signer: Signer, token: str) -> dict[str, Any]:
     """Admit ``signer``'s key with an enrolment token (idempotent); returns ``{"worker", "operator"}``."""
     body = {"public_key": base64.b64encode(signer.public_raw).decode()}
-    return dict(session.json("POST", f"{API}/enroll", json_body=body, auth={"authorization": f"Bearer {token}"}))
+    return dict(session.json("POST", f"{API}/enroll", body=body, headers={"authorization": f"Bearer {token}"}))
 
 
 def _lost(exc: AuthError) -> bool:
@@ -62,7 +62,7 @@ class RemoteConsumer(Closing):
     def claim(self, worker: str, *, devices: Iterable[str] = ("cpu",), block_s: float = 0.0,
               operator: str | None = None) -> Lease | None:
         """A lease on a job for ``devices`` (or routed to this worker), waiting up to ``block_s``."""
-        out = self.session.json("POST", f"{API}/worker/claim", json_body={"devices": list(devices),
+        out = self.session.json("POST", f"{API}/worker/claim", body={"devices": list(devices),
                                                                           "block_s": float(block_s)},
                                 timeout_s=float(block_s) + 30.0)
         if out.get("lease") is None:
@@ -86,7 +86,7 @@ class RemoteConsumer(Closing):
 
     def _post(self, lease: Lease, what: str, body: dict[str, Any]) -> Any:
         return self.session.json("POST", f"{API}/worker/jobs/{lease.job.id}/{what}",
-                                 json_body={"token": lease.token, **body})
+                                 body={"token": lease.token, **body})
 
     def heartbeat(self, lease: Lease, progress: dict[str, Any] | None = None) -> bool:
         """Extend the lease; ``False`` once the job is no longer this worker's."""
@@ -208,16 +208,16 @@ class LeaseBlobs(Closing):
         job = self.consumer.current().job.id
         path = f"{API}/worker/jobs/{job}/outputs/{digest}"
         if self.consumer.gate:
-            ticket = self.session.json("POST", f"{path}/upload", json_body={"size": len(data)})
+            ticket = self.session.json("POST", f"{path}/upload", body={"size": len(data)})
             self.session.put_plain(str(ticket["gate"]), bytes(data), ticket.get("headers", {}))
             return digest
         if not self.consumer.presigned:
-            self.session.request("PUT", path, content=chunks_of(data), body_sha256=digest.split(":", 1)[1],
+            self.session.request("PUT", path, body=Streamed(chunks_of(data), digest.split(":", 1)[1]),
                                  headers={"content-length": str(len(data))}).close()
             return digest
-        ticket = self.session.json("POST", f"{path}/upload", json_body={"size": len(data)})
+        ticket = self.session.json("POST", f"{path}/upload", body={"size": len(data)})
         self.session.put_plain(ticket["url"], bytes(data), ticket.get("headers", {}))
-        self.session.json("POST", f"{path}/commit", json_body={"staging": ticket["staging"]})
+        self.session.json("POST", f"{path}/commit", body={"staging": ticket["staging"]})
         return digest
 
     def exists(self, digest: str) -> bool:

@@ -62,7 +62,7 @@ class RemoteProducer(Closing):
                group: str | None = None, run: str | None = None) -> str:
         """Queue a job (the idempotency key makes a retried request return the same job)."""
         body = {"spec": spec, "device": device, "max_attempts": int(max_attempts), "group": group, "run": run}
-        out = self.session.json("POST", f"{API}/jobs", json_body=body, headers={H_IDEMPOTENCY: uuid.uuid4().hex})
+        out = self.session.json("POST", f"{API}/jobs", body=body, headers={H_IDEMPOTENCY: uuid.uuid4().hex})
         return str(out["id"])
 
     def status(self, job_id: str) -> Job:
@@ -92,7 +92,7 @@ class RemoteProducer(Closing):
         out: dict[str, Job] = {}
         for i in range(0, len(ids), STATUS_PAGE):
             page = ids[i : i + STATUS_PAGE]
-            found = self.session.json("POST", f"{API}/jobs/statuses", json_body={"ids": page}).get("jobs")
+            found = self.session.json("POST", f"{API}/jobs/statuses", body={"ids": page}).get("jobs")
             if not isinstance(found, dict):
                 raise QueueError("the coordinator sent an unreadable batch status (no 'jobs' map)")
             for job_id in page:  # only ids asked for: a coordinator cannot slip in records of its choosing
@@ -121,11 +121,11 @@ class RemoteProducer(Closing):
     def cancel(self, job_id: str) -> bool:
         """Cancel one of this tenant's jobs."""
         self._seen.pop(job_id, None)
-        return bool(self.session.json("POST", f"{API}/jobs/{job_id}/cancel", json_body={})["cancelled"])
+        return bool(self.session.json("POST", f"{API}/jobs/{job_id}/cancel", body={})["cancelled"])
 
     def report_flag(self, job_id: str, worker_id: str) -> None:
         """Tell the operator that this tenant's verifier rejected ``worker_id``'s result for ``job_id``."""
-        self.session.json("POST", f"{API}/jobs/{job_id}/flag", json_body={"worker": worker_id})
+        self.session.json("POST", f"{API}/jobs/{job_id}/flag", body={"worker": worker_id})
 
     def operators(self) -> dict[str, str]:
         """The operator the coordinator admitted each worker under (worker id -> operator name)."""
@@ -187,7 +187,7 @@ class RemoteAuditStore(Closing):
             tail = self.session.json("GET", f"{API}/audit", params={"start": -1})["lines"]
             line, head = build(tail[-1] if tail else None)
             try:
-                self.session.json("POST", f"{API}/audit", json_body={"line": line, "head": head})
+                self.session.json("POST", f"{API}/audit", body={"line": line, "head": head})
                 return line
             except QueueError as exc:
                 if getattr(exc, "code", "") != "conflict":

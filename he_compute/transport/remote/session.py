@@ -19,6 +19,7 @@ import json
 import os
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
@@ -90,6 +91,20 @@ def _ssl_context(ca: str | None) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=cafile) if cafile else True
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """A request body sent in chunks: ``chunks()`` makes a fresh iterator for each attempt; ``sha256`` (hex), when
+    given, is the body's digest, which a worker's signature declares up front (the coordinator checks it as the
+    bytes arrive)."""
+
+    chunks: Callable[[], Any]
+    sha256: str | None = None
+
+
+class _Arrived(TransportError):
+    """The connection failed after the request was sent: it may have taken effect."""
+
+
 class Session:
     """Authenticated requests to a coordinator; see the module docstring."""
 
@@ -123,22 +138,22 @@ class Session:
             return sign_request(self.signer, method, path, body, body_sha256=body_sha256)
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json_body: Any = None,
-                content: Callable[[], Any] | None = None, body_sha256: str | None = None,
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
                 headers: dict[str, str] | None = None, retry: bool = True, stream: bool = False,
-                timeout_s: float | None = None, auth: dict[str, str] | None = None) -> Any:
+                timeout_s: float | None = None) -> Any:
         """Send one request (to the next coordinator if this one cannot be reached); return the httpx response.
 
-        ``content`` makes a fresh body iterator per attempt (a streamed upload); ``retry=False`` retries only
-        when the request cannot have arrived.  ``auth`` replaces the usual credentials (enrolment).
+        ``body``: a JSON value, or a :class:`Streamed` upload (a fresh chunk iterator per attempt).  ``headers``
+        go on top of the session's credentials (enrolment adds its token there).  ``retry=False`` retries only
+        when the request cannot have arrived.
         """
         import httpx
 
         query = {k: v for k, v in (params or {}).items() if v is not None}
         full = path + (f"?{urlencode(query)}" if query else "")
-        body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
-        last: Exception | None = None
-        deadline, attempt, pause = time.monotonic() + PATIENCE_S, 0, 0.2
+        streamed = body if isinstance(body, Streamed) else None
+        data = b"" if body is None or streamed else json.dumps(body, separators=(",", ":")).encode()
+        deadline, attempt, pause, last = time.monotonic() + PATIENCE_S, 0, 0.2, None
         while True:
             if attempt and attempt % len(self.urls) == 0:  # every coordinator failed once: wait, then go round again
                 if time.monotonic() + pause > deadline:
@@ -147,35 +162,43 @@ class Session:
                 pause = min(2.0, pause * 2)
             attempt += 1
             base = self.url
-            hdrs = {**self._headers(method, full, body, body_sha256), **(auth or {}), **(headers or {})}
-            if json_body is not None:
+            hdrs = {**self._headers(method, full, data, streamed.sha256 if streamed else None), **(headers or {})}
+            if body is not None and not streamed:
                 hdrs["content-type"] = "application/json"
             req = self._http.build_request(method, base + full, headers=hdrs,
-                                           content=content() if content is not None else body,
+                                           content=streamed.chunks() if streamed else data,
                                            timeout=timeout_s or httpx.USE_CLIENT_DEFAULT)
-            try:
-                resp = self._http.send(req, stream=stream)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last = exc
-            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout,
-                    httpx.WriteTimeout) as exc:
-                last = exc
-                if not retry:
-                    break
-            else:
-                if resp.status_code in (502, 503) and time.monotonic() < deadline:
-                    last = TransportError(f"HTTP {resp.status_code}: {resp.read()[:200]!r}")
-                    resp.close()
-                    self._i = (self._i + 1) % len(self.urls)
-                    continue
-                if resp.status_code >= 400:
-                    data = resp.read()
-                    resp.close()
-                    raise_for(resp.status_code, data, base)
-                return resp
+            outcome = self._attempt(base, req, stream, deadline)
+            if not isinstance(outcome, Exception):
+                return outcome
+            last = outcome
+            if isinstance(outcome, _Arrived) and not retry:
+                break
             self._i = (self._i + 1) % len(self.urls)
         raise TransportError(f"cannot reach the coordinator at {', '.join(self.urls)} ({type(last).__name__}: "
                              f"{last}): is it running, and is the URL and CA right?")
+
+    def _attempt(self, base: str, req: Any, stream: bool, deadline: float) -> Any:
+        """One try at coordinator ``base``: the response, or the exception that says to try elsewhere (an
+        :class:`_Arrived` when the request may have taken effect).  An error answer raises (:func:`raise_for`)."""
+        import httpx
+
+        try:
+            resp = self._http.send(req, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return exc
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout,
+                httpx.WriteTimeout) as exc:
+            return _Arrived(f"{type(exc).__name__}: {exc}")
+        if resp.status_code in (502, 503) and time.monotonic() < deadline:
+            failed = TransportError(f"HTTP {resp.status_code}: {resp.read()[:200]!r}")
+            resp.close()
+            return failed
+        if resp.status_code >= 400:
+            data = resp.read()
+            resp.close()
+            raise_for(resp.status_code, data, base)
+        return resp
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """``request`` and parse the JSON answer."""
