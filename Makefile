@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench notebooks redis browser iproute2 clean openfhe-env
+.PHONY: install demo test test-fast lint bench notebooks redis browser iproute2 clean openfhe-env orion-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ $(OPENFHE_STAMP):
 	touch $(OPENFHE_STAMP)
 
 openfhe-env: $(OPENFHE_STAMP)
+
+# Orion (orion-fhe, PyTorch to CKKS on Lattigo), only for the side-by-side benchmark (python -m bench orion):
+# it wants scipy <= 1.14.1 and torchvision, which the main environment must not get, so it has an environment
+# of its own that reads everything else (torch 2.3.1, numpy) from the main one through a .pth file.
+ORION_STAMP := .venv-orion/.installed
+
+$(ORION_STAMP): | $(STAMP)
+	$(PYTHON) -m venv .venv-orion
+	echo "$(CURDIR)/$(VENV)/lib/python3.11/site-packages" > .venv-orion/lib/python3.11/site-packages/zz_main_venv.pth
+	.venv-orion/bin/pip install --quiet scipy==1.14.1 h5py==3.12.1 numpy==1.26.4  # numpy: the one torch 2.3.1 was built for
+	.venv-orion/bin/pip install --quiet --no-deps orion-fhe==1.0.2 torchvision==0.18.1
+	touch $(ORION_STAMP)
+
+orion-env: $(ORION_STAMP)
 
 # Redis for the scale-out queue tests: Debian's redis-server, started by the tests themselves.
 redis:
@@ -63,7 +77,7 @@ test: install redis browser lint
 test-fast: install redis lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: install redis iproute2
+bench: install redis iproute2 orion-env
 	$(BIN)/python -m bench
 
 # Re-executes the five tutorials in place, so that the stored notebooks show this code's outputs
@@ -72,4 +86,4 @@ notebooks: install redis
 	$(BIN)/python notebooks/execute.py
 
 clean:
-	rm -rf $(VENV) .venv-openfhe .hec demo-out
+	rm -rf $(VENV) .venv-openfhe .venv-orion .hec demo-out
