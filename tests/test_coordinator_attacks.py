@@ -183,7 +183,12 @@ def test_a_revoked_worker_cannot_fill_the_nonce_store(coord, tmp_path):
     """The coordinator keeps admitted keys in memory (a worker id is its key's fingerprint) and reads a known key's
     record in the round trip that spends its nonce: a revoked key's correctly signed requests are still refused,
     and past the first they spend no nonce (a stranger with a revoked key cannot grow the store)."""
-    me, _ = _worker(coord, tmp_path, "revoked-nonces")
+    # Its own enrolment token: revoking a worker burns the token that admitted it, and the module's other
+    # tests still enrol with the coordinator's enroll.token.
+    own = _hec(coord, "enroll-token", "--operator", "lab-revoked")
+    assert own.returncode == 0, own.stderr
+    me = WorkerIdentity.load_or_create(tmp_path / "revoked-nonces")
+    enroll(Session(coord.url, signer=me, ca=str(coord.tls[0])), me, own.stdout.strip())
     assert _signed(coord, me, "GET", f"{API}/worker/hello").status_code == 200  # the process now knows its key
     assert _hec(coord, "revoke-worker", me.worker_id).returncode == 0
     before = _nonces(coord, me.worker_id)
