@@ -40,6 +40,10 @@ EXPECTED = {
 # Accuracy, agreement, error and size figures must agree within this much between two runs (CKKS noise can
 # move an error in its fifth decimal or, rarely, flip a sample sitting on the decision boundary).
 REL_TOL, ABS_TOL = 0.01, 1e-3
+# A CKKS run's largest error over a whole test split moves further: its worst sample's encryption noise, amplified
+# by a high-degree ReLU polynomial, changed it from 1.375 to 1.355 between two runs of notebook 03 (1.5%).
+ERROR_REL_TOL = 0.05
+_ERROR_LINE = re.compile(r"max \||\berror\b", re.IGNORECASE)
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?")
 # A number followed by a unit of time or of throughput: such a line reports a timing.
@@ -129,8 +133,9 @@ def _differences(name: str, stored, fresh) -> list[str]:
                 problems.append(f"{name} cell [{n}] {kind}: prints\n{f_text}\nstored:\n{s_text}")
                 continue
             for (line, s_nums), (_, f_nums) in zip(s_lines, f_lines):
+                rel = ERROR_REL_TOL if _ERROR_LINE.search(line) else REL_TOL
                 for (a, free), (b, _) in zip(s_nums, f_nums):
-                    if not free and not math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+                    if not free and not math.isclose(a, b, rel_tol=rel, abs_tol=ABS_TOL):
                         problems.append(f"{name} cell [{n}] {kind}: {b} where the stored run shows {a} ({line})")
     return problems
 
