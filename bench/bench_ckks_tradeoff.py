@@ -49,8 +49,8 @@ def point(net, X_tr, X, ref, target, tmp: Path, runs: int = 2) -> dict:
         secs = min(secs, time.perf_counter() - t0)
     out = client.decrypt(res)
     r = ref[: ck["slots"]]
-    fit = ck["activations"][0]
-    degree = "+".join(map(str, fit["composite"])) + " composite" if fit.get("composite") else fit["degree"]
+    degree = "/".join("+".join(map(str, fit["composite"])) + " composite" if fit.get("composite") else str(fit["degree"])
+                      for fit in ck["activations"])  # one activation per ReLU layer
     return {"target": target, "degree": degree, "depth": ck["multiplicative_depth"],
             "N": ck["poly_modulus_degree"], "predicted": ck["predicted_max_error"],
             "err": float(np.abs(out - r).max()), "agree": float(np.mean(out.argmax(1) == r.argmax(1))),

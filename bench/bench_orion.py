@@ -115,29 +115,15 @@ MLP_SAMPLES = 10    # Orion: about 24 s per sample of this MLP at N=32768 on a b
 CNN_SAMPLES = 5
 
 
-def he_compute_cnn(net, X_tr, X_te) -> dict:
+def he_compute_cnn(net, X_tr, X_te, tmp: Path) -> dict:
     """he_compute's CKKS engine on the CNN at its default error target: the whole test split in one chunk (a chunk
     costs the same whether it holds 360 samples or all its slots, so seconds per sample are per full chunk)."""
-    import he_compute
+    from bench.bench_ckks_tradeoff import point
 
-    b = he_compute.compile(net, X_tr, scheme="ckks")
-    ck = b.manifest["ckks"]
-    with tempfile.TemporaryDirectory(prefix="hec-orion-cnn-") as d:
-        client = he_compute.Client.keygen(b, Path(d) / "keys")
-        ev = he_compute.Evaluator(b.server_part())
-        keys = ev.load_keys(he_compute.read_evaluation_keys(client.evaluation_keys_path))
-        enc = client.encrypt(X_te)
-        t = time.perf_counter()
-        res = ev.evaluate(enc, keys)
-        secs = time.perf_counter() - t
-        out = client.decrypt(res)
-    ref = clear(net, X_te)
-    degrees = "/".join(str(a.get("degree")) for a in ck.get("activations", []))
-    return {"max_error": float(np.abs(out - ref).max()), "agreement": float(np.mean(out.argmax(1) == ref.argmax(1))),
-            "samples": len(X_te), "seconds_per_sample": secs / ck["slots"],
-            "note": f"N={ck['poly_modulus_degree']}, depth {ck['multiplicative_depth']}, one chain (no bootstrap), "
-                    f"ReLU polynomials of degree {degrees}, predicted bound {ck['predicted_max_error']:.3g}; one chunk "
-                    f"of {ck['slots']:,} slots in {secs:.0f} s"}
+    p = point(net, X_tr, X_te, clear(net, X_te), None, tmp, runs=1)
+    return {"max_error": p["err"], "agreement": p["agree"], "samples": len(X_te), "seconds_per_sample": 1 / p["rate"],
+            "note": f"N={p['N']}, depth {p['depth']}, one chain (no bootstrap), ReLU polynomials of degree "
+                    f"{p['degree']}, predicted bound {p['predicted']:.3g}"}
 
 
 def main() -> None:
@@ -160,7 +146,7 @@ def main() -> None:
         rows.append(("ReLU MLP 30-16-2 (breast cancer)", "he_compute (SEAL engine)", ours, ours["note"]))
 
         cnn, cnn_layers, Xc_tr, Xc_te, _ = digits_cnn()
-        ours = he_compute_cnn(cnn, Xc_tr[:512], Xc_te)
+        ours = he_compute_cnn(cnn, Xc_tr[:512], Xc_te, tmp)
         rows.append(("3-conv ReLU CNN (digits 8x8)", "he_compute (SEAL engine)", ours, ours["note"]))
         if "--cnn" not in sys.argv:  # N=65536 with bootstraps: more memory than a shared 24 GB machine spares
             rows.append(("3-conv ReLU CNN (digits 8x8)", "Orion 1.0.2", {"error": "not run (pass --cnn)"}, ""))
